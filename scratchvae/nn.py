@@ -1,0 +1,176 @@
+"""Layers with hand-written backprop: activations, Linear, MLP, initialisers.
+
+Every op is a pair, written next to each other::
+
+    y, cache = forward(...)
+    d_x, d_params = backward(cache, d_y)
+
+Parameters live in a plain ``dict[str, ndarray]`` with dotted names
+(``"enc.0.W"``, ``"enc.0.b"``); a Linear layer named ``name`` owns
+``name + ".W"`` of shape (fan_in, fan_out) and ``name + ".b"`` of shape
+(fan_out,), and computes ``y = f(x @ W + b)``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+
+from .kernels import ops as K
+from .kernels.reference import ACTIVATIONS
+
+#: alpha used by the activations that take one (slope of leaky_relu, scale of elu)
+DEFAULT_ALPHA = {"leaky_relu": 0.01, "elu": 1.0}
+
+INITS = ("torch", "glorot_uniform", "glorot_normal", "he_uniform", "he_normal")
+
+
+def check_activation(name: str) -> str:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}")
+    return name
+
+
+# --------------------------------------------------------------------------
+# Activations on their own: y = f(a)
+# --------------------------------------------------------------------------
+
+def activation_forward(a, activation, alpha=None):
+    """y = f(a), elementwise. a: (batch, n). Returns ``(y, cache)``."""
+    alpha = DEFAULT_ALPHA.get(check_activation(activation), 0.0) if alpha is None else alpha
+    y = K.bias_activation(a, np.zeros(a.shape[1], a.dtype), activation, alpha)
+    return y, (y, activation, alpha)
+
+
+def activation_backward(cache, d_y):
+    """d_a = d_y * f'(a), from the cached output y."""
+    y, activation, alpha = cache
+    return K.activation_backward(y, d_y, activation, alpha)
+
+
+# --------------------------------------------------------------------------
+# Linear (+ activation): y = f(x @ W + b)
+# --------------------------------------------------------------------------
+
+def linear_forward(x, W, b, activation="identity", alpha=None):
+    """y = f(x @ W + b). x: (batch, fan_in), W: (fan_in, fan_out), b: (fan_out,).
+
+    Returns ``(y, cache)`` with y: (batch, fan_out).
+    """
+    alpha = DEFAULT_ALPHA.get(check_activation(activation), 0.0) if alpha is None else alpha
+    a = K.gemm(x, W)
+    y = K.bias_activation(a, b, activation, alpha, out=a)
+    return y, (x, W, y, activation, alpha)
+
+
+def linear_backward(cache, d_y, need_d_x=True):
+    """Backward of :func:`linear_forward`.
+
+    ``d_a = d_y * f'(a)``; ``d_W = x.T @ d_a``; ``d_b = sum over batch of d_a``;
+    ``d_x = d_a @ W.T`` (skipped, returned as None, when ``need_d_x`` is false:
+    the first layer of an encoder has no use for it).
+    Returns ``(d_x, {"W": d_W, "b": d_b})``.
+    """
+    x, W, y, activation, alpha = cache
+    d_a = d_y if activation == "identity" else K.activation_backward(y, d_y, activation, alpha)
+    d_W = K.gemm(x, d_a, trans_a=True)
+    d_b = d_a.sum(axis=0)
+    d_x = K.gemm(d_a, W, trans_b=True) if need_d_x else None
+    return d_x, {"W": d_W, "b": d_b}
+
+
+# --------------------------------------------------------------------------
+# Initialisers
+# --------------------------------------------------------------------------
+
+def init_linear(rng: np.random.Generator, fan_in: int, fan_out: int, init: str, dtype):
+    """Draw (W, b) for one layer. W: (fan_in, fan_out), b: (fan_out,).
+
+    * ``torch``: PyTorch's default ``nn.Linear``: W and b uniform in
+      +-1/sqrt(fan_in) (kaiming_uniform with a = sqrt(5) gives that bound);
+    * ``glorot_uniform`` / ``glorot_normal`` (Glorot and Bengio 2010):
+      uniform in +-sqrt(6/(fan_in+fan_out)) / normal with std sqrt(2/(fan_in+fan_out));
+    * ``he_uniform`` / ``he_normal`` (He et al. 2015): uniform in
+      +-sqrt(6/fan_in) / normal with std sqrt(2/fan_in).
+
+    All but ``torch`` start the bias at zero. Draws are made in float64 and
+    then rounded to ``dtype``, so float32 and float64 models with the same
+    seed hold the same weights up to rounding.
+    """
+    shape = (fan_in, fan_out)
+    if init == "torch":
+        bound = 1.0 / math.sqrt(fan_in)
+        W = rng.uniform(-bound, bound, shape)
+        b = rng.uniform(-bound, bound, fan_out)
+    elif init in ("glorot_uniform", "he_uniform"):
+        bound = math.sqrt(6.0 / (fan_in + fan_out if init == "glorot_uniform" else fan_in))
+        W = rng.uniform(-bound, bound, shape)
+        b = np.zeros(fan_out)
+    elif init in ("glorot_normal", "he_normal"):
+        std = math.sqrt(2.0 / (fan_in + fan_out if init == "glorot_normal" else fan_in))
+        W = rng.normal(0.0, std, shape)
+        b = np.zeros(fan_out)
+    else:
+        raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
+    return W.astype(dtype), b.astype(dtype)
+
+
+# --------------------------------------------------------------------------
+# MLP: a stack of Linear layers
+# --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LayerSpec:
+    name: str           # parameter prefix, e.g. "enc.0"
+    fan_in: int
+    fan_out: int
+    activation: str
+
+
+class MLP:
+    """A stack of Linear layers ``prefix.0``, ``prefix.1``, ...
+
+    ``sizes = [d_0, d_1, ..., d_L]`` gives L layers; ``activations`` has one
+    name per layer. The MLP holds no arrays: parameters are read from and
+    gradients written to the dicts the caller passes, so the model's
+    parameter dict stays the one source of truth.
+    """
+
+    def __init__(self, prefix: str, sizes: Sequence[int], activations: Sequence[str], alpha=None):
+        if len(activations) != len(sizes) - 1:
+            raise ValueError(f"{prefix}: {len(sizes) - 1} layers need {len(sizes) - 1} activations, "
+                             f"got {len(activations)}")
+        for s in sizes:
+            if not (isinstance(s, (int, np.integer)) and s > 0):
+                raise ValueError(f"{prefix}: layer sizes must be positive integers, got {list(sizes)}")
+        self.layers: List[LayerSpec] = [
+            LayerSpec(f"{prefix}.{i}", int(sizes[i]), int(sizes[i + 1]), check_activation(act))
+            for i, act in enumerate(activations)
+        ]
+        self.alpha = alpha
+
+    def init(self, rng, init: str, dtype) -> Dict[str, np.ndarray]:
+        params = {}
+        for layer in self.layers:
+            params[layer.name + ".W"], params[layer.name + ".b"] = init_linear(
+                rng, layer.fan_in, layer.fan_out, init, dtype)
+        return params
+
+    def forward(self, params, x) -> Tuple[np.ndarray, list]:
+        """x: (batch, d_0) -> (y: (batch, d_L), caches)."""
+        caches = []
+        for layer in self.layers:
+            x, cache = linear_forward(x, params[layer.name + ".W"], params[layer.name + ".b"],
+                                      layer.activation, self.alpha)
+            caches.append(cache)
+        return x, caches
+
+    def backward(self, caches, d_y, grads, need_d_x=True):
+        """Write each layer's d_W, d_b into ``grads``; return d_x (or None)."""
+        for i in reversed(range(len(self.layers))):
+            d_y, d = linear_backward(caches[i], d_y, need_d_x=need_d_x or i > 0)
+            name = self.layers[i].name
+            grads[name + ".W"], grads[name + ".b"] = d["W"], d["b"]
+        return d_y

@@ -1,0 +1,135 @@
+"""Optimizers that update a parameter dict in place: Adam (and AdamW) and SGD.
+
+Their state is plain arrays: :meth:`Optimizer.state_dict` returns a flat
+``dict[str, ndarray]`` a checkpoint stores as is, and
+:meth:`Optimizer.load_state_dict` puts it back.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional
+
+import numpy as np
+
+from .kernels import ops as K
+
+
+def global_grad_norm(grads: Dict[str, np.ndarray]) -> float:
+    """sqrt(sum over all gradients of g^2), accumulated in float64."""
+    return math.sqrt(sum(float(np.dot(g.ravel(), g.ravel().astype(np.float64))) for g in grads.values()))
+
+
+class Optimizer:
+    """Shared bookkeeping: hyperparameter checks, per-parameter buffers, the
+    step counter and global gradient-norm clipping.
+
+    ``max_grad_norm``: when the global norm of the gradients exceeds it, the
+    gradients are scaled by ``max_grad_norm / norm`` for this step (the
+    caller's arrays are not modified). ``last_grad_norm`` holds the norm seen
+    by the latest step.
+    """
+
+    buffers = ()   # names of the per-parameter state arrays
+
+    def __init__(self, params: Dict[str, np.ndarray], lr: float, weight_decay: float,
+                 max_grad_norm: Optional[float]):
+        _check_nonneg("lr", lr, strictly=True)
+        _check_nonneg("weight_decay", weight_decay)
+        if max_grad_norm is not None:
+            _check_nonneg("max_grad_norm", max_grad_norm, strictly=True)
+        self.params = params
+        self.lr, self.weight_decay, self.max_grad_norm = lr, weight_decay, max_grad_norm
+        self.step_count = 0
+        self.last_grad_norm = float("nan")
+        self.state = {b: {k: np.zeros_like(p) for k, p in params.items()} for b in self.buffers}
+
+    def _grad_scale(self, grads) -> float:
+        if set(grads) != set(self.params):
+            raise ValueError(f"gradient keys differ from parameter keys: missing "
+                             f"{sorted(set(self.params) - set(grads))}, extra {sorted(set(grads) - set(self.params))}")
+        for k, g in grads.items():
+            if g.shape != self.params[k].shape:
+                raise ValueError(f"gradient {k!r} has shape {g.shape}, parameter has {self.params[k].shape}")
+        if self.max_grad_norm is None:
+            return 1.0
+        self.last_grad_norm = global_grad_norm(grads)
+        return min(1.0, self.max_grad_norm / (self.last_grad_norm + 1e-6))
+
+    def step(self, grads: Dict[str, np.ndarray]) -> None:
+        """Update every parameter in place from ``grads`` (same keys and shapes)."""
+        scale = self._grad_scale(grads)
+        self.step_count += 1
+        for k, p in self.params.items():
+            self._update(p, grads[k], *(self.state[b][k] for b in self.buffers), grad_scale=scale)
+
+    def state_dict(self) -> Dict[str, np.ndarray]:
+        """Flat state: ``"step"`` and ``"<buffer>.<param name>"`` arrays (copies)."""
+        out = {"step": np.array(self.step_count, dtype=np.int64)}
+        for b in self.buffers:
+            out.update({f"{b}.{k}": v.copy() for k, v in self.state[b].items()})
+        return out
+
+    def load_state_dict(self, state: Dict[str, np.ndarray]) -> None:
+        """Restore what :meth:`state_dict` returned (checks names and shapes)."""
+        expected = {"step"} | {f"{b}.{k}" for b in self.buffers for k in self.params}
+        if set(state) != expected:
+            raise ValueError(f"optimizer state does not match the parameters: missing "
+                             f"{sorted(expected - set(state))}, extra {sorted(set(state) - expected)}")
+        for b in self.buffers:
+            for k, v in self.state[b].items():
+                src = state[f"{b}.{k}"]
+                if src.shape != v.shape:
+                    raise ValueError(f"optimizer state {b}.{k} has shape {src.shape}, expected {v.shape}")
+                v[...] = src
+        self.step_count = int(state["step"])
+
+
+class Adam(Optimizer):
+    """Adam with bias correction (Kingma and Ba 2015).
+
+    ``weight_decay`` is decoupled, as in AdamW (Loshchilov and Hutter 2019):
+    each step first shrinks ``p *= 1 - lr * weight_decay``. Defaults match
+    PyTorch's ``torch.optim.Adam``.
+    """
+
+    buffers = ("m", "v")
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, max_grad_norm: Optional[float] = None):
+        super().__init__(params, lr, weight_decay, max_grad_norm)
+        self.beta1, self.beta2 = betas
+        for name, b in (("beta1", self.beta1), ("beta2", self.beta2)):
+            if not 0 <= b < 1:
+                raise ValueError(f"Adam {name} must lie in [0, 1), got {b}")
+        _check_nonneg("eps", eps)
+        self.eps = eps
+
+    def _update(self, p, g, m, v, grad_scale):
+        K.adam_update(p, g, m, v, self.lr, self.beta1, self.beta2, self.eps, self.step_count,
+                      self.weight_decay, grad_scale)
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with heavy-ball momentum and L2 weight decay.
+
+    ``buf = momentum * buf + g + weight_decay * p``; ``p -= lr * buf``
+    (PyTorch's ``torch.optim.SGD`` without dampening or Nesterov).
+    """
+
+    buffers = ("momentum",)
+
+    def __init__(self, params, lr: float = 1e-2, momentum: float = 0.0, weight_decay: float = 0.0,
+                 max_grad_norm: Optional[float] = None):
+        super().__init__(params, lr, weight_decay, max_grad_norm)
+        if not 0 <= momentum < 1:
+            raise ValueError(f"SGD momentum must lie in [0, 1), got {momentum}")
+        self.momentum = momentum
+
+    def _update(self, p, g, buf, grad_scale):
+        K.sgd_update(p, g, buf, self.lr, self.momentum, self.weight_decay, grad_scale)
+
+
+def _check_nonneg(name, value, strictly=False):
+    ok = math.isfinite(value) and (value > 0 if strictly else value >= 0)
+    if not ok:
+        raise ValueError(f"{name} must be a finite number {'>' if strictly else '>='} 0, got {value}")

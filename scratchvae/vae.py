@@ -1,0 +1,201 @@
+"""The model: encoder -> (mu, logvar) -> reparameterization -> decoder -> likelihood.
+
+The loss of one batch, in nats per example (averaged over the batch), is the
+negative ELBO with a KL weight beta:
+
+    total = nll + beta * kl,
+    nll   = -log p(x | z),                z = mu(x) + exp(logvar(x)/2) * eps
+    kl    = KL(q(z|x) || N(0, I))         (analytic)
+
+Parameter names (``model.params``; gradients use the same keys):
+
+    enc.0.W, enc.0.b, ... enc.{L-1}.*   encoder hidden layers, f(x @ W + b)
+    enc.mu.W, enc.mu.b                   mean head (identity)
+    enc.logvar.W, enc.logvar.b           log-variance head (identity)
+    dec.0.W, ... dec.{L}.*               decoder layers; dec.{L} outputs the
+                                         likelihood's parameters (identity)
+    dec.log_sigma                        learned Gaussian sigma, if any
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+
+from . import distributions as D
+from . import nn
+
+
+class VAE:
+    """A variational autoencoder with MLP encoder and decoder.
+
+    Parameters
+    ----------
+    input_dim : size d of one flattened example.
+    hidden : widths of the encoder's hidden layers; the decoder mirrors them
+        (``hidden=[400]`` gives 784-400-(20, 20) and 20-400-784).
+    latent_dim : size k of z.
+    likelihood : ``bernoulli``, ``continuous_bernoulli``, ``gaussian_fixed``,
+        ``gaussian_scalar`` or ``gaussian_pixel`` (see ``distributions``).
+    activation : hidden-layer activation, one of ``nn.ACTIVATIONS``.
+    init : initialiser, one of ``nn.INITS`` (``torch`` = PyTorch's default).
+    seed : seeds the initial weights.
+    dtype : float32 (training) or float64 (gradient checks).
+    sigma : fixed Gaussian sigma, or the starting value of a learned one.
+
+    No value is clamped: a logvar that overflows ``exp`` makes the loss
+    non-finite, and :meth:`loss_and_grads` then raises ``FloatingPointError``.
+    """
+
+    def __init__(self, input_dim: int, hidden: Sequence[int] = (400,), latent_dim: int = 20,
+                 likelihood="bernoulli", activation: str = "relu", init: str = "torch",
+                 seed: int = 0, dtype=np.float32, sigma: float = 1.0):
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise TypeError(f"dtype must be float32 or float64, got {self.dtype}")
+        hidden = list(hidden)
+        self.activation = nn.check_activation(activation)
+        self.likelihood = D.make_likelihood(likelihood, sigma)
+        # the decoder's sizes include every size the model has: MLP validates them
+        self.decoder = nn.MLP("dec", [latent_dim, *hidden[::-1], input_dim],
+                              [activation] * len(hidden) + ["identity"])
+        self.encoder = nn.MLP("enc", [input_dim, *hidden], [activation] * len(hidden))
+        self.input_dim, self.hidden, self.latent_dim = int(input_dim), [int(h) for h in hidden], int(latent_dim)
+        h_dim = self.hidden[-1] if hidden else self.input_dim
+        rng = np.random.default_rng(seed)
+        self.params: Dict[str, np.ndarray] = self.encoder.init(rng, init, self.dtype)
+        for head in ("mu", "logvar"):
+            self.params[f"enc.{head}.W"], self.params[f"enc.{head}.b"] = nn.init_linear(
+                rng, h_dim, latent_dim, init, self.dtype)
+        self.params.update(self.decoder.init(rng, init, self.dtype))
+        for k, v in self.likelihood.init_params(input_dim, self.dtype).items():
+            self.params["dec." + k] = v
+
+    # ------------------------------------------------------------------
+    # checks
+    # ------------------------------------------------------------------
+
+    def _check_batch(self, x, name: str, dim: int, unit_interval: bool = False) -> np.ndarray:
+        x = np.asarray(x)
+        if x.dtype.kind != "f":
+            hint = " (for 8-bit images: x.astype(np.float32) / 255)" if x.dtype == np.uint8 else ""
+            raise TypeError(f"{name} must hold floats, got dtype {x.dtype}{hint}")
+        if x.ndim != 2 or x.shape[1] != dim:
+            hint = f"; flatten images with {name}.reshape(len({name}), -1)" if x.ndim > 2 else ""
+            raise ValueError(f"{name} must have shape (batch, {dim}), got {x.shape}{hint}")
+        if x.shape[0] == 0:
+            raise ValueError(f"{name} is an empty batch (shape {x.shape}); pass at least one example")
+        x = np.ascontiguousarray(x, dtype=self.dtype)
+        lo, hi = x.min(), x.max()          # NaN propagates through min/max
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise ValueError(f"{name} contains NaN or inf; clean the data before training")
+        if unit_interval and (lo < 0 or hi > 1):
+            raise ValueError(f"{name} has values in [{lo:g}, {hi:g}] but the {self.likelihood.name} "
+                             f"likelihood needs [0, 1]; scale the data (e.g. x / 255)")
+        return x
+
+    def _check_x(self, x):
+        return self._check_batch(x, "x", self.input_dim, self.likelihood.needs_unit_interval)
+
+    def _noise(self, n, rng, eps):
+        if (rng is None) == (eps is None):
+            raise ValueError("pass exactly one of rng (to draw eps) or eps (fixed noise)")
+        if eps is None:
+            return rng.standard_normal((n, self.latent_dim), dtype=self.dtype)
+        eps = self._check_batch(eps, "eps", self.latent_dim)
+        if len(eps) != n:
+            raise ValueError(f"eps has {len(eps)} rows but x has {n}")
+        return eps
+
+    @property
+    def _likelihood_params(self):
+        return {k[4:]: v for k, v in self.params.items() if k.startswith("dec.") and k.count(".") == 1}
+
+    # ------------------------------------------------------------------
+    # the model's maps
+    # ------------------------------------------------------------------
+
+    def _encode(self, x):
+        h, enc_cache = self.encoder.forward(self.params, x)
+        mu, mu_cache = nn.linear_forward(h, self.params["enc.mu.W"], self.params["enc.mu.b"])
+        logvar, lv_cache = nn.linear_forward(h, self.params["enc.logvar.W"], self.params["enc.logvar.b"])
+        return mu, logvar, (enc_cache, mu_cache, lv_cache)
+
+    def encode(self, x):
+        """x: (batch, d) -> (mu, logvar), each (batch, k): the posterior q(z|x)."""
+        mu, logvar, _ = self._encode(self._check_x(x))
+        return mu, logvar
+
+    def decode(self, z):
+        """z: (batch, k) -> E[x | z], (batch, d) (probabilities for Bernoulli)."""
+        out, _ = self.decoder.forward(self.params, self._check_batch(z, "z", self.latent_dim))
+        return self.likelihood.mean(out, self._likelihood_params)
+
+    def sample(self, n: int, rng: np.random.Generator, mean: bool = True):
+        """Ancestral sampling: z ~ N(0, I), then the decoder.
+
+        Returns (n, d): the likelihood's mean for each z (``mean=True``, the
+        usual picture) or a draw x ~ p(x|z) (``mean=False``).
+        """
+        if not (isinstance(n, (int, np.integer)) and n > 0):
+            raise ValueError(f"n must be a positive integer, got {n!r}")
+        z = rng.standard_normal((n, self.latent_dim), dtype=self.dtype)
+        out, _ = self.decoder.forward(self.params, z)
+        lik = self._likelihood_params
+        return self.likelihood.mean(out, lik) if mean else self.likelihood.sample(out, lik, rng)
+
+    # ------------------------------------------------------------------
+    # loss and gradients
+    # ------------------------------------------------------------------
+
+    def loss(self, x, rng: Optional[np.random.Generator] = None, eps=None, beta: float = 1.0):
+        """The batch loss without gradients; same arguments as :meth:`loss_and_grads`."""
+        return self._forward(x, rng, eps, beta)[0]
+
+    def loss_and_grads(self, x, rng: Optional[np.random.Generator] = None, eps=None,
+                       beta: float = 1.0):
+        """Loss of one batch and the gradient of ``nll + beta * kl`` for every parameter.
+
+        x: (batch, d) floats (in [0, 1] for the Bernoulli likelihoods).
+        Pass ``rng`` to draw eps ~ N(0, I), or ``eps`` (batch, k) to fix it.
+        Returns ``(losses, grads)``: ``losses`` has the per-example means
+        ``total``, ``nll`` and ``kl`` in nats (``total = nll + beta * kl``);
+        ``grads`` has the keys of ``self.params``.
+        """
+        losses, caches = self._forward(x, rng, eps, beta)
+        enc_caches, lat_cache, dec_caches, d_out, d_lik = caches
+        n = len(d_out)
+        grads: Dict[str, np.ndarray] = {"dec." + k: v for k, v in d_lik.items()}
+        d_z = self.decoder.backward(dec_caches, d_out, grads)
+        d_mu, d_logvar = D.reparameterize_kl_backward(lat_cache, d_z, beta / n)
+        enc_cache, mu_cache, lv_cache = enc_caches
+        d_h, g = nn.linear_backward(mu_cache, d_mu)
+        grads["enc.mu.W"], grads["enc.mu.b"] = g["W"], g["b"]
+        d_h_lv, g = nn.linear_backward(lv_cache, d_logvar)
+        grads["enc.logvar.W"], grads["enc.logvar.b"] = g["W"], g["b"]
+        d_h += d_h_lv
+        self.encoder.backward(enc_cache, d_h, grads, need_d_x=False)
+        return losses, {k: grads[k] for k in self.params}
+
+    def _forward(self, x, rng, eps, beta):
+        if not (np.isfinite(beta) and beta >= 0):
+            raise ValueError(f"beta must be a finite number >= 0, got {beta}")
+        x = self._check_x(x)
+        n = len(x)
+        eps = self._noise(n, rng, eps)
+        mu, logvar, enc_caches = self._encode(x)
+        z, kl, lat_cache = D.reparameterize_kl(mu, logvar, eps)
+        out, dec_caches = self.decoder.forward(self.params, z)
+        nll, d_out, d_lik = self.likelihood.nll_and_grad(out, x, self._likelihood_params, 1.0 / n)
+        losses = {"nll": float(nll.mean()), "kl": float(kl.mean())}
+        losses["total"] = losses["nll"] + beta * losses["kl"]
+        if not np.isfinite(losses["total"]):
+            raise FloatingPointError(
+                f"the loss is not finite (nll={losses['nll']}, kl={losses['kl']}): the weights "
+                "have diverged; lower the learning rate or clip the gradient norm")
+        return losses, (enc_caches, lat_cache, dec_caches, d_out, d_lik)
+
+    def __repr__(self):
+        sizes = "-".join(map(str, [self.input_dim, *self.hidden, self.latent_dim]))
+        return (f"VAE({sizes}, likelihood={self.likelihood.name}, activation={self.activation}, "
+                f"dtype={self.dtype.name}, params={sum(v.size for v in self.params.values())})")

@@ -1,0 +1,193 @@
+"""The model: full gradient checks, determinism, learning, and bad input."""
+import numpy as np
+import pytest
+
+import scratchvae as sv
+
+LIKELIHOODS = ["bernoulli", "continuous_bernoulli", "gaussian_fixed", "gaussian_scalar", "gaussian_pixel"]
+
+
+def _batch(model, rng, n=5):
+    if model.likelihood.needs_unit_interval:
+        return rng.random((n, model.input_dim))
+    return rng.standard_normal((n, model.input_dim))
+
+
+@pytest.mark.parametrize("likelihood", LIKELIHOODS)
+@pytest.mark.parametrize("hidden", [[7], [8, 6]])
+@pytest.mark.parametrize("latent_dim", [1, 20])
+def test_loss_and_grads_match_finite_differences(likelihood, hidden, latent_dim):
+    rng = np.random.default_rng(len(hidden) * 100 + latent_dim)
+    activation = "tanh" if latent_dim == 1 else "elu"
+    model = sv.VAE(10, hidden, latent_dim, likelihood=likelihood, activation=activation,
+                   init="torch", seed=3, dtype=np.float64, sigma=0.8)
+    x, eps = _batch(model, rng), rng.standard_normal((5, latent_dim))
+    beta = 0.6
+    losses, grads = model.loss_and_grads(x, eps=eps, beta=beta)
+    assert losses["total"] == pytest.approx(losses["nll"] + beta * losses["kl"])
+    assert sorted(grads) == sorted(model.params)
+    report = sv.gradcheck(lambda: model.loss(x, eps=eps, beta=beta)["total"], model.params, grads)
+    report.raise_if_failed()
+
+
+def test_loss_and_grads_with_relu_at_the_reference_shape_subset():
+    """ReLU and the 784-400-20 shape of the reference model, checked on a sample of elements."""
+    rng = np.random.default_rng(0)
+    model = sv.VAE(784, [400], 20, activation="relu", seed=0, dtype=np.float64)
+    x, eps = rng.random((4, 784)), rng.standard_normal((4, 20))
+    _, grads = model.loss_and_grads(x, eps=eps)
+    sv.gradcheck(lambda: model.loss(x, eps=eps)["total"], model.params, grads,
+                 max_elements=40).raise_if_failed()
+
+
+def test_parameter_names_and_shapes():
+    model = sv.VAE(784, [400], 20, likelihood="gaussian_pixel")
+    shapes = {k: v.shape for k, v in model.params.items()}
+    assert shapes == {
+        "enc.0.W": (784, 400), "enc.0.b": (400,),
+        "enc.mu.W": (400, 20), "enc.mu.b": (20,),
+        "enc.logvar.W": (400, 20), "enc.logvar.b": (20,),
+        "dec.0.W": (20, 400), "dec.0.b": (400,),
+        "dec.1.W": (400, 784), "dec.1.b": (784,),
+        "dec.log_sigma": (784,),
+    }
+    assert all(v.dtype == np.float32 for v in model.params.values())
+
+
+def test_encode_decode_sample_shapes_and_ranges():
+    rng = np.random.default_rng(1)
+    model = sv.VAE(12, [9, 7], 3, seed=1)
+    x = rng.random((6, 12)).astype(np.float32)
+    mu, logvar = model.encode(x)
+    assert mu.shape == logvar.shape == (6, 3) and mu.dtype == np.float32
+    p = model.decode(mu)
+    assert p.shape == (6, 12) and p.min() >= 0 and p.max() <= 1
+    s = model.sample(4, rng)
+    assert s.shape == (4, 12) and s.dtype == np.float32
+    b = model.sample(4, rng, mean=False)
+    assert set(np.unique(b)) <= {0.0, 1.0}
+
+
+def test_float32_step_stays_float32_and_matches_float64():
+    rng = np.random.default_rng(2)
+    m32 = sv.VAE(10, [8], 4, seed=5, dtype=np.float32)
+    m64 = sv.VAE(10, [8], 4, seed=5, dtype=np.float64)
+    x, eps = rng.random((6, 10)), rng.standard_normal((6, 4))
+    l32, g32 = m32.loss_and_grads(x.astype(np.float32), eps=eps.astype(np.float32))
+    l64, g64 = m64.loss_and_grads(x, eps=eps)
+    assert all(g.dtype == np.float32 for g in g32.values())
+    assert l32["total"] == pytest.approx(l64["total"], rel=1e-5)
+    for k in g64:
+        np.testing.assert_allclose(g32[k], g64[k], rtol=1e-3, atol=1e-5)
+
+
+def _train(steps, seed=0):
+    data_rng = np.random.default_rng(123)
+    x = (data_rng.random((64, 16)) < 0.5).astype(np.float32)
+    model = sv.VAE(16, [12], 2, seed=seed)
+    opt = sv.Adam(model.params, lr=1e-2)
+    rng = np.random.default_rng(seed)
+    for _ in range(steps):
+        _, grads = model.loss_and_grads(x[rng.integers(0, 64, 16)], rng=rng)
+        opt.step(grads)
+    return model
+
+
+def test_same_seed_gives_identical_parameters():
+    a, b = _train(20), _train(20)
+    for k in a.params:
+        np.testing.assert_array_equal(a.params[k], b.params[k])
+    c = _train(20, seed=1)
+    assert not np.array_equal(a.params["dec.1.W"], c.params["dec.1.W"])
+
+
+def _structured_data(rng, n=512):
+    """Four prototype 6x6 images (bars and blocks) with pixel noise: a 2-factor structure."""
+    protos = np.zeros((4, 6, 6))
+    protos[0, :, 1] = protos[1, 2, :] = 1
+    protos[2, :3, :3] = protos[3, 3:, 3:] = 1
+    x = protos[rng.integers(0, 4, n)].reshape(n, 36)
+    flip = rng.random(x.shape) < 0.05
+    return np.abs(x - flip).astype(np.float32)
+
+
+def test_training_lowers_the_loss_clearly_and_keeps_kl_positive():
+    rng = np.random.default_rng(4)
+    x = _structured_data(rng)
+    model = sv.VAE(36, [32], 2, seed=0)
+    opt = sv.Adam(model.params, lr=3e-3)
+    eval_rng = np.random.default_rng(9)
+    before = model.loss(x, eps=eval_rng.standard_normal((len(x), 2)).astype(np.float32))
+    for _ in range(300):
+        _, grads = model.loss_and_grads(x[rng.integers(0, len(x), 64)], rng=rng)
+        opt.step(grads)
+    after = model.loss(x, eps=eval_rng.standard_normal((len(x), 2)).astype(np.float32))
+    assert after["total"] < 0.5 * before["total"], (before, after)
+    assert after["kl"] > 0.5        # the latent code is used: KL well above zero
+
+
+@pytest.mark.parametrize("bad,err,match", [
+    (np.zeros((3, 11)), ValueError, r"shape \(batch, 10\), got \(3, 11\)"),
+    (np.zeros(10), ValueError, r"shape \(batch, 10\)"),
+    (np.zeros((3, 2, 5)), ValueError, "flatten"),
+    (np.zeros((0, 10)), ValueError, "empty batch"),
+    (np.full((2, 10), np.nan), ValueError, "NaN or inf"),
+    (np.full((2, 10), np.inf), ValueError, "NaN or inf"),
+    (np.full((2, 10), 1.5), ValueError, r"needs \[0, 1\]"),
+    (np.full((2, 10), -0.1), ValueError, r"needs \[0, 1\]"),
+    (np.zeros((2, 10), dtype=np.uint8), TypeError, "astype"),
+    (np.zeros((2, 10), dtype=np.int64), TypeError, "must hold floats"),
+])
+@pytest.mark.parametrize("likelihood", ["bernoulli", "continuous_bernoulli"])
+def test_bad_input_raises_a_clear_error(bad, err, match, likelihood):
+    model = sv.VAE(10, [4], 2, likelihood=likelihood)
+    with pytest.raises(err, match=match):
+        model.loss_and_grads(bad, rng=np.random.default_rng(0))
+    with pytest.raises(err, match=match):
+        model.encode(bad)
+
+
+def test_gaussian_accepts_any_finite_values_but_not_nan():
+    model = sv.VAE(10, [4], 2, likelihood="gaussian_scalar")
+    model.loss_and_grads(np.full((2, 10), -3.0), rng=np.random.default_rng(0))
+    with pytest.raises(ValueError, match="NaN"):
+        model.loss_and_grads(np.full((2, 10), np.nan), rng=np.random.default_rng(0))
+
+
+def test_noise_arguments_are_checked():
+    model = sv.VAE(10, [4], 2)
+    x = np.zeros((3, 10), np.float32)
+    with pytest.raises(ValueError, match="exactly one of rng"):
+        model.loss_and_grads(x)
+    with pytest.raises(ValueError, match="exactly one of rng"):
+        model.loss_and_grads(x, rng=np.random.default_rng(0), eps=np.zeros((3, 2)))
+    with pytest.raises(ValueError, match="eps has 2 rows but x has 3"):
+        model.loss_and_grads(x, eps=np.zeros((2, 2)))
+    with pytest.raises(ValueError, match=r"eps must have shape \(batch, 2\)"):
+        model.loss_and_grads(x, eps=np.zeros((3, 5)))
+    with pytest.raises(ValueError, match="beta must be"):
+        model.loss_and_grads(x, rng=np.random.default_rng(0), beta=-1.0)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(activation="swish"), "unknown activation 'swish'"),
+    (dict(likelihood="poisson"), "unknown likelihood 'poisson'"),
+    (dict(init="xavier"), "unknown init 'xavier'"),
+    (dict(hidden=[0]), "positive integers"),
+    (dict(latent_dim=2.5), "positive integers"),
+])
+def test_bad_configuration_is_refused(kwargs, match):
+    args = dict(input_dim=10, hidden=[4], latent_dim=2)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        sv.VAE(**args)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        sv.VAE(10, [4], 2, dtype=np.int32)
+
+
+def test_diverged_weights_raise_instead_of_returning_nan():
+    model = sv.VAE(10, [4], 2, dtype=np.float64)
+    model.params["enc.logvar.b"][:] = 1e4           # exp(logvar) overflows
+    with np.errstate(over="ignore", invalid="ignore"):
+        with pytest.raises(FloatingPointError, match="not finite"):
+            model.loss_and_grads(np.full((2, 10), 0.5), rng=np.random.default_rng(0))
