@@ -11,7 +11,7 @@ from scratchvae.gradcheck import check_op, gradcheck
 def test_reparameterization_and_kl_gradients():
     rng = np.random.default_rng(0)
     mu, logvar, eps = rng.standard_normal((6, 4)), rng.standard_normal((6, 4)), rng.standard_normal((6, 4))
-    w_z = rng.standard_normal((6, 4))
+
 
     def forward(mu, logvar):
         z, kl, cache = D.reparameterize_kl(mu, logvar, eps)
