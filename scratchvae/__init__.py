@@ -13,9 +13,10 @@ Numba and Matplotlib are never imported here: the library runs on NumPy alone.
 """
 __version__ = "0.1.0"
 
+from .checkpoint import load
 from .gradcheck import check_op, gradcheck
 from .kernels import get_backend, set_backend
 from .optim import SGD, Adam
 from .vae import VAE
 
-__all__ = ["VAE", "Adam", "SGD", "gradcheck", "check_op", "set_backend", "get_backend", "__version__"]
+__all__ = ["VAE", "Adam", "SGD", "load", "gradcheck", "check_op", "set_backend", "get_backend", "__version__"]

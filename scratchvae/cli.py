@@ -1,26 +1,307 @@
-"""The ``scratchvae`` command."""
+"""The ``scratchvae`` command: train, evaluate, sample, plot, download, datasets.
+
+Every error a user can cause ends with one line ``scratchvae: error: ...``
+on stderr and a non-zero exit code (set ``SCRATCHVAE_DEBUG=1`` for the
+traceback).
+"""
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import sys
+from pathlib import Path
+
+import numpy as np
 
 from . import __version__
 
+EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
+
+# train options that define the run; on --resume they must agree with the checkpoint
+RUN_OPTIONS = ("dataset", "batch_size", "lr", "hidden", "latent_dim", "activation", "likelihood",
+               "sigma", "init", "beta", "warmup_epochs", "binarize", "seed", "max_grad_norm")
+
+
+def _hidden(text: str):
+    try:
+        sizes = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 400 or 512,256; got {text!r}")
+    if any(s <= 0 for s in sizes):
+        raise argparse.ArgumentTypeError(f"layer widths must be positive, got {text!r}")
+    return sizes
+
+
+def _positive(kind):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}")
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+        return value
+    return parse
+
+
+def _nonneg_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
+    if not (np.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
+    return value
+
 
 def build_parser() -> argparse.ArgumentParser:
+    from .data.datasets import DATASET_NAMES
+    from .distributions import LIKELIHOODS
+    from .kernels.reference import ACTIVATIONS
+    from .nn import INITS
+    from .train import BINARIZE, TrainConfig
+
+    d = TrainConfig()
     parser = argparse.ArgumentParser(
         prog="scratchvae",
         description="A Variational Autoencoder from scratch: NumPy, hand-written backprop, "
                     "every gradient checked against finite differences.")
     parser.add_argument("--version", action="version", version=f"scratchvae {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a VAE (default: on the built-in synthetic-digits)",
+                       description="Train a VAE, writing checkpoint.npz, history.csv/json and "
+                                   "pictures into a run directory. Defaults in brackets.")
+    t.add_argument("--dataset", help=f"a named data set ({', '.join(DATASET_NAMES)}) or a .npy/.npz "
+                                     f"file of shape (n, d) or (n, h, w) in [0, 1] or uint8 [{d.dataset}]")
+    t.add_argument("--data-dir", help="folder holding the data set's IDX files, searched before "
+                                      "$SCRATCHVAE_DATA, ~/.cache/scratchvae, /usr/share/datasets")
+    t.add_argument("--epochs", type=_positive(int), help=f"epochs to train in all [{d.epochs}]")
+    t.add_argument("--batch-size", type=_positive(int), help=f"examples per step [{d.batch_size}]")
+    t.add_argument("--lr", type=_positive(float), help=f"Adam learning rate [{d.lr}]")
+    t.add_argument("--hidden", type=_hidden, help="encoder hidden widths, comma-separated; the "
+                                                  "decoder mirrors them [400]")
+    t.add_argument("--latent", dest="latent_dim", type=_positive(int), help=f"latent size k [{d.latent_dim}]")
+    t.add_argument("--activation", choices=ACTIVATIONS, help=f"hidden activation [{d.activation}]")
+    t.add_argument("--likelihood", choices=LIKELIHOODS, help=f"p(x|z) [{d.likelihood}]")
+    t.add_argument("--sigma", type=_positive(float), help="Gaussian sigma: fixed value, or the start of a "
+                                                          f"learned one [{d.sigma}]")
+    t.add_argument("--init", choices=INITS, help=f"weight initialiser [{d.init}]")
+    t.add_argument("--beta", type=_nonneg_float, help=f"weight of the KL term [{d.beta}]")
+    t.add_argument("--warmup", dest="warmup_epochs", type=_nonneg_float,
+                   help="epochs over which the KL weight grows linearly from 0 to beta [0]")
+    t.add_argument("--binarize", choices=BINARIZE, help="for bernoulli: none (grey levels), dynamic "
+                                                         "(resampled every batch), static (once) [none]")
+    t.add_argument("--seed", type=int, help=f"seed of weights, shuffling and noise [{d.seed}]")
+    t.add_argument("--max-grad-norm", type=_positive(float), help="clip the global gradient norm [off]")
+    t.add_argument("--out", help="run directory [runs/<dataset>-<date>-<time>]")
+    t.add_argument("--resume", metavar="CKPT", help="continue the run in this checkpoint or run directory "
+                                                    "(--epochs may extend it)")
+    t.add_argument("--no-plots", action="store_true", help="skip the pictures at the end")
+    t.add_argument("-q", "--quiet", action="store_true", help="print only the run directory")
+
+    e = sub.add_parser("evaluate", help="test-set ELBO of a checkpoint",
+                       description="Negative ELBO (total = reconstruction + KL) of the test split, "
+                                   "nats per example, with z sampled from q(z|x).")
+    e.add_argument("checkpoint", help="checkpoint file or run directory")
+    e.add_argument("--data-dir", help="where to look for the data set first")
+    e.add_argument("--samples", type=_positive(int), default=1, help="z samples per example, averaged [1]")
+    e.add_argument("--seed", type=int, default=0, help="seed of the z samples [0]")
+
+    s = sub.add_parser("sample", help="draw samples from a trained model",
+                       description="Ancestral samples: z ~ N(0, I), then the decoder's mean.")
+    s.add_argument("checkpoint", help="checkpoint file or run directory")
+    s.add_argument("-n", type=_positive(int), default=64, help="number of samples [64]")
+    s.add_argument("-o", "--output", required=True, help="FILE.png (a grid) or FILE.npy (array (n, d))")
+    s.add_argument("--seed", type=int, default=0, help="seed of z [0]")
+    s.add_argument("--draw", action="store_true", help="draw x ~ p(x|z) instead of its mean")
+
+    p = sub.add_parser("plot", help="all pictures of a trained model",
+                       description="Reconstructions, samples, latent space, manifold (2-D latent) "
+                                   "and training curves.")
+    p.add_argument("checkpoint", help="checkpoint file or run directory")
+    p.add_argument("-o", "--out", help="folder for the PNG files [the checkpoint's folder]")
+    p.add_argument("--data-dir", help="where to look for the data set first")
+    p.add_argument("--seed", type=int, default=0, help="seed of the samples [0]")
+
+    dl = sub.add_parser("download", help="fetch and verify a named data set",
+                        description="Download the official files, check each SHA-256, write atomically.")
+    dl.add_argument("name", help="mnist, fashion-mnist or kmnist")
+    dl.add_argument("--dest", help="target folder [~/.cache/scratchvae/NAME]")
+    dl.add_argument("--base-url", help="fetch from this mirror instead of the official sites")
+
+    sub.add_parser("datasets", help="which data sets are found where")
     return parser
+
+
+# ----------------------------------------------------------------------
+# commands
+# ----------------------------------------------------------------------
+
+def cmd_train(args) -> int:
+    from .train import TrainConfig, Trainer, default_run_dir, load_data, read_config_from
+
+    given = {k: getattr(args, k) for k in RUN_OPTIONS if getattr(args, k) is not None}
+    if args.resume:
+        config = read_config_from(args.resume)
+        stored = dataclasses.asdict(config)
+        clash = {k: (v, stored[k]) for k, v in given.items() if stored[k] != v}
+        if clash:
+            raise ValueError("--resume continues the stored run, but " + "; ".join(
+                f"--{k.replace('_', '-')} {v!r} differs from its {s!r}" for k, (v, s) in clash.items()))
+        if args.data_dir:
+            config.data_dir = args.data_dir
+        data = load_data(config)
+        trainer = Trainer.resume(args.resume, data, epochs=args.epochs, quiet=args.quiet)
+    else:
+        if args.epochs is not None:
+            given["epochs"] = args.epochs
+        if args.data_dir:
+            given["data_dir"] = args.data_dir
+        config = TrainConfig(**given)
+        data = load_data(config)
+        out = Path(args.out) if args.out else default_run_dir(config.dataset)
+        trainer = Trainer(config, data, out, quiet=args.quiet)
+    if not args.quiet:
+        print(f"training {trainer.model!r} on {data.name} ({len(data.x_train):,} train / "
+              f"{len(data.x_test):,} test), {trainer.config.epochs} epochs, batch {trainer.config.batch_size}, "
+              f"kernels: {_backend()}", file=sys.stderr)
+    status = trainer.fit()
+    if status == "interrupted":
+        print(f"interrupted: checkpoint saved; continue with "
+              f"scratchvae train --resume {trainer.out_dir}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if not args.no_plots:
+        _pictures(trainer.model, data, trainer.history, trainer.out_dir, args.quiet)
+    print(f"run directory: {trainer.out_dir}")
+    return 0
+
+
+def _backend():
+    from .kernels import get_backend
+    return get_backend()
+
+
+def _pictures(model, data, history, out_dir, quiet, seed=0):
+    from . import plots
+    try:
+        written = plots.all_pictures(model, data, history, out_dir, np.random.default_rng(seed))
+    except ImportError as e:
+        print(f"no pictures: {e}", file=sys.stderr)
+        return
+    if not quiet:
+        print("pictures: " + ", ".join(p.name for p in written), file=sys.stderr)
+
+
+def _load_run(checkpoint, data_dir):
+    """The model, its data set and its history from a training checkpoint."""
+    from . import checkpoint as ckpt
+    from .train import TrainConfig
+
+    header, groups = ckpt.read(checkpoint)
+    model = ckpt.model_from(header, groups["param"], str(checkpoint))
+    if "train" not in header:
+        return model, None, []
+    config = TrainConfig(**header["train"]["config"])
+    if data_dir:
+        config.data_dir = data_dir
+    return model, config, header["train"]["history"]
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluate import elbo
+    from .train import load_data, prepare_data
+
+    model, config, _ = _load_run(args.checkpoint, args.data_dir)
+    if config is None:
+        raise ValueError(f"{args.checkpoint}: holds no training configuration, so its data set is unknown")
+    data = load_data(config)
+    _, x_test = prepare_data(config, data)
+    r = elbo(model, x_test, np.random.default_rng(args.seed), n_samples=args.samples)
+    print(f"{data.name} test set ({len(x_test):,} examples), nats per example:")
+    print(f"  -ELBO {r['total']:.3f}   reconstruction {r['nll']:.3f}   KL {r['kl']:.3f}")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from . import checkpoint as ckpt
+
+    out = Path(args.output)
+    if out.suffix not in (".png", ".npy"):
+        raise ValueError(f"-o must end in .png or .npy, got {out}")
+    header, groups = ckpt.read(args.checkpoint)
+    model = ckpt.model_from(header, groups["param"], str(args.checkpoint))
+    x = model.sample(args.n, np.random.default_rng(args.seed), mean=not args.draw)
+    if out.suffix == ".npy":
+        np.save(out, x)
+    else:
+        from . import plots
+        shape = header.get("train", {}).get("data", {}).get("image_shape")
+        if shape is None:
+            raise ValueError("this model's data are not images; write .npy instead")
+        plots.image_grid(x, shape, out, f"{args.n} samples from {args.checkpoint}")
+    print(out)
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from .train import load_data
+
+    model, config, history = _load_run(args.checkpoint, args.data_dir)
+    if config is None:
+        raise ValueError(f"{args.checkpoint}: holds no training configuration, so its data set is unknown")
+    ck = Path(args.checkpoint)
+    out = Path(args.out) if args.out else (ck if ck.is_dir() else ck.parent)
+    out.mkdir(parents=True, exist_ok=True)
+    _pictures(model, load_data(config), history, out, False, args.seed)
+    print(out)
+    return 0
+
+
+def cmd_download(args) -> int:
+    from .data.download import download
+    path = download(args.name, args.dest, base_url=args.base_url,
+                    progress=lambda line: print(line, file=sys.stderr))
+    print(path)
+    return 0
+
+
+def cmd_datasets(args) -> int:
+    from .data.datasets import DATASET_NAMES, SYNTHETIC, DatasetNotFoundError, find_dataset
+    for name in DATASET_NAMES:
+        if name == SYNTHETIC:
+            where = "built in (generated on demand)"
+        else:
+            try:
+                where = str(find_dataset(name))
+            except DatasetNotFoundError:
+                where = f"not found (scratchvae download {name})"
+        print(f"{name:<18} {where}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample, "plot": cmd_plot,
+            "download": cmd_download, "datasets": cmd_datasets}
 
 
 def main(argv=None) -> int:
     parser = build_parser()
-    parser.parse_args(argv)
-    parser.print_help()
-    return 0
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("scratchvae: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (ValueError, TypeError, OSError, ImportError, RuntimeError) as e:
+        if os.environ.get("SCRATCHVAE_DEBUG"):
+            raise
+        message = str(e).strip().splitlines() or [type(e).__name__]
+        print(f"scratchvae: error: {' '.join(line.strip() for line in message)}", file=sys.stderr)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -29,7 +29,8 @@ class Optimizer:
     by the latest step.
     """
 
-    buffers = ()   # names of the per-parameter state arrays
+    buffers = ()           # names of the per-parameter state arrays
+    hyperparameters = ()   # attribute names that config() records
 
     def __init__(self, params: Dict[str, np.ndarray], lr: float, weight_decay: float,
                  max_grad_norm: Optional[float]):
@@ -54,6 +55,10 @@ class Optimizer:
             return 1.0
         self.last_grad_norm = global_grad_norm(grads)
         return min(1.0, self.max_grad_norm / (self.last_grad_norm + 1e-6))
+
+    def config(self) -> dict:
+        """The optimizer's type and hyperparameters (JSON-ready); see :func:`make_optimizer`."""
+        return {"type": type(self).__name__, **{k: getattr(self, k) for k in self.hyperparameters}}
 
     def step(self, grads: Dict[str, np.ndarray]) -> None:
         """Update every parameter in place from ``grads`` (same keys and shapes)."""
@@ -93,11 +98,13 @@ class Adam(Optimizer):
     """
 
     buffers = ("m", "v")
+    hyperparameters = ("lr", "betas", "eps", "weight_decay", "max_grad_norm")
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, max_grad_norm: Optional[float] = None):
         super().__init__(params, lr, weight_decay, max_grad_norm)
-        self.beta1, self.beta2 = betas
+        self.betas = tuple(betas)
+        self.beta1, self.beta2 = self.betas
         for name, b in (("beta1", self.beta1), ("beta2", self.beta2)):
             if not 0 <= b < 1:
                 raise ValueError(f"Adam {name} must lie in [0, 1), got {b}")
@@ -117,6 +124,7 @@ class SGD(Optimizer):
     """
 
     buffers = ("momentum",)
+    hyperparameters = ("lr", "momentum", "weight_decay", "max_grad_norm")
 
     def __init__(self, params, lr: float = 1e-2, momentum: float = 0.0, weight_decay: float = 0.0,
                  max_grad_norm: Optional[float] = None):
@@ -127,6 +135,16 @@ class SGD(Optimizer):
 
     def _update(self, p, g, buf, grad_scale):
         K.sgd_update(p, g, buf, self.lr, self.momentum, self.weight_decay, grad_scale)
+
+
+def make_optimizer(params, config: dict) -> Optimizer:
+    """An optimizer from :meth:`Optimizer.config`'s output."""
+    kinds = {"Adam": Adam, "SGD": SGD}
+    config = dict(config)
+    kind = config.pop("type", None)
+    if kind not in kinds:
+        raise ValueError(f"unknown optimizer {kind!r}; choose one of {', '.join(kinds)}")
+    return kinds[kind](params, **config)
 
 
 def _check_nonneg(name, value, strictly=False):

@@ -62,6 +62,7 @@ class VAE:
         self.encoder = nn.MLP("enc", [input_dim, *hidden], [activation] * len(hidden))
         self.input_dim, self.hidden, self.latent_dim = int(input_dim), [int(h) for h in hidden], int(latent_dim)
         h_dim = self.hidden[-1] if hidden else self.input_dim
+        self.init, self.sigma = init, float(sigma)
         rng = np.random.default_rng(seed)
         self.params: Dict[str, np.ndarray] = self.encoder.init(rng, init, self.dtype)
         for head in ("mu", "logvar"):
@@ -70,6 +71,17 @@ class VAE:
         self.params.update(self.decoder.init(rng, init, self.dtype))
         for k, v in self.likelihood.init_params(input_dim, self.dtype).items():
             self.params["dec." + k] = v
+
+    def config(self) -> dict:
+        """The constructor arguments that fix the architecture (JSON-ready)."""
+        return {"input_dim": self.input_dim, "hidden": list(self.hidden), "latent_dim": self.latent_dim,
+                "likelihood": self.likelihood.name, "activation": self.activation, "init": self.init,
+                "sigma": self.sigma, "dtype": self.dtype.name}
+
+    @classmethod
+    def from_config(cls, config: dict, seed: int = 0) -> "VAE":
+        """A new model from :meth:`config`'s output (weights drawn with ``seed``)."""
+        return cls(seed=seed, **config)
 
     # ------------------------------------------------------------------
     # checks

@@ -1,0 +1,129 @@
+"""Checkpoints: one ``.npz`` file of plain arrays plus a JSON header, no pickle.
+
+Layout of the archive (read it with ``np.load(path, allow_pickle=False)``):
+
+    __header__.json       uint8 bytes of a UTF-8 JSON object (below)
+    param/<name>          every model parameter, e.g. ``param/enc.0.W``
+    optim/<name>          optimizer state, e.g. ``optim/m.enc.0.W``, ``optim/step``
+    train/<name>          training-loop arrays (the epoch's shuffled order)
+
+The header holds ``format`` ("scratchvae-checkpoint"), ``format_version``,
+``library_version``, ``model`` (:meth:`VAE.config`), and, for training
+checkpoints, ``optimizer`` (:meth:`Optimizer.config`) and ``train`` (loop
+state: configuration, position, RNG state, history).
+
+Files are written atomically (temporary file, fsync, rename), so a crash or
+Ctrl-C during a save leaves the previous checkpoint intact.
+"""
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+
+from . import __version__
+from .atomic import atomic_write
+from .vae import VAE
+
+FORMAT = "scratchvae-checkpoint"
+FORMAT_VERSION = 1
+HEADER_KEY = "__header__.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit: the message says why."""
+
+
+def save(path, model: VAE, optimizer=None, train_state: Optional[dict] = None,
+         train_arrays: Optional[Dict[str, np.ndarray]] = None) -> Path:
+    """Write ``model`` (and optionally optimizer and loop state) to ``path`` atomically."""
+    path = Path(path)
+    header = {"format": FORMAT, "format_version": FORMAT_VERSION, "library_version": __version__,
+              "model": model.config()}
+    arrays = {f"param/{k}": v for k, v in model.params.items()}
+    if optimizer is not None:
+        header["optimizer"] = optimizer.config()
+        arrays.update({f"optim/{k}": v for k, v in optimizer.state_dict().items()})
+    if train_state is not None:
+        header["train"] = train_state
+    arrays.update({f"train/{k}": v for k, v in (train_arrays or {}).items()})
+    arrays[HEADER_KEY] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
+    with atomic_write(path) as f:
+        np.savez(f, **arrays)
+    return path
+
+
+def read(path) -> Tuple[dict, Dict[str, Dict[str, np.ndarray]]]:
+    """Read a checkpoint: ``(header, {"param": {...}, "optim": {...}, "train": {...}})``.
+
+    Raises :class:`CheckpointError` for a missing, truncated or corrupt file,
+    a file that is not a scratchvae checkpoint, or one written by a newer
+    format version.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.npz"
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            contents = {k: npz[k] for k in npz.files}
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt: {e})") from None
+    if HEADER_KEY not in contents:
+        raise CheckpointError(f"{path}: not a scratchvae checkpoint (no {HEADER_KEY})")
+    try:
+        header = json.loads(contents.pop(HEADER_KEY).tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: corrupt checkpoint header ({e})") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a scratchvae checkpoint")
+    version = header.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format version {version} was written by scratchvae "
+            f"{header.get('library_version')}, newer than this scratchvae {__version__} "
+            f"(format {FORMAT_VERSION}); upgrade scratchvae to read it")
+    groups: Dict[str, Dict[str, np.ndarray]] = {"param": {}, "optim": {}, "train": {}}
+    for key, value in contents.items():
+        group, _, name = key.partition("/")
+        if group not in groups:
+            raise CheckpointError(f"{path}: unexpected array {key!r} in checkpoint")
+        groups[group][name] = value
+    return header, groups
+
+
+def model_from(header: dict, params: Dict[str, np.ndarray], source="checkpoint") -> VAE:
+    """Build the model the header describes and fill in ``params`` (names and shapes checked)."""
+    try:
+        model = VAE.from_config(header["model"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{source}: bad model description in the header ({e})") from None
+    load_params(model, params, source)
+    return model
+
+
+def load_params(model: VAE, params: Dict[str, np.ndarray], source="checkpoint") -> None:
+    """Copy ``params`` into ``model.params``, refusing any other architecture."""
+    want = {k: v.shape for k, v in model.params.items()}
+    got = {k: v.shape for k, v in params.items()}
+    if want != got:
+        diff = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
+        raise CheckpointError(
+            f"{source}: its parameters do not fit this architecture ({model!r}); differing: "
+            + ", ".join(f"{k} {got.get(k)} vs {want.get(k)}" for k in diff[:4]))
+    for k, v in params.items():
+        model.params[k][...] = v
+
+
+def load(path) -> VAE:
+    """The trained model in ``path`` (a checkpoint file or a run directory).
+
+    Needs NumPy only: the returned :class:`VAE` encodes, decodes and samples
+    without Numba or Matplotlib. This is how a trained model is shipped.
+    """
+    header, groups = read(path)
+    return model_from(header, groups["param"], str(path))

@@ -1,0 +1,160 @@
+"""The classic VAE pictures, as PNG files (Matplotlib, imported only here).
+
+Each function takes a model (and data) and a path, draws one figure and
+returns the path. Images are shown with 0 = white, 1 = black ink.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+
+def _plt():
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError("plots need Matplotlib: pip install 'scratchvae[plot]' "
+                          "(or pip install matplotlib)") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def tile(images: np.ndarray, image_shape, cols: int, pad: int = 1) -> np.ndarray:
+    """Arrange (n, h*w) images into one (rows*(h+pad), cols*(w+pad)) array."""
+    h, w = image_shape
+    n = len(images)
+    rows = math.ceil(n / cols)
+    canvas = np.zeros((rows * (h + pad) + pad, cols * (w + pad) + pad))
+    for i, img in enumerate(images):
+        r, c = divmod(i, cols)
+        canvas[pad + r * (h + pad):pad + r * (h + pad) + h,
+               pad + c * (w + pad):pad + c * (w + pad) + w] = img.reshape(h, w)
+    return canvas
+
+
+def _save_grid(canvas, path, title):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(canvas.shape[1] / 40 + 0.5, canvas.shape[0] / 40 + 0.8))
+    ax.imshow(canvas, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_title(title, fontsize=9)
+    ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def reconstructions(model, x: np.ndarray, image_shape, path, n: int = 16):
+    """Originals (odd rows) above their reconstructions E[x | z = mu(x)] (even rows)."""
+    x = x[:n]
+    mu, _ = model.encode(x)
+    recon = model.decode(mu)
+    cols = min(n, 8)
+    pairs = []
+    for start in range(0, len(x), cols):
+        pairs += list(x[start:start + cols]) + list(recon[start:start + cols])
+    return _save_grid(tile(np.array(pairs), image_shape, cols), path,
+                      "originals (odd rows) and reconstructions (even rows)")
+
+
+def image_grid(images: np.ndarray, image_shape, path, title: str = ""):
+    """(n, h*w) images in a near-square grid."""
+    return _save_grid(tile(images, image_shape, int(math.ceil(math.sqrt(len(images))))), path, title)
+
+
+def samples(model, rng, image_shape, path, n: int = 64):
+    """A grid of E[x | z] for z drawn from the prior N(0, I)."""
+    return image_grid(model.sample(n, rng), image_shape, path, f"{n} samples: z ~ N(0, I), decoded mean")
+
+
+def latent_space(model, x: np.ndarray, labels: Optional[np.ndarray], path):
+    """The posterior means of ``x``, coloured by label; a PCA projection when k > 2."""
+    plt = _plt()
+    mu, _ = model.encode(x)
+    mu = mu.astype(np.float64)
+    if mu.shape[1] > 2:
+        centred = mu - mu.mean(0)
+        _, _, vt = np.linalg.svd(centred, full_matrices=False)
+        points, axes = centred @ vt[:2].T, ("PC 1 of mu", "PC 2 of mu")
+    elif mu.shape[1] == 2:
+        points, axes = mu, ("z1 (mean)", "z2 (mean)")
+    else:
+        points, axes = np.column_stack([mu[:, 0], np.zeros(len(mu))]), ("z (mean)", "")
+    fig, ax = plt.subplots(figsize=(6, 5))
+    sc = ax.scatter(points[:, 0], points[:, 1], c=labels if labels is not None else "k",
+                    cmap="tab10", s=3, alpha=0.7)
+    if labels is not None:
+        fig.colorbar(sc, ax=ax, ticks=np.unique(labels), label="label")
+    ax.set_xlabel(axes[0])
+    ax.set_ylabel(axes[1])
+    ax.set_title(f"latent space ({model.latent_dim}-D posterior means)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def normal_ppf(p: np.ndarray) -> np.ndarray:
+    """Inverse CDF of N(0, 1) by bisection on erf (exact to 1e-12; for plotting grids)."""
+    p = np.asarray(p, dtype=np.float64)
+    if np.any((p <= 0) | (p >= 1)):
+        raise ValueError("probabilities must lie strictly between 0 and 1")
+    erf = np.vectorize(math.erf)
+    lo, hi = np.full(p.shape, -40.0), np.full(p.shape, 40.0)
+    for _ in range(80):
+        mid = (lo + hi) / 2
+        below = 0.5 * (1 + erf(mid / math.sqrt(2))) < p
+        lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+    return (lo + hi) / 2
+
+
+def manifold(model, image_shape, path, n: int = 20):
+    """Decoded means on an n x n grid of a 2-D latent space, at the quantiles
+    ``Phi^-1(linspace(0.05, 0.95))`` of the prior (Kingma and Welling 2014, fig. 4)."""
+    if model.latent_dim != 2:
+        raise ValueError(f"the manifold picture needs a 2-D latent space; this model has {model.latent_dim}")
+    q = normal_ppf(np.linspace(0.05, 0.95, n))
+    z = np.array([[q[j], q[n - 1 - i]] for i in range(n) for j in range(n)], dtype=model.dtype)
+    return _save_grid(tile(model.decode(z), image_shape, n), path,
+                      "learned manifold: decoded means over prior quantiles of (z1, z2)")
+
+
+def curves(history: Sequence[dict], path):
+    """Training and test loss parts (nats per example) by epoch."""
+    plt = _plt()
+    epochs = [r["epoch"] for r in history]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+    for ax, part, title in zip(axes, ("total", "nll", "kl"),
+                               ("-ELBO (total)", "reconstruction (nll)", "KL")):
+        ax.plot(epochs, [r[f"train_{part}"] for r in history], "o-", label="train")
+        ax.plot(epochs, [r[f"test_{part}"] for r in history], "s-", label="test")
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("nats per example")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def all_pictures(model, data, history, out_dir, rng) -> list:
+    """Every picture that applies to this model, written into ``out_dir``."""
+    out_dir = Path(out_dir)
+    shape = data.image_shape
+    written = []
+    if shape is not None:
+        written.append(reconstructions(model, data.x_test, shape, out_dir / "reconstructions.png"))
+        written.append(samples(model, rng, shape, out_dir / "samples.png"))
+        if model.latent_dim == 2:
+            written.append(manifold(model, shape, out_dir / "manifold.png"))
+    n = min(5000, len(data.x_test))
+    written.append(latent_space(model, data.x_test[:n], None if data.y_test is None else data.y_test[:n],
+                                out_dir / "latent.png"))
+    if history:
+        written.append(curves(history, out_dir / "curves.png"))
+    return written
