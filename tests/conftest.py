@@ -1,0 +1,24 @@
+import numpy as np
+import pytest
+
+from scratchvae.data.datasets import Dataset
+
+
+def bars_and_blocks(rng, n):
+    """n 6x6 images from four prototypes (a bar, a row, two blocks) with 5% flipped pixels."""
+    protos = np.zeros((4, 6, 6))
+    protos[0, :, 1] = protos[1, 2, :] = 1
+    protos[2, :3, :3] = protos[3, 3:, 3:] = 1
+    labels = rng.integers(0, 4, n)
+    x = protos[labels].reshape(n, 36)
+    x = np.abs(x - (rng.random(x.shape) < 0.05))
+    return np.clip(x * 0.9 + 0.05, 0, 1).astype(np.float32), labels.astype(np.int64)
+
+
+@pytest.fixture
+def tiny_data():
+    """A small labelled data set of 6x6 grey images: 600 train, 200 test."""
+    rng = np.random.default_rng(0)
+    x_tr, y_tr = bars_and_blocks(rng, 600)
+    x_te, y_te = bars_and_blocks(rng, 200)
+    return Dataset("tiny", x_tr, y_tr, x_te, y_te, (6, 6))

@@ -1,0 +1,128 @@
+"""Checkpoints: round trip, NumPy-only loading, atomic writes, refusal of bad files."""
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import scratchvae as sv
+from scratchvae import checkpoint as ckpt
+
+
+def _model(**kw):
+    args = dict(input_dim=12, hidden=[8], latent_dim=3, likelihood="gaussian_pixel", seed=4)
+    args.update(kw)
+    model = sv.VAE(**args)
+    for v in model.params.values():          # not the initial weights: prove they are stored
+        v += 0.01
+    return model
+
+
+def test_round_trip_restores_architecture_parameters_and_optimizer(tmp_path):
+    model = _model()
+    opt = sv.Adam(model.params, lr=0.01)
+    _, grads = model.loss_and_grads(np.full((2, 12), 0.3, np.float32), rng=np.random.default_rng(0))
+    opt.step(grads)
+    path = ckpt.save(tmp_path / "checkpoint.npz", model, opt, {"note": "hello"}, {"perm": np.arange(5)})
+    loaded = sv.load(path)
+    assert loaded.config() == model.config()
+    for k in model.params:
+        np.testing.assert_array_equal(loaded.params[k], model.params[k])
+    header, groups = ckpt.read(tmp_path)                 # a run directory works too
+    assert header["train"] == {"note": "hello"} and header["optimizer"]["type"] == "Adam"
+    np.testing.assert_array_equal(groups["train"]["perm"], np.arange(5))
+    assert groups["optim"]["step"] == 1
+    # plain NumPy can read it without pickle
+    with np.load(path, allow_pickle=False) as npz:
+        h = json.loads(npz[ckpt.HEADER_KEY].tobytes())
+    assert h["format"] == ckpt.FORMAT and h["library_version"] == sv.__version__
+
+
+def test_loaded_model_encodes_decodes_and_samples_without_numba_or_matplotlib(tmp_path):
+    model = _model(likelihood="bernoulli")
+    ckpt.save(tmp_path / "m.npz", model)
+    x = np.random.default_rng(1).random((4, 12)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "want.npy", model.decode(model.encode(x)[0]))
+    script = textwrap.dedent(f"""
+        import sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("numba", "matplotlib", "llvmlite"):
+                    raise ImportError(name + " blocked")
+        sys.meta_path.insert(0, Block())
+        import numpy as np, scratchvae as sv
+        model = sv.load({str(tmp_path / "m.npz")!r})
+        x = np.load({str(tmp_path / "x.npy")!r})
+        mu, logvar = model.encode(x)
+        np.testing.assert_array_equal(model.decode(mu), np.load({str(tmp_path / "want.npy")!r}))
+        s = model.sample(5, np.random.default_rng(0))
+        assert s.shape == (5, 12) and 0 <= s.min() and s.max() <= 1
+        assert not any(m.split(".")[0] in ("numba", "matplotlib") for m in sys.modules)
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
+def test_a_failed_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+    model = _model()
+    path = ckpt.save(tmp_path / "c.npz", model)
+    before = path.read_bytes()
+
+    def broken_savez(f, **arrays):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", broken_savez)
+    model.params["enc.0.W"] += 1
+    with pytest.raises(OSError, match="disk full"):
+        ckpt.save(path, model)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.npz"]     # no temporary left
+
+
+def test_missing_corrupt_truncated_and_foreign_files_are_refused(tmp_path):
+    with pytest.raises(ckpt.CheckpointError, match="no such checkpoint"):
+        ckpt.read(tmp_path / "nope.npz")
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(np.random.default_rng(0).bytes(5000))
+    with pytest.raises(ckpt.CheckpointError, match="truncated or corrupt"):
+        sv.load(junk)
+    good = ckpt.save(tmp_path / "good.npz", _model())
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(ckpt.CheckpointError, match="truncated or corrupt"):
+        sv.load(cut)
+    foreign = tmp_path / "foreign.npz"
+    np.savez(foreign, a=np.zeros(3))
+    with pytest.raises(ckpt.CheckpointError, match="not a scratchvae checkpoint"):
+        sv.load(foreign)
+
+
+def _rewrite_header(path, **changes):
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    header = json.loads(arrays[ckpt.HEADER_KEY].tobytes())
+    header.update(changes)
+    arrays[ckpt.HEADER_KEY] = np.frombuffer(json.dumps(header).encode(), np.uint8)
+    np.savez(path, **arrays)
+
+
+def test_newer_format_and_other_architectures_are_refused(tmp_path):
+    path = ckpt.save(tmp_path / "c.npz", _model())
+    _rewrite_header(path, format_version=ckpt.FORMAT_VERSION + 1, library_version="9.0")
+    with pytest.raises(ckpt.CheckpointError, match="newer than this scratchvae"):
+        sv.load(path)
+
+    path = ckpt.save(tmp_path / "d.npz", _model())
+    _, groups = ckpt.read(path)
+    other = sv.VAE(12, [9], 3, likelihood="gaussian_pixel")
+    with pytest.raises(ckpt.CheckpointError, match=r"do not fit.*enc\.0\.W"):
+        ckpt.load_params(other, groups["param"])
+    _rewrite_header(path, model={"input_dim": 12, "hidden": [8], "latent_dim": 3, "likelihood": "poisson"})
+    with pytest.raises(ckpt.CheckpointError, match="bad model description"):
+        sv.load(path)
