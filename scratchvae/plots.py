@@ -61,9 +61,10 @@ def reconstructions(model, x: np.ndarray, image_shape, path, n: int = 16):
                       "originals (odd rows) and reconstructions (even rows)")
 
 
-def image_grid(images: np.ndarray, image_shape, path, title: str = ""):
-    """(n, h*w) images in a near-square grid."""
-    return _save_grid(tile(images, image_shape, int(math.ceil(math.sqrt(len(images))))), path, title)
+def image_grid(images: np.ndarray, image_shape, path, title: str = "", cols: Optional[int] = None):
+    """(n, h*w) images in a grid of ``cols`` columns (near-square by default)."""
+    cols = cols or int(math.ceil(math.sqrt(len(images))))
+    return _save_grid(tile(images, image_shape, cols), path, title)
 
 
 def samples(model, rng, image_shape, path, n: int = 64):

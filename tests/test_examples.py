@@ -1,0 +1,24 @@
+"""The examples run as a reader would run them."""
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def test_train_loop_example_learns(capsys):
+    module = runpy.run_path(str(EXAMPLES / "train_loop.py"))
+    module["main"](epochs=2)
+    lines = capsys.readouterr().out.splitlines()
+    losses = [float(line.split("test -ELBO ")[1].split()[0]) for line in lines]
+    assert len(losses) == 2 and losses[1] < losses[0] < 200
+
+
+def test_synthetic_digits_example_writes_a_png(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "digits.png"
+    monkeypatch.setattr(sys, "argv", ["synthetic_digits.py", "--out", str(out), "--cols", "4"])
+    runpy.run_path(str(EXAMPLES / "synthetic_digits.py"), run_name="__main__")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
