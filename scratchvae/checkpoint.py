@@ -71,8 +71,9 @@ def read(path) -> Tuple[dict, Dict[str, Dict[str, np.ndarray]]]:
     try:
         with np.load(path, allow_pickle=False) as npz:
             contents = {k: npz[k] for k in npz.files}
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt: {e})") from None
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt); "
+                              "use an intact copy or train again") from None
     if HEADER_KEY not in contents:
         raise CheckpointError(f"{path}: not a scratchvae checkpoint (no {HEADER_KEY})")
     try:

@@ -21,6 +21,8 @@ EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
 # train options that define the run; on --resume they must agree with the checkpoint
 RUN_OPTIONS = ("dataset", "batch_size", "lr", "hidden", "latent_dim", "activation", "likelihood",
                "sigma", "init", "beta", "warmup_epochs", "binarize", "seed", "max_grad_norm")
+# those whose command-line flag is not "--" + the name with dashes
+FLAGS = {"latent_dim": "--latent", "warmup_epochs": "--warmup"}
 
 
 def _hidden(text: str):
@@ -28,6 +30,8 @@ def _hidden(text: str):
         sizes = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers like 400 or 512,256; got {text!r}")
+    if not sizes:
+        raise argparse.ArgumentTypeError(f"give at least one width, e.g. 400; got {text!r}")
     if any(s <= 0 for s in sizes):
         raise argparse.ArgumentTypeError(f"layer widths must be positive, got {text!r}")
     return sizes
@@ -39,10 +43,20 @@ def _positive(kind):
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}")
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+        if not (value > 0 and np.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
         return value
     return parse
+
+
+def _seed(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"seeds are integers >= 0, got {text!r}")
+    return value
 
 
 def _nonneg_float(text):
@@ -93,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="epochs over which the KL weight grows linearly from 0 to beta [0]")
     t.add_argument("--binarize", choices=BINARIZE, help="for bernoulli: none (grey levels), dynamic "
                                                          "(resampled every batch), static (once) [none]")
-    t.add_argument("--seed", type=int, help=f"seed of weights, shuffling and noise [{d.seed}]")
+    t.add_argument("--seed", type=_seed, help=f"seed of weights, shuffling and noise [{d.seed}]")
     t.add_argument("--max-grad-norm", type=_positive(float), help="clip the global gradient norm [off]")
     t.add_argument("--out", help="run directory [runs/<dataset>-<date>-<time>]")
     t.add_argument("--resume", metavar="CKPT", help="continue the run in this checkpoint or run directory "
@@ -107,14 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("checkpoint", help="checkpoint file or run directory")
     e.add_argument("--data-dir", help="where to look for the data set first")
     e.add_argument("--samples", type=_positive(int), default=1, help="z samples per example, averaged [1]")
-    e.add_argument("--seed", type=int, default=0, help="seed of the z samples [0]")
+    e.add_argument("--seed", type=_seed, default=0, help="seed of the z samples [0]")
 
     s = sub.add_parser("sample", help="draw samples from a trained model",
                        description="Ancestral samples: z ~ N(0, I), then the decoder's mean.")
     s.add_argument("checkpoint", help="checkpoint file or run directory")
     s.add_argument("-n", type=_positive(int), default=64, help="number of samples [64]")
     s.add_argument("-o", "--output", required=True, help="FILE.png (a grid) or FILE.npy (array (n, d))")
-    s.add_argument("--seed", type=int, default=0, help="seed of z [0]")
+    s.add_argument("--seed", type=_seed, default=0, help="seed of z [0]")
     s.add_argument("--draw", action="store_true", help="draw x ~ p(x|z) instead of its mean")
 
     p = sub.add_parser("plot", help="all pictures of a trained model",
@@ -123,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="checkpoint file or run directory")
     p.add_argument("-o", "--out", help="folder for the PNG files [the checkpoint's folder]")
     p.add_argument("--data-dir", help="where to look for the data set first")
-    p.add_argument("--seed", type=int, default=0, help="seed of the samples [0]")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the samples [0]")
 
     dl = sub.add_parser("download", help="fetch and verify a named data set",
                         description="Download the official files, check each SHA-256, write atomically.")
@@ -144,12 +158,15 @@ def cmd_train(args) -> int:
 
     given = {k: getattr(args, k) for k in RUN_OPTIONS if getattr(args, k) is not None}
     if args.resume:
+        if args.out:
+            raise ValueError("--out cannot be combined with --resume: a run continues in its own directory")
         config = read_config_from(args.resume)
         stored = dataclasses.asdict(config)
         clash = {k: (v, stored[k]) for k, v in given.items() if stored[k] != v}
         if clash:
             raise ValueError("--resume continues the stored run, but " + "; ".join(
-                f"--{k.replace('_', '-')} {v!r} differs from its {s!r}" for k, (v, s) in clash.items()))
+                f"{FLAGS.get(k, '--' + k.replace('_', '-'))} {v!r} differs from its {s!r}"
+                for k, (v, s) in clash.items()))
         if args.data_dir:
             config.data_dir = args.data_dir
         data = load_data(config)
@@ -183,11 +200,14 @@ def _backend():
     return get_backend()
 
 
-def _pictures(model, data, history, out_dir, quiet, seed=0):
+def _pictures(model, data, history, out_dir, quiet, seed=0, required=False):
+    """Write every picture; without Matplotlib, say so (and fail only if ``required``)."""
     from . import plots
     try:
         written = plots.all_pictures(model, data, history, out_dir, np.random.default_rng(seed))
     except ImportError as e:
+        if required:
+            raise
         print(f"no pictures: {e}", file=sys.stderr)
         return
     if not quiet:
@@ -254,7 +274,7 @@ def cmd_plot(args) -> int:
     ck = Path(args.checkpoint)
     out = Path(args.out) if args.out else (ck if ck.is_dir() else ck.parent)
     out.mkdir(parents=True, exist_ok=True)
-    _pictures(model, load_data(config), history, out, False, args.seed)
+    _pictures(model, load_data(config), history, out, False, args.seed, required=True)
     print(out)
     return 0
 
@@ -296,7 +316,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("scratchvae: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (ValueError, TypeError, OSError, ImportError, RuntimeError) as e:
+    except (ValueError, TypeError, OSError, ImportError, RuntimeError, FloatingPointError) as e:
         if os.environ.get("SCRATCHVAE_DEBUG"):
             raise
         message = str(e).strip().splitlines() or [type(e).__name__]

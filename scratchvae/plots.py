@@ -87,7 +87,7 @@ def latent_space(model, x: np.ndarray, labels: Optional[np.ndarray], path):
         points, axes = np.column_stack([mu[:, 0], np.zeros(len(mu))]), ("z (mean)", "")
     fig, ax = plt.subplots(figsize=(6, 5))
     sc = ax.scatter(points[:, 0], points[:, 1], c=labels if labels is not None else "k",
-                    cmap="tab10", s=3, alpha=0.7)
+                    cmap="tab10" if labels is not None else None, s=3, alpha=0.7)
     if labels is not None:
         fig.colorbar(sc, ax=ax, ticks=np.unique(labels), label="label")
     ax.set_xlabel(axes[0])
@@ -102,7 +102,7 @@ def latent_space(model, x: np.ndarray, labels: Optional[np.ndarray], path):
 def normal_ppf(p: np.ndarray) -> np.ndarray:
     """Inverse CDF of N(0, 1) by bisection on erf (exact to 1e-12; for plotting grids)."""
     p = np.asarray(p, dtype=np.float64)
-    if np.any((p <= 0) | (p >= 1)):
+    if not np.all((p > 0) & (p < 1)):
         raise ValueError("probabilities must lie strictly between 0 and 1")
     erf = np.vectorize(math.erf)
     lo, hi = np.full(p.shape, -40.0), np.full(p.shape, 40.0)
@@ -135,6 +135,7 @@ def curves(history: Sequence[dict], path):
         ax.plot(epochs, [r[f"test_{part}"] for r in history], "s-", label="test")
         ax.set_title(title)
         ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_ylabel("nats per example")
         ax.legend()
     fig.tight_layout()

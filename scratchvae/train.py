@@ -174,10 +174,7 @@ class Trainer:
                 losses, grads = model.loss_and_grads(x, rng=self.rng, beta=beta)
             except FloatingPointError as e:
                 progress.close()
-                last = (f"the last good checkpoint (epoch {self.epoch}) is {self.checkpoint_path}"
-                        if self.checkpoint_path.exists() else "no checkpoint was written")
-                raise TrainingDiverged(
-                    f"training diverged at epoch {self.epoch + 1}, batch {self.batch + 1}: {e}; {last}") from None
+                raise self._diverged(f"batch {self.batch + 1}", e) from None
             self.optimizer.step(grads)
             self.batch += 1
             self.step += 1
@@ -195,9 +192,17 @@ class Trainer:
         progress.close()
         return True
 
+    def _diverged(self, where: str, e: FloatingPointError) -> TrainingDiverged:
+        last = (f"the last good checkpoint (epoch {self.epoch}) is {self.checkpoint_path}"
+                if self.checkpoint_path.exists() else "no checkpoint was written")
+        return TrainingDiverged(f"training diverged at epoch {self.epoch + 1}, {where}: {e}; {last}")
+
     def _end_epoch(self):
         s = self.sums
-        test = elbo(self.model, self.x_test, _stream(self.config.seed, 100 + self.epoch))
+        try:
+            test = elbo(self.model, self.x_test, _stream(self.config.seed, 100 + self.epoch))
+        except FloatingPointError as e:     # the epoch's last steps blew the weights up
+            raise self._diverged("evaluating the test set", e) from None
         self.epoch += 1
         row = {"epoch": self.epoch, "step": self.step, "beta": self.beta_at(self.step - 1),
                "train_total": s["total"] / s["n"], "train_nll": s["nll"] / s["n"],

@@ -21,6 +21,7 @@ And ``synthetic-digits``, generated in memory by
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -498,6 +499,8 @@ def load_array_file(path: os.PathLike) -> np.ndarray:
             raise ValueError(f"{path}: holds pickled Python objects, which are not loaded "
                              "for safety; save a plain numeric array instead") from exc
         raise ValueError(f"{path}: not a readable NumPy file ({exc})") from exc
+    except (zipfile.BadZipFile, EOFError) as exc:
+        raise ValueError(f"{path}: not a readable NumPy file, truncated or corrupt ({exc})") from exc
     if isinstance(loaded, np.ndarray):
         arr = loaded
     else:  # NpzFile
@@ -515,6 +518,8 @@ def load_array_file(path: os.PathLike) -> np.ndarray:
             except ValueError as exc:
                 raise ValueError(f"{path}: array {key!r} holds pickled Python objects, "
                                  "which are not loaded for safety") from exc
+            except (zipfile.BadZipFile, EOFError) as exc:
+                raise ValueError(f"{path}: array {key!r} is truncated or corrupt ({exc})") from exc
 
     if arr.dtype == object:
         raise ValueError(f"{path}: array of Python objects is not supported")
