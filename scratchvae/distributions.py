@@ -19,27 +19,28 @@ from .kernels.reference import HALF_LOG_2PI, cb_log_normalizer
 # --------------------------------------------------------------------------
 
 
-def reparameterize_kl(mu, logvar, eps):
+def reparameterize_kl(mu, logvar, eps, z=None, kl=None):
     """``z = mu + exp(logvar/2) * eps`` and ``KL(N(mu, exp(logvar)) || N(0, I))``.
 
     mu, logvar, eps: (batch, k). Returns ``(z, kl, cache)`` with z (batch, k)
     and kl (batch,) = ``1/2 sum_j (mu_j^2 + exp(logvar_j) - 1 - logvar_j)``.
     Sampling through ``eps ~ N(0, I)`` makes z a differentiable function of
-    mu and logvar (the reparameterization trick).
+    mu and logvar (the reparameterization trick). ``z`` and ``kl`` may be
+    given as outputs.
     """
-    z, kl = K.gaussian_latent(mu, logvar, eps)
+    z, kl = K.gaussian_latent(mu, logvar, eps, z, kl)
     return z, kl, (mu, logvar, eps)
 
 
-def reparameterize_kl_backward(cache, d_z, kl_weight):
+def reparameterize_kl_backward(cache, d_z, kl_weight, d_mu=None, d_logvar=None):
     """Gradients of ``sum(d_z * z) + kl_weight * sum(kl)`` w.r.t. mu and logvar.
 
     dz/dmu = 1, dz/dlogvar = eps exp(logvar/2) / 2;
     dKL/dmu = mu, dKL/dlogvar = (exp(logvar) - 1) / 2.
-    Returns ``(d_mu, d_logvar)``.
+    Returns ``(d_mu, d_logvar)``, written into the given outputs if any.
     """
     mu, logvar, eps = cache
-    return K.gaussian_latent_backward(mu, logvar, eps, d_z, kl_weight)
+    return K.gaussian_latent_backward(mu, logvar, eps, d_z, kl_weight, d_mu, d_logvar)
 
 
 def diag_gaussian_log_prob(z, mu, logvar):
@@ -123,8 +124,13 @@ class Likelihood(abc.ABC):
         return {}
 
     @abc.abstractmethod
-    def nll_and_grad(self, out, x, params, scale) -> Tuple[np.ndarray, np.ndarray, Dict[str, np.ndarray]]:
-        """Returns ``(nll (batch,), d_out = scale * dnll/dout, d_params)``."""
+    def nll_and_grad(self, out, x, params, scale, nll=None, d_out=None,
+                     d_params=None) -> Tuple[np.ndarray, np.ndarray, Dict[str, np.ndarray]]:
+        """Returns ``(nll (batch,), d_out = scale * dnll/dout, d_params)``.
+
+        ``nll``, ``d_out`` and the arrays of ``d_params`` (keyed like
+        ``params``) may be given as outputs.
+        """
 
     @abc.abstractmethod
     def mean(self, out, params):
@@ -150,8 +156,8 @@ class Bernoulli(Likelihood):
     name = "bernoulli"
     needs_unit_interval = True
 
-    def nll_and_grad(self, out, x, params, scale):
-        nll, d_out = K.bernoulli_nll(out, x, scale)
+    def nll_and_grad(self, out, x, params, scale, nll=None, d_out=None, d_params=None):
+        nll, d_out = K.bernoulli_nll(out, x, scale, d_out, nll)
         return nll, d_out, {}
 
     def mean(self, out, params):
@@ -171,8 +177,8 @@ class ContinuousBernoulli(Likelihood):
     name = "continuous_bernoulli"
     needs_unit_interval = True
 
-    def nll_and_grad(self, out, x, params, scale):
-        nll, d_out = K.continuous_bernoulli_nll(out, x, scale)
+    def nll_and_grad(self, out, x, params, scale, nll=None, d_out=None, d_params=None):
+        nll, d_out = K.continuous_bernoulli_nll(out, x, scale, d_out, nll)
         return nll, d_out, {}
 
     def mean(self, out, params):
@@ -221,12 +227,15 @@ class Gaussian(Likelihood):
         return {"log_sigma": np.full(1 if self.mode == "scalar" else dim, math.log(self.sigma), dtype)}
 
     def log_sigma(self, params, dtype):
+        """log sigma as an array: the learned parameter, or the fixed value, shape (1,)."""
         if self.mode == "fixed":
             return np.full(1, math.log(self.sigma), dtype)
         return params["log_sigma"]
 
-    def nll_and_grad(self, out, x, params, scale):
-        nll, d_out, d_log_sigma = K.gaussian_nll(out, x, self.log_sigma(params, out.dtype), scale)
+    def nll_and_grad(self, out, x, params, scale, nll=None, d_out=None, d_params=None):
+        d_log_sigma = None if self.mode == "fixed" else (d_params or {}).get("log_sigma")
+        nll, d_out, d_log_sigma = K.gaussian_nll(out, x, self.log_sigma(params, out.dtype), scale,
+                                                 d_out, nll, d_log_sigma)
         return nll, d_out, ({} if self.mode == "fixed" else {"log_sigma": d_log_sigma})
 
     def mean(self, out, params):

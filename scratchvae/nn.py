@@ -54,31 +54,39 @@ def activation_backward(cache, d_y):
 # Linear (+ activation): y = f(x @ W + b)
 # --------------------------------------------------------------------------
 
-def linear_forward(x, W, b, activation="identity", alpha=None):
+def linear_forward(x, W, b, activation="identity", alpha=None, out=None):
     """y = f(x @ W + b). x: (batch, fan_in), W: (fan_in, fan_out), b: (fan_out,).
 
-    Returns ``(y, cache)`` with y: (batch, fan_out).
+    Returns ``(y, cache)`` with y: (batch, fan_out), written into ``out``
+    when given (the training step passes workspace buffers).
     """
     alpha = DEFAULT_ALPHA.get(check_activation(activation), 0.0) if alpha is None else alpha
-    a = K.gemm(x, W)
+    a = K.gemm(x, W, out=out)
     y = K.bias_activation(a, b, activation, alpha, out=a)
     return y, (x, W, y, activation, alpha)
 
 
-def linear_backward(cache, d_y, need_d_x=True):
+def linear_backward(cache, d_y, need_d_x=True, d_W=None, d_b=None, d_x=None,
+                    overwrite_d_y=False, accumulate_d_x=False):
     """Backward of :func:`linear_forward`.
 
     ``d_a = d_y * f'(a)``; ``d_W = x.T @ d_a``; ``d_b = sum over batch of d_a``;
     ``d_x = d_a @ W.T`` (skipped, returned as None, when ``need_d_x`` is false:
     the first layer of an encoder has no use for it).
+
+    ``d_W``, ``d_b``, ``d_x`` may be given as outputs; ``accumulate_d_x``
+    adds into ``d_x`` instead (two heads reading one input);
+    ``overwrite_d_y`` lets ``d_a`` reuse ``d_y``'s memory.
     Returns ``(d_x, {"W": d_W, "b": d_b})``.
     """
     x, W, y, activation, alpha = cache
-    d_a = d_y if activation == "identity" else K.activation_backward(y, d_y, activation, alpha)
-    d_W = K.gemm(x, d_a, trans_a=True)
-    d_b = d_a.sum(axis=0)
-    d_x = K.gemm(d_a, W, trans_b=True) if need_d_x else None
-    return d_x, {"W": d_W, "b": d_b}
+    if d_b is None:
+        d_b = np.empty(W.shape[1], W.dtype)
+    d_a = K.activation_backward(y, d_y, activation, alpha, out=d_y if overwrite_d_y else None, d_b=d_b)
+    d_W = K.gemm(x, d_a, out=d_W, trans_a=True)
+    if need_d_x:
+        d_x = K.gemm(d_a, W, out=d_x, trans_b=True, accumulate=accumulate_d_x)
+    return (d_x if need_d_x else None), {"W": d_W, "b": d_b}
 
 
 # --------------------------------------------------------------------------
@@ -158,19 +166,27 @@ class MLP:
                 rng, layer.fan_in, layer.fan_out, init, dtype)
         return params
 
-    def forward(self, params, x) -> Tuple[np.ndarray, list]:
-        """x: (batch, d_0) -> (y: (batch, d_L), caches)."""
+    def forward(self, params, x, outs=None) -> Tuple[np.ndarray, list]:
+        """x: (batch, d_0) -> (y: (batch, d_L), caches). ``outs``: a buffer per layer."""
         caches = []
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
             x, cache = linear_forward(x, params[layer.name + ".W"], params[layer.name + ".b"],
-                                      layer.activation, self.alpha)
+                                      layer.activation, self.alpha, out=None if outs is None else outs[i])
             caches.append(cache)
         return x, caches
 
-    def backward(self, caches, d_y, grads, need_d_x=True):
-        """Write each layer's d_W, d_b into ``grads``; return d_x (or None)."""
+    def backward(self, caches, d_y, grads, need_d_x=True, d_ins=None, overwrite_d_y=False):
+        """Write each layer's d_W, d_b into ``grads``; return d_x (or None).
+
+        Arrays already in ``grads`` under a layer's names are filled in place
+        (the model's flat gradient buffer); missing ones are created.
+        ``d_ins[i]`` is a buffer for the gradient of layer i's input.
+        """
         for i in reversed(range(len(self.layers))):
-            d_y, d = linear_backward(caches[i], d_y, need_d_x=need_d_x or i > 0)
             name = self.layers[i].name
+            d_y, d = linear_backward(caches[i], d_y, need_d_x=need_d_x or i > 0,
+                                     d_W=grads.get(name + ".W"), d_b=grads.get(name + ".b"),
+                                     d_x=None if d_ins is None else d_ins[i],
+                                     overwrite_d_y=overwrite_d_y or i < len(self.layers) - 1)
             grads[name + ".W"], grads[name + ".b"] = d["W"], d["b"]
         return d_y

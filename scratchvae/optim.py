@@ -11,12 +11,15 @@ from typing import Dict, Optional
 
 import numpy as np
 
+from . import flat
 from .kernels import ops as K
 
 
 def global_grad_norm(grads: Dict[str, np.ndarray]) -> float:
-    """sqrt(sum over all gradients of g^2), accumulated in float64."""
-    return math.sqrt(sum(float(np.dot(g.ravel(), g.ravel().astype(np.float64))) for g in grads.values()))
+    """sqrt(sum over all gradients of g^2)."""
+    g = flat.flat_view(grads)
+    arrays = [g] if g is not None else [v.ravel() for v in grads.values()]
+    return math.sqrt(sum(float(np.dot(a, a)) for a in arrays))
 
 
 class Optimizer:
@@ -27,6 +30,10 @@ class Optimizer:
     gradients are scaled by ``max_grad_norm / norm`` for this step (the
     caller's arrays are not modified). ``last_grad_norm`` holds the norm seen
     by the latest step.
+
+    When the parameters are views into one flat buffer (as a ``VAE``'s are)
+    and so are the gradients, the state is kept flat too and each step is
+    one kernel call over all parameters; otherwise it loops over them.
     """
 
     buffers = ()           # names of the per-parameter state arrays
@@ -42,7 +49,11 @@ class Optimizer:
         self.lr, self.weight_decay, self.max_grad_norm = lr, weight_decay, max_grad_norm
         self.step_count = 0
         self.last_grad_norm = float("nan")
-        self.state = {b: {k: np.zeros_like(p) for k, p in params.items()} for b in self.buffers}
+        self.keys = list(params)
+        self.flat_params = flat.flat_view(params)
+        self.flat_state, self.state = {}, {}
+        for b in self.buffers:
+            self.flat_state[b], self.state[b] = flat.zeros_like(params)
 
     def _grad_scale(self, grads) -> float:
         if set(grads) != set(self.params):
@@ -64,6 +75,10 @@ class Optimizer:
         """Update every parameter in place from ``grads`` (same keys and shapes)."""
         scale = self._grad_scale(grads)
         self.step_count += 1
+        g_flat = flat.flat_view(grads) if self.flat_params is not None else None
+        if g_flat is not None and list(grads) == self.keys:
+            self._update(self.flat_params, g_flat, *self.flat_state.values(), grad_scale=scale)
+            return
         for k, p in self.params.items():
             self._update(p, grads[k], *(self.state[b][k] for b in self.buffers), grad_scale=scale)
 

@@ -23,7 +23,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 
 from . import distributions as D
-from . import nn
+from . import flat, nn
 
 
 class VAE:
@@ -64,13 +64,18 @@ class VAE:
         h_dim = self.hidden[-1] if hidden else self.input_dim
         self.init, self.sigma = init, float(sigma)
         rng = np.random.default_rng(seed)
-        self.params: Dict[str, np.ndarray] = self.encoder.init(rng, init, self.dtype)
+        params = self.encoder.init(rng, init, self.dtype)
         for head in ("mu", "logvar"):
-            self.params[f"enc.{head}.W"], self.params[f"enc.{head}.b"] = nn.init_linear(
+            params[f"enc.{head}.W"], params[f"enc.{head}.b"] = nn.init_linear(
                 rng, h_dim, latent_dim, init, self.dtype)
-        self.params.update(self.decoder.init(rng, init, self.dtype))
+        params.update(self.decoder.init(rng, init, self.dtype))
         for k, v in self.likelihood.init_params(input_dim, self.dtype).items():
-            self.params["dec." + k] = v
+            params["dec." + k] = v
+        # params and grads: plain dicts whose arrays are views into one flat buffer
+        # each, so that an optimizer can update everything in one sweep
+        self.flat_params, self.params = flat.pack(params)
+        self.flat_grads, self.grads = flat.zeros_like(params)
+        self._workspaces: Dict[int, _Workspace] = {}
 
     def config(self) -> dict:
         """The constructor arguments that fix the architecture (JSON-ready)."""
@@ -109,28 +114,33 @@ class VAE:
     def _check_x(self, x):
         return self._check_batch(x, "x", self.input_dim, self.likelihood.needs_unit_interval)
 
-    def _noise(self, n, rng, eps):
+    def _noise(self, n, rng, eps, out):
         if (rng is None) == (eps is None):
             raise ValueError("pass exactly one of rng (to draw eps) or eps (fixed noise)")
         if eps is None:
-            return rng.standard_normal((n, self.latent_dim), dtype=self.dtype)
+            return rng.standard_normal(dtype=self.dtype, out=out)
         eps = self._check_batch(eps, "eps", self.latent_dim)
         if len(eps) != n:
             raise ValueError(f"eps has {len(eps)} rows but x has {n}")
         return eps
 
     @property
+    def _likelihood_keys(self):
+        return [k for k in self.params if k.startswith("dec.") and k.count(".") == 1]
+
+    @property
     def _likelihood_params(self):
-        return {k[4:]: v for k, v in self.params.items() if k.startswith("dec.") and k.count(".") == 1}
+        return {k[4:]: self.params[k] for k in self._likelihood_keys}
 
     # ------------------------------------------------------------------
     # the model's maps
     # ------------------------------------------------------------------
 
-    def _encode(self, x):
-        h, enc_cache = self.encoder.forward(self.params, x)
-        mu, mu_cache = nn.linear_forward(h, self.params["enc.mu.W"], self.params["enc.mu.b"])
-        logvar, lv_cache = nn.linear_forward(h, self.params["enc.logvar.W"], self.params["enc.logvar.b"])
+    def _encode(self, x, ws=None):
+        p = self.params
+        h, enc_cache = self.encoder.forward(p, x, None if ws is None else ws.enc)
+        mu, mu_cache = nn.linear_forward(h, p["enc.mu.W"], p["enc.mu.b"], out=ws and ws.mu)
+        logvar, lv_cache = nn.linear_forward(h, p["enc.logvar.W"], p["enc.logvar.b"], out=ws and ws.logvar)
         return mu, logvar, (enc_cache, mu_cache, lv_cache)
 
     def encode(self, x):
@@ -162,7 +172,7 @@ class VAE:
 
     def loss(self, x, rng: Optional[np.random.Generator] = None, eps=None, beta: float = 1.0):
         """The batch loss without gradients; same arguments as :meth:`loss_and_grads`."""
-        return self._forward(x, rng, eps, beta)[0]
+        return self._forward(x, rng, eps, beta, into_grads=False)[0]
 
     def loss_and_grads(self, x, rng: Optional[np.random.Generator] = None, eps=None,
                        beta: float = 1.0):
@@ -172,42 +182,81 @@ class VAE:
         Pass ``rng`` to draw eps ~ N(0, I), or ``eps`` (batch, k) to fix it.
         Returns ``(losses, grads)``: ``losses`` has the per-example means
         ``total``, ``nll`` and ``kl`` in nats (``total = nll + beta * kl``);
-        ``grads`` has the keys of ``self.params``.
+        ``grads`` has the keys of ``self.params``. ``grads`` is
+        ``self.grads``: its arrays are overwritten by the next call (copy
+        them to keep them), as are the workspaces this step computes in.
         """
-        losses, caches = self._forward(x, rng, eps, beta)
-        enc_caches, lat_cache, dec_caches, d_out, d_lik = caches
-        n = len(d_out)
-        grads: Dict[str, np.ndarray] = {"dec." + k: v for k, v in d_lik.items()}
-        d_z = self.decoder.backward(dec_caches, d_out, grads)
-        d_mu, d_logvar = D.reparameterize_kl_backward(lat_cache, d_z, beta / n)
+        losses, ws, (enc_caches, lat_cache, dec_caches) = self._forward(x, rng, eps, beta, into_grads=True)
+        n, g = len(ws.z), self.grads
+        d_z = self.decoder.backward(dec_caches, ws.d_out, g, d_ins=ws.d_dec, overwrite_d_y=True)
+        d_mu, d_logvar = D.reparameterize_kl_backward(lat_cache, d_z, beta / n, ws.d_mu, ws.d_logvar)
         enc_cache, mu_cache, lv_cache = enc_caches
-        d_h, g = nn.linear_backward(mu_cache, d_mu)
-        grads["enc.mu.W"], grads["enc.mu.b"] = g["W"], g["b"]
-        d_h_lv, g = nn.linear_backward(lv_cache, d_logvar)
-        grads["enc.logvar.W"], grads["enc.logvar.b"] = g["W"], g["b"]
-        d_h += d_h_lv
-        self.encoder.backward(enc_cache, d_h, grads, need_d_x=False)
-        return losses, {k: grads[k] for k in self.params}
+        need_d_h = bool(self.encoder.layers)        # without hidden layers h is x itself
+        nn.linear_backward(mu_cache, d_mu, need_d_h, g["enc.mu.W"], g["enc.mu.b"], ws.d_h, overwrite_d_y=True)
+        nn.linear_backward(lv_cache, d_logvar, need_d_h, g["enc.logvar.W"], g["enc.logvar.b"], ws.d_h,
+                           overwrite_d_y=True, accumulate_d_x=True)
+        if need_d_h:
+            self.encoder.backward(enc_cache, ws.d_h, g, need_d_x=False, d_ins=ws.d_enc, overwrite_d_y=True)
+        return losses, g
 
-    def _forward(self, x, rng, eps, beta):
+    def _forward(self, x, rng, eps, beta, into_grads):
+        """The forward pass in the batch's workspace; the likelihood's own
+        parameter gradients go into ``self.grads`` only when ``into_grads``."""
         if not (np.isfinite(beta) and beta >= 0):
             raise ValueError(f"beta must be a finite number >= 0, got {beta}")
         x = self._check_x(x)
-        n = len(x)
-        eps = self._noise(n, rng, eps)
-        mu, logvar, enc_caches = self._encode(x)
-        z, kl, lat_cache = D.reparameterize_kl(mu, logvar, eps)
-        out, dec_caches = self.decoder.forward(self.params, z)
-        nll, d_out, d_lik = self.likelihood.nll_and_grad(out, x, self._likelihood_params, 1.0 / n)
+        ws = self._workspace(len(x))
+        eps = self._noise(len(x), rng, eps, ws.eps)
+        mu, logvar, enc_caches = self._encode(x, ws)
+        z, kl, lat_cache = D.reparameterize_kl(mu, logvar, eps, ws.z, ws.kl)
+        out, dec_caches = self.decoder.forward(self.params, z, ws.dec)
+        lik_grads = {k[4:]: self.grads[k] for k in self._likelihood_keys} if into_grads else None
+        nll, _, _ = self.likelihood.nll_and_grad(out, x, self._likelihood_params, 1.0 / len(x),
+                                                 ws.nll, ws.d_out, lik_grads)
         losses = {"nll": float(nll.mean()), "kl": float(kl.mean())}
         losses["total"] = losses["nll"] + beta * losses["kl"]
         if not np.isfinite(losses["total"]):
             raise FloatingPointError(
                 f"the loss is not finite (nll={losses['nll']}, kl={losses['kl']}): the weights "
                 "have diverged; lower the learning rate or clip the gradient norm")
-        return losses, (enc_caches, lat_cache, dec_caches, d_out, d_lik)
+        return losses, ws, (enc_caches, lat_cache, dec_caches)
+
+    def _workspace(self, n: int) -> "_Workspace":
+        """Buffers for batches of ``n`` rows, made once and reused (a few sizes kept)."""
+        ws = self._workspaces.get(n)
+        if ws is None:
+            if len(self._workspaces) >= 4:
+                self._workspaces.pop(next(iter(self._workspaces)))
+            ws = self._workspaces[n] = _Workspace(self, n)
+        return ws
 
     def __repr__(self):
         sizes = "-".join(map(str, [self.input_dim, *self.hidden, self.latent_dim]))
         return (f"VAE({sizes}, likelihood={self.likelihood.name}, activation={self.activation}, "
                 f"dtype={self.dtype.name}, params={sum(v.size for v in self.params.values())})")
+
+
+class _Workspace:
+    """Every array one training step of a batch of ``n`` writes, allocated once.
+
+    Forward: encoder layer outputs, mu, logvar, eps, z, kl, decoder layer
+    outputs, nll. Backward: d_out (gradient of the decoder output), the
+    gradients of each decoder layer's input (``d_dec[0]`` is d_z), d_mu,
+    d_logvar, d_h (encoder output) and the encoder layers' input gradients.
+    """
+
+    def __init__(self, model: VAE, n: int):
+        def buf(*shape):
+            return np.empty(shape, model.dtype)
+
+        k, d = model.latent_dim, model.input_dim
+        enc, dec = model.encoder.layers, model.decoder.layers
+        self.enc = [buf(n, layer.fan_out) for layer in enc]
+        self.mu, self.logvar, self.eps, self.z = (buf(n, k) for _ in range(4))
+        self.kl, self.nll = buf(n), buf(n)
+        self.dec = [buf(n, layer.fan_out) for layer in dec]
+        self.d_out = buf(n, d)
+        self.d_dec = [buf(n, layer.fan_in) for layer in dec]
+        self.d_mu, self.d_logvar = buf(n, k), buf(n, k)
+        self.d_h = buf(n, enc[-1].fan_out if enc else d)
+        self.d_enc = [None] + [buf(n, layer.fan_in) for layer in enc[1:]]

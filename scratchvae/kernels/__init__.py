@@ -9,13 +9,13 @@ Layer code never imports a backend module; it calls ``ops.NAME(...)``::
 every layer at once. A backend is a module that defines every name in
 :data:`CONTRACT` with the signatures of ``kernels/reference.py`` (the NumPy
 specification). The default backend comes from ``$SCRATCHVAE_BACKEND``, or
-NumPy when it is unset.
+else is Numba when it imports and NumPy otherwise; it is chosen at the first
+kernel call, so importing scratchvae never imports Numba.
 """
 from __future__ import annotations
 
 import importlib
 import os
-import types
 
 CONTRACT = (
     "gemm",
@@ -30,10 +30,35 @@ CONTRACT = (
     "sgd_update",
 )
 
-BACKENDS = {"numpy": "scratchvae.kernels.reference"}
+BACKENDS = {"numpy": "scratchvae.kernels.reference", "numba": "scratchvae.kernels.jit"}
 
-ops = types.SimpleNamespace()
+
+class _Ops:
+    """The active backend's kernels as attributes. Until a backend is chosen,
+    the first attribute lookup chooses the default (so ``import scratchvae``
+    never imports Numba)."""
+
+    def __getattr__(self, name):
+        if name in CONTRACT and _active is None:
+            set_backend(default_backend())
+            return getattr(self, name)
+        raise AttributeError(name)
+
+
+ops = _Ops()
 _active = None
+
+
+def default_backend() -> str:
+    """``$SCRATCHVAE_BACKEND`` if set, else ``numba`` when Numba imports, else ``numpy``."""
+    name = os.environ.get("SCRATCHVAE_BACKEND")
+    if name:
+        return name
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return "numpy"
+    return "numba"
 
 
 def set_backend(name: str) -> None:
@@ -41,7 +66,11 @@ def set_backend(name: str) -> None:
     global _active
     if name not in BACKENDS:
         raise ValueError(f"unknown kernel backend {name!r}; available: {', '.join(BACKENDS)}")
-    module = importlib.import_module(BACKENDS[name])
+    try:
+        module = importlib.import_module(BACKENDS[name])
+    except ImportError as e:
+        raise ImportError(f"kernel backend {name!r} needs a package that is missing ({e}); "
+                          f"install it (pip install 'scratchvae[fast]') or use the numpy backend") from None
     missing = [k for k in CONTRACT if not callable(getattr(module, k, None))]
     if missing:
         raise ImportError(f"backend {name!r} does not implement {missing}")
@@ -51,8 +80,7 @@ def set_backend(name: str) -> None:
 
 
 def get_backend() -> str:
-    """The name of the backend ``ops`` currently routes to."""
+    """The name of the backend ``ops`` routes to (choosing the default if none was set)."""
+    if _active is None:
+        set_backend(default_backend())
     return _active
-
-
-set_backend(os.environ.get("SCRATCHVAE_BACKEND", "numpy"))

@@ -35,16 +35,21 @@ def _result(out, like):
 # GEMM
 # --------------------------------------------------------------------------
 
-def gemm(a, b, out=None, trans_a=False, trans_b=False):
-    """``out = op(a) @ op(b)`` where ``op`` transposes when asked.
+def gemm(a, b, out=None, trans_a=False, trans_b=False, accumulate=False):
+    """``out = op(a) @ op(b)`` (or ``out += ...`` with ``accumulate``), ``op``
+    transposing when asked.
 
     Shapes: ``op(a)`` is (m, k), ``op(b)`` is (k, n), ``out`` is (m, n).
     The layouts the model needs: ``x @ W`` (forward), ``d_y @ W.T``
     (input gradient, ``trans_b``) and ``x.T @ d_y`` (weight gradient,
-    ``trans_a``).
+    ``trans_a``). NumPy hands the transposed views to BLAS without copying;
+    ``accumulate`` costs one temporary here.
     """
     a = a.T if trans_a else a
     b = b.T if trans_b else b
+    if accumulate:
+        out += a @ b
+        return out
     return np.matmul(a, b, out=out)
 
 
@@ -86,10 +91,12 @@ def bias_activation(a, b, activation, alpha, out=None):
     return y
 
 
-def activation_backward(y, d_y, activation, alpha, out=None):
+def activation_backward(y, d_y, activation, alpha, out=None, d_b=None):
     """``d_a = d_y * f'(a)``, with ``f'(a)`` written in terms of ``y = f(a)``.
 
-    y, d_y: (batch, n). ``out`` may be ``d_y`` (in place).
+    y, d_y: (batch, n). ``out`` may be ``d_y`` (in place). When ``d_b`` (n,)
+    is given it also receives the bias gradient ``sum over batch of d_a``
+    (a fast backend fuses that sum into the same pass).
     """
     d_a = _result(out, d_y)
     if activation == "identity":           # f' = 1
@@ -108,6 +115,8 @@ def activation_backward(y, d_y, activation, alpha, out=None):
         np.multiply(d_y, np.where(y > 0, 1, y + alpha), out=d_a)
     else:
         raise ValueError(f"unknown activation {activation!r}; choose one of {ACTIVATIONS}")
+    if d_b is not None:
+        np.sum(d_a, axis=0, out=d_b)
     return d_a
 
 
@@ -115,16 +124,17 @@ def activation_backward(y, d_y, activation, alpha, out=None):
 # Likelihoods: negative log-likelihood per example and its gradient
 # --------------------------------------------------------------------------
 
-def bernoulli_nll(logits, x, scale, d_logits=None):
+def bernoulli_nll(logits, x, scale, d_logits=None, nll=None):
     """Bernoulli on logits ``l``: ``-log p(x|l) = softplus(l) - x l``.
 
     logits, x: (batch, d); x in [0, 1] (grey levels are allowed, as in
     binary cross-entropy). Returns ``(nll, d_logits)``: nll (batch,) in nats,
-    ``d_logits = scale * (sigmoid(l) - x)``.
+    ``d_logits = scale * (sigmoid(l) - x)``; ``nll`` and ``d_logits`` may be
+    given as outputs.
     """
     # softplus(l) = max(l, 0) + log1p(exp(-|l|)) never overflows
     nll_pix = np.maximum(logits, 0) + np.log1p(np.exp(-np.abs(logits))) - x * logits
-    nll = nll_pix.sum(axis=1)
+    nll = np.sum(nll_pix, axis=1, out=nll)
     d = _result(d_logits, logits)
     np.multiply(logits, 0.5, out=d)
     np.tanh(d, out=d)
@@ -175,19 +185,19 @@ def cb_log_normalizer_grad(logits):
     return (np.sign(logits) * np.where(small, series, direct)).astype(logits.dtype, copy=False)
 
 
-def continuous_bernoulli_nll(logits, x, scale, d_logits=None):
+def continuous_bernoulli_nll(logits, x, scale, d_logits=None, nll=None):
     """Continuous Bernoulli on logits (Loaiza-Ganem and Cunningham 2019).
 
     ``-log p(x|l) = softplus(l) - x l - log C(l)``; the gradient is
     ``scale * (sigmoid(l) - x - dlogC/dl)``. Shapes as ``bernoulli_nll``.
     """
-    nll, d = bernoulli_nll(logits, x, scale, d_logits)
+    nll, d = bernoulli_nll(logits, x, scale, d_logits, nll)
     nll -= cb_log_normalizer(logits).sum(axis=1)
     d -= scale * cb_log_normalizer_grad(logits)
     return nll, d
 
 
-def gaussian_nll(mean, x, log_sigma, scale, d_mean=None):
+def gaussian_nll(mean, x, log_sigma, scale, d_mean=None, nll=None, d_log_sigma=None):
     """Gaussian with standard deviation ``sigma = exp(log_sigma)``.
 
     ``-log p(x|mean) = sum_j log(2 pi)/2 + log_sigma_j + (x_j - mean_j)^2 / (2 sigma_j^2)``.
@@ -195,26 +205,27 @@ def gaussian_nll(mean, x, log_sigma, scale, d_mean=None):
     Returns ``(nll, d_mean, d_log_sigma)``, with
     ``d_mean = scale (mean - x) / sigma^2`` and
     ``d_log_sigma = scale * sum over batch (and pixels for a scalar) of 1 - r^2``
-    where ``r = (x - mean) / sigma``.
+    where ``r = (x - mean) / sigma``; each may be given as an output.
     """
     inv_sigma = np.exp(-log_sigma)
     r = (x - mean) * inv_sigma                          # standardised residual
     d = x.shape[1]
     log_sigma_sum = log_sigma.sum() * (d if log_sigma.size == 1 else 1)
-    nll = 0.5 * np.einsum("ij,ij->i", r, r) + (d * HALF_LOG_2PI + log_sigma_sum)
-    d_log_sigma = scale * (1 - r * r).sum(axis=0)
-    if log_sigma.size == 1:
-        d_log_sigma = d_log_sigma.sum(keepdims=True)
+    nll = _result(nll, mean[:, 0])
+    nll[:] = 0.5 * np.einsum("ij,ij->i", r, r) + (d * HALF_LOG_2PI + log_sigma_sum)
+    d_ls = scale * (1 - r * r).sum(axis=0)
+    d_log_sigma = _result(d_log_sigma, log_sigma)
+    d_log_sigma[:] = d_ls.sum(keepdims=True) if log_sigma.size == 1 else d_ls
     out = _result(d_mean, mean)
     np.multiply(r, -scale * inv_sigma, out=out)
-    return nll.astype(mean.dtype, copy=False), out, d_log_sigma.astype(mean.dtype, copy=False)
+    return nll, out, d_log_sigma
 
 
 # --------------------------------------------------------------------------
 # Latent layer: reparameterization and KL to N(0, I), fused
 # --------------------------------------------------------------------------
 
-def gaussian_latent(mu, logvar, eps, z=None):
+def gaussian_latent(mu, logvar, eps, z=None, kl=None):
     """Sample ``z = mu + exp(logvar/2) eps`` and ``KL(q || N(0, I))``.
 
     mu, logvar, eps: (batch, k). Returns ``(z, kl)`` with kl (batch,) in nats:
@@ -223,7 +234,8 @@ def gaussian_latent(mu, logvar, eps, z=None):
     std = np.exp(0.5 * logvar)
     z = np.multiply(std, eps, out=z)
     z += mu
-    kl = 0.5 * (mu * mu + std * std - 1 - logvar).sum(axis=1)
+    kl = np.sum(mu * mu + std * std - 1 - logvar, axis=1, out=kl)
+    kl *= 0.5
     return z, kl
 
 

@@ -1,0 +1,327 @@
+"""Numba kernels: the contract of ``reference.py``, fused and compiled.
+
+Each public function has the signature of its reference twin; the loops
+live in ``_``-prefixed ``@njit`` functions. What is fused:
+
+* ``bias_activation``: bias add and activation in one pass;
+* ``activation_backward``: f'(a) from the cached output and the bias
+  gradient (column sums) in the same pass;
+* the likelihoods: per-example loss and its gradient in one pass over the
+  pixels, with one ``exp`` per pixel shared by softplus and sigmoid;
+* ``gaussian_latent`` (+ backward): reparameterization and KL together;
+* ``adam_update``: one sweep over the flat parameter buffer.
+
+Compilation: ``cache=True`` (compiled code is kept on disk and reloaded in
+later processes). Numba writes the cache next to this file, or, where that
+is read-only, in a user cache directory; where neither can be written the
+kernels compile in memory instead of failing. ``fastmath`` allows
+reassociation (vectorised sums) but never ``nnan``/``ninf``, so NaN and inf
+checks keep working.
+
+Constants are float32 where they are exact (0, 0.5, 1, 2) so that float32
+kernels stay in float32; float64 inputs promote them losslessly.
+"""
+from __future__ import annotations
+
+import math
+
+import numba as nb
+import numpy as np
+
+from . import reference as R
+
+FASTMATH = {"nsz", "arcp", "contract", "reassoc"}   # never nnan / ninf
+ZERO, HALF, ONE, TWO = np.float32(0), np.float32(0.5), np.float32(1), np.float32(2)
+R_HALF_LOG_2PI = R.HALF_LOG_2PI
+ACT_CODE = {name: i for i, name in enumerate(R.ACTIVATIONS)}
+IDENTITY, RELU, LEAKY_RELU, TANH, SIGMOID, SOFTPLUS, ELU = (ACT_CODE[a] for a in R.ACTIVATIONS)
+CACHE_ENABLED = True
+
+
+def _jit():
+    """njit with our flags; without a writable cache location, compile in memory.
+
+    The kernels are serial on purpose: BLAS already runs the GEMMs on every
+    core, and a second thread pool spinning beside OpenBLAS's made a step
+    several times slower on a 2-core machine.
+    """
+    def decorate(fn):
+        global CACHE_ENABLED
+        options = dict(fastmath=FASTMATH, nogil=True, error_model="numpy")
+        try:
+            return nb.njit(cache=CACHE_ENABLED, **options)(fn)
+        except RuntimeError:          # "cannot cache function ...: no locator available"
+            CACHE_ENABLED = False
+            return nb.njit(cache=False, **options)(fn)
+    return decorate
+
+
+# --------------------------------------------------------------------------
+# activations
+# --------------------------------------------------------------------------
+
+@_jit()
+def _act(v, code, alpha):
+    if code == RELU:
+        return v if v > ZERO else ZERO * v
+    if code == LEAKY_RELU:
+        return v if v > ZERO else alpha * v
+    if code == TANH:
+        return math.tanh(v)
+    if code == SIGMOID:
+        return HALF + HALF * math.tanh(HALF * v)
+    if code == SOFTPLUS:                       # log(1 + e^v) without overflow
+        return max(v, ZERO) + math.log1p(math.exp(-abs(v)))
+    if code == ELU:
+        return v if v > ZERO else alpha * math.expm1(v)
+    return v
+
+
+@_jit()
+def _act_grad(y, code, alpha):
+    """f'(a) from y = f(a)."""
+    if code == RELU:
+        return ONE if y > ZERO else ZERO
+    if code == LEAKY_RELU:
+        return ONE if y > ZERO else alpha
+    if code == TANH:
+        return ONE - y * y
+    if code == SIGMOID:
+        return y * (ONE - y)
+    if code == SOFTPLUS:
+        return -math.expm1(-y)
+    if code == ELU:
+        return ONE if y > ZERO else y + alpha
+    return ONE
+
+
+@_jit()
+def _bias_act(a, b, code, alpha, out):
+    n, m = a.shape
+    for i in range(n):
+        for j in range(m):
+            out[i, j] = _act(a[i, j] + b[j], code, alpha)
+
+
+@_jit()
+def _act_backward(y, d_y, code, alpha, out, d_b, want_d_b):
+    n, m = y.shape
+    if want_d_b:
+        for j in range(m):
+            d_b[j] = ZERO
+    for i in range(n):
+        for j in range(m):
+            d = d_y[i, j] * _act_grad(y[i, j], code, alpha)
+            out[i, j] = d
+            if want_d_b:
+                d_b[j] += d
+
+
+def bias_activation(a, b, activation, alpha, out=None):
+    out = np.empty_like(a) if out is None else out
+    _bias_act(a, b, _code(activation), a.dtype.type(alpha), out)
+    return out
+
+
+def activation_backward(y, d_y, activation, alpha, out=None, d_b=None):
+    out = np.empty_like(d_y) if out is None else out
+    want = d_b is not None
+    _act_backward(y, d_y, _code(activation), y.dtype.type(alpha), out,
+                  d_b if want else out[0], want)
+    return out
+
+
+def _code(activation):
+    try:
+        return ACT_CODE[activation]
+    except KeyError:
+        raise ValueError(f"unknown activation {activation!r}; choose one of {R.ACTIVATIONS}") from None
+
+
+# --------------------------------------------------------------------------
+# likelihoods
+# --------------------------------------------------------------------------
+
+@_jit()
+def _softplus_sigmoid(l):
+    """(softplus(l), sigmoid(l)) sharing one exp(-|l|)."""
+    e = math.exp(-abs(l))
+    sp = max(l, ZERO) + math.log1p(e)
+    s = ONE / (ONE + e)
+    return sp, (s if l >= ZERO else e * s)
+
+
+@_jit()
+def _cb_log_norm_and_grad(l):
+    """log C(l) and its derivative for the continuous Bernoulli, in float64
+    (see reference.cb_log_normalizer for the formulas and the series)."""
+    a = abs(float(l))
+    if a < 0.1:
+        a2 = a * a
+        f = math.log(2.0) + a2 * (1 / 12 - a2 * (7 / 1440 - a2 * (
+            31 / 90720 - a2 * (127 / 4838400 - a2 * (73 / 34214400)))))
+        g = a * (1 / 6 - a2 * (7 / 360 - a2 * (31 / 15120 - a2 * (127 / 604800 - a2 * (73 / 3421440)))))
+    else:
+        e = math.exp(-a)
+        f = math.log(a) - math.log(-math.expm1(-a)) + math.log1p(e)
+        g = 1.0 / a - 2.0 * e / (1.0 - e * e)
+    return f, (g if l >= 0 else -g)
+
+
+@_jit()
+def _bernoulli(logits, x, scale, d, nll):
+    n, m = logits.shape
+    for i in range(n):
+        s = ZERO * logits[i, 0]
+        for j in range(m):
+            l = logits[i, j]
+            sp, sig = _softplus_sigmoid(l)
+            s += sp - x[i, j] * l
+            d[i, j] = scale * (sig - x[i, j])
+        nll[i] = s
+
+
+@_jit()
+def _cb_correction(logits, scale, d, nll):
+    """Continuous Bernoulli on top of _bernoulli: nll -= sum log C, d -= scale dlogC/dl."""
+    n, m = logits.shape
+    for i in range(n):
+        c = 0.0
+        for j in range(m):
+            f, g = _cb_log_norm_and_grad(logits[i, j])
+            c += f
+            d[i, j] -= scale * g
+        nll[i] -= c
+
+
+def _loss_outputs(logits, d_logits, nll):
+    d = np.empty_like(logits) if d_logits is None else d_logits
+    nll = np.empty(logits.shape[0], logits.dtype) if nll is None else nll
+    return d, nll
+
+
+def bernoulli_nll(logits, x, scale, d_logits=None, nll=None):
+    d, nll = _loss_outputs(logits, d_logits, nll)
+    _bernoulli(logits, x, logits.dtype.type(scale), d, nll)
+    return nll, d
+
+
+def continuous_bernoulli_nll(logits, x, scale, d_logits=None, nll=None):
+    d, nll = _loss_outputs(logits, d_logits, nll)
+    scale = logits.dtype.type(scale)
+    _bernoulli(logits, x, scale, d, nll)
+    _cb_correction(logits, scale, d, nll)
+    return nll, d
+
+
+@_jit()
+def _gaussian(mean, x, log_sigma, scale, d_mean, nll, d_log_sigma):
+    n, m = mean.shape
+    per_pixel = log_sigma.shape[0] == m
+    const = 0.0
+    for j in range(m):
+        const += R_HALF_LOG_2PI + log_sigma[j if per_pixel else 0]
+    for j in range(d_log_sigma.shape[0]):
+        d_log_sigma[j] = ZERO
+    for i in range(n):
+        s = 0.0
+        for j in range(m):
+            jj = j if per_pixel else 0
+            inv_sigma = math.exp(-log_sigma[jj])
+            r = (x[i, j] - mean[i, j]) * inv_sigma
+            s += HALF * r * r
+            d_mean[i, j] = -scale * r * inv_sigma
+            d_log_sigma[jj] += scale * (ONE - r * r)
+        nll[i] = s + const
+
+
+def gaussian_nll(mean, x, log_sigma, scale, d_mean=None, nll=None, d_log_sigma=None):
+    d_mean, nll = _loss_outputs(mean, d_mean, nll)
+    d_log_sigma = np.empty_like(log_sigma) if d_log_sigma is None else d_log_sigma
+    _gaussian(mean, x, log_sigma, mean.dtype.type(scale), d_mean, nll, d_log_sigma)
+    return nll, d_mean, d_log_sigma
+
+
+# --------------------------------------------------------------------------
+# latent layer
+# --------------------------------------------------------------------------
+
+@_jit()
+def _latent(mu, logvar, eps, z, kl):
+    n, k = mu.shape
+    for i in range(n):
+        s = ZERO * mu[i, 0]
+        for j in range(k):
+            var = math.exp(logvar[i, j])
+            z[i, j] = mu[i, j] + math.sqrt(var) * eps[i, j]
+            s += mu[i, j] * mu[i, j] + var - ONE - logvar[i, j]
+        kl[i] = HALF * s
+
+
+@_jit()
+def _latent_backward(mu, logvar, eps, d_z, kl_weight, d_mu, d_logvar):
+    n, k = mu.shape
+    for i in range(n):
+        for j in range(k):
+            std = math.exp(HALF * logvar[i, j])
+            d_mu[i, j] = d_z[i, j] + kl_weight * mu[i, j]
+            d_logvar[i, j] = HALF * (d_z[i, j] * eps[i, j] * std + kl_weight * (std * std - ONE))
+
+
+def gaussian_latent(mu, logvar, eps, z=None, kl=None):
+    z = np.empty_like(mu) if z is None else z
+    kl = np.empty(mu.shape[0], mu.dtype) if kl is None else kl
+    _latent(mu, logvar, eps, z, kl)
+    return z, kl
+
+
+def gaussian_latent_backward(mu, logvar, eps, d_z, kl_weight, d_mu=None, d_logvar=None):
+    d_mu = np.empty_like(mu) if d_mu is None else d_mu
+    d_logvar = np.empty_like(mu) if d_logvar is None else d_logvar
+    _latent_backward(mu, logvar, eps, d_z, mu.dtype.type(kl_weight), d_mu, d_logvar)
+    return d_mu, d_logvar
+
+
+# --------------------------------------------------------------------------
+# optimizers: one sweep over (flat) buffers
+# --------------------------------------------------------------------------
+
+@_jit()
+def _adam(p, g, m, v, step_size, beta1, beta2, eps, inv_sqrt_bc2, decay, grad_scale):
+    n = p.shape[0]
+    for i in range(n):
+        gi = grad_scale * g[i]
+        mi = beta1 * m[i] + (ONE - beta1) * gi
+        vi = beta2 * v[i] + (ONE - beta2) * gi * gi
+        m[i] = mi
+        v[i] = vi
+        p[i] = p[i] * decay - step_size * mi / (math.sqrt(vi) * inv_sqrt_bc2 + eps)
+
+
+@_jit()
+def _sgd(p, g, buf, lr, momentum, weight_decay, grad_scale):
+    n = p.shape[0]
+    for i in range(n):
+        b = momentum * buf[i] + grad_scale * g[i] + weight_decay * p[i]
+        buf[i] = b
+        p[i] -= lr * b
+
+
+def adam_update(p, g, m, v, lr, beta1, beta2, eps, step, weight_decay, grad_scale):
+    t = p.dtype.type
+    bc1, bc2 = 1 - beta1 ** step, 1 - beta2 ** step
+    # lr * m_hat / (sqrt(v_hat) + eps) == (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps)
+    _adam(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), t(lr / bc1), t(beta1), t(beta2),
+          t(eps), t(1 / math.sqrt(bc2)), t(1 - lr * weight_decay), t(grad_scale))
+
+
+def sgd_update(p, g, buf, lr, momentum, weight_decay, grad_scale):
+    t = p.dtype.type
+    _sgd(p.reshape(-1), g.reshape(-1), buf.reshape(-1), t(lr), t(momentum), t(weight_decay), t(grad_scale))
+
+
+# --------------------------------------------------------------------------
+# GEMM
+# --------------------------------------------------------------------------
+
+gemm = R.gemm
