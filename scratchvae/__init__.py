@@ -15,8 +15,9 @@ __version__ = "0.1.0"
 
 from .checkpoint import load
 from .gradcheck import check_op, gradcheck
-from .kernels import get_backend, set_backend
+from .kernels import describe, get_backend, set_backend, warmup
 from .optim import SGD, Adam
 from .vae import VAE
 
-__all__ = ["VAE", "Adam", "SGD", "load", "gradcheck", "check_op", "set_backend", "get_backend", "__version__"]
+__all__ = ["VAE", "Adam", "SGD", "load", "gradcheck", "check_op", "set_backend", "get_backend",
+           "warmup", "describe", "__version__"]

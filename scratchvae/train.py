@@ -115,6 +115,7 @@ class Trainer:
         self.sums = {"total": 0.0, "nll": 0.0, "kl": 0.0, "n": 0, "seconds": 0.0}
         self.history: List[dict] = []
         self._stop = False
+        self._buffers = {}
 
     @property
     def checkpoint_path(self) -> Path:
@@ -166,9 +167,10 @@ class Trainer:
         t0 = time.perf_counter()
         while self.batch < self.batches_per_epoch:
             idx = self.perm[self.batch * cfg.batch_size:(self.batch + 1) * cfg.batch_size]
-            x = self.x_train[idx]
+            x, scratch = self._batch_buffers(len(idx))
+            np.take(self.x_train, idx, axis=0, out=x)
             if cfg.binarize == "dynamic":
-                x = binarize(x, self.rng)
+                binarize(x, self.rng, out=x, scratch=scratch)
             beta = self.beta_at(self.step)
             try:
                 losses, grads = model.loss_and_grads(x, rng=self.rng, beta=beta)
@@ -196,6 +198,13 @@ class Trainer:
         last = (f"the last good checkpoint (epoch {self.epoch}) is {self.checkpoint_path}"
                 if self.checkpoint_path.exists() else "no checkpoint was written")
         return TrainingDiverged(f"training diverged at epoch {self.epoch + 1}, {where}: {e}; {last}")
+
+    def _batch_buffers(self, n):
+        """(x, scratch) buffers for a batch of n rows, made once per batch size."""
+        if n not in self._buffers:
+            self._buffers[n] = (np.empty((n, self.x_train.shape[1]), self.x_train.dtype),
+                                np.empty((n, self.x_train.shape[1]), self.x_train.dtype))
+        return self._buffers[n]
 
     def _end_epoch(self):
         s = self.sums

@@ -1,7 +1,26 @@
+import importlib.util
+import os
+
 import numpy as np
 import pytest
 
+from scratchvae import kernels
 from scratchvae.data.datasets import Dataset
+
+BACKENDS = ["numpy"] + (["numba"] if importlib.util.find_spec("numba") else [])
+
+
+@pytest.fixture(autouse=True, scope="session", params=BACKENDS)
+def backend(request):
+    """Every test runs once per kernel backend (subprocesses follow through the environment)."""
+    old = os.environ.get("SCRATCHVAE_BACKEND")
+    os.environ["SCRATCHVAE_BACKEND"] = request.param
+    kernels.set_backend(request.param)
+    yield request.param
+    if old is None:
+        del os.environ["SCRATCHVAE_BACKEND"]
+    else:
+        os.environ["SCRATCHVAE_BACKEND"] = old
 
 
 def bars_and_blocks(rng, n):

@@ -1,5 +1,6 @@
 """Checkpoints: round trip, NumPy-only loading, atomic writes, refusal of bad files."""
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -63,7 +64,8 @@ def test_loaded_model_encodes_decodes_and_samples_without_numba_or_matplotlib(tm
         assert not any(m.split(".")[0] in ("numba", "matplotlib") for m in sys.modules)
         print("ok")
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    env = {k: v for k, v in os.environ.items() if k != "SCRATCHVAE_BACKEND"}   # the default
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
 

@@ -9,8 +9,10 @@ from scratchvae import kernels
 from scratchvae.kernels import reference as R
 
 
-def test_every_backend_implements_the_contract_with_the_reference_signatures():
+def test_every_backend_implements_the_contract_with_the_reference_signatures(backend):
     for name, module_name in kernels.BACKENDS.items():
+        if name != backend:
+            continue
         module = __import__(module_name, fromlist=["_"])
         for k in kernels.CONTRACT:
             assert inspect.signature(getattr(module, k)) == inspect.signature(getattr(R, k)), (name, k)
@@ -19,9 +21,13 @@ def test_every_backend_implements_the_contract_with_the_reference_signatures():
 def test_set_backend_rejects_unknown_names_and_rebinds_ops():
     with pytest.raises(ValueError, match="unknown kernel backend 'cuda'"):
         kernels.set_backend("cuda")
+    before = kernels.get_backend()
     kernels.set_backend("numpy")
-    assert kernels.get_backend() == "numpy"
-    assert kernels.ops.gemm is R.gemm
+    try:
+        assert kernels.get_backend() == "numpy"
+        assert kernels.ops.gemm is R.gemm
+    finally:
+        kernels.set_backend(before)
 
 
 @pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False), (False, True)])

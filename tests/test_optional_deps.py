@@ -1,4 +1,5 @@
 """scratchvae imports and trains with NumPy alone: Numba and Matplotlib made unimportable."""
+import os
 import subprocess
 import sys
 import textwrap
@@ -27,6 +28,7 @@ def test_loss_and_adam_step_run_without_numba_and_matplotlib():
         assert not any(m.split(".")[0] in ("numba", "matplotlib") for m in sys.modules)
         print("ok", sv.get_backend())
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    env = {k: v for k, v in os.environ.items() if k != "SCRATCHVAE_BACKEND"}   # the default
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok numpy"

@@ -546,7 +546,8 @@ def load_array_file(path: os.PathLike) -> np.ndarray:
     return np.ascontiguousarray(arr.reshape(n, -1), dtype=np.float32)
 
 
-def binarize(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def binarize(x: np.ndarray, rng: np.random.Generator, out: Optional[np.ndarray] = None,
+             scratch: Optional[np.ndarray] = None) -> np.ndarray:
     """Draw a Bernoulli sample with success probabilities ``x``.
 
     ``out[i] = 1`` with probability ``x[i]``, else 0.  Used once with a fixed
@@ -556,6 +557,9 @@ def binarize(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     ----------
     x:   float array of any shape, values in [0, 1] (0 and 1 give 0 and 1).
     rng: the source of randomness.
+    out: where to write the sample (may be ``x`` itself), else a new array.
+    scratch: a buffer like ``x`` for the uniform draws (float32 for float32
+         ``x``), so that the training loop allocates nothing per batch.
 
     Returns
     -------
@@ -569,5 +573,5 @@ def binarize(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     if not np.issubdtype(x.dtype, np.floating):
         raise TypeError(f"binarize expects floating-point probabilities, got {x.dtype}")
     u_dtype = np.float32 if x.dtype == np.float32 else np.float64
-    u = rng.random(x.shape, dtype=u_dtype)
-    return (u < x).astype(x.dtype)
+    u = rng.random(None if scratch is not None else x.shape, dtype=u_dtype, out=scratch)
+    return np.less(u, x, out=np.empty_like(x) if out is None else out)

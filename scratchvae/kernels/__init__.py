@@ -79,6 +79,30 @@ def set_backend(name: str) -> None:
     _active = name
 
 
+def warmup() -> float:
+    """Compile or load every kernel of the active backend now; returns the seconds it took.
+
+    With Numba the first call of each kernel otherwise pays its compilation
+    (or its load from the on-disk cache) in the middle of the first step.
+    """
+    import time
+    start = time.perf_counter()
+    module = importlib.import_module(BACKENDS[get_backend()])
+    if hasattr(module, "warmup"):
+        module.warmup()
+    return time.perf_counter() - start
+
+
+def describe() -> dict:
+    """The active backend and its settings (versions, threads, cache, GEMM)."""
+    import numpy as np
+    module = importlib.import_module(BACKENDS[get_backend()])
+    info = module.describe() if hasattr(module, "describe") else {
+        "backend": get_backend(), "gemm": "numpy.matmul (BLAS)"}
+    info["numpy"] = np.__version__
+    return info
+
+
 def get_backend() -> str:
     """The name of the backend ``ops`` routes to (choosing the default if none was set)."""
     if _active is None:

@@ -325,3 +325,30 @@ def sgd_update(p, g, buf, lr, momentum, weight_decay, grad_scale):
 # --------------------------------------------------------------------------
 
 gemm = R.gemm
+
+
+# --------------------------------------------------------------------------
+# compile ahead of use
+# --------------------------------------------------------------------------
+
+def warmup(dtypes=(np.float32, np.float64)) -> None:
+    """Compile (or load from the on-disk cache) every kernel for ``dtypes``."""
+    for dtype in dtypes:
+        a = np.full((2, 3), 0.5, dtype)
+        b = np.zeros(3, dtype)
+        y = bias_activation(a, b, "relu", 0.0)
+        activation_backward(y, a, "relu", 0.0, d_b=b.copy())
+        activation_backward(y, a, "relu", 0.0)
+        continuous_bernoulli_nll(a, a, 1.0)
+        gaussian_nll(a, a, np.zeros(1, dtype), 1.0)
+        z, _ = gaussian_latent(a, a, a)
+        gaussian_latent_backward(a, a, a, z, 1.0)
+        flat = np.ones(4, dtype)
+        adam_update(flat.copy(), flat, flat.copy(), flat.copy(), 1e-3, 0.9, 0.999, 1e-8, 1, 0.0, 1.0)
+        sgd_update(flat.copy(), flat, flat.copy(), 1e-3, 0.9, 0.0, 1.0)
+
+
+def describe() -> dict:
+    """What this backend runs with: versions, threads, cache state."""
+    return {"backend": "numba", "numba": nb.__version__, "numba_threads": nb.get_num_threads(),
+            "kernels_parallel": False, "cache": CACHE_ENABLED, "gemm": "numpy.matmul (BLAS)"}

@@ -1,0 +1,118 @@
+"""Choosing the backend, Numba's on-disk cache and its fallbacks, and parity of a whole step."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import scratchvae as sv
+from scratchvae import kernels
+
+pytest.importorskip("numba")
+
+
+def _run(code, **env):
+    full_env = {k: v for k, v in os.environ.items() if k != "SCRATCHVAE_BACKEND"}
+    full_env.update(env)
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, timeout=300, env=full_env)
+
+
+def test_environment_variable_and_default_choose_the_backend():
+    for name in ("numpy", "numba"):
+        out = _run("import scratchvae as sv; print(sv.get_backend())", SCRATCHVAE_BACKEND=name)
+        assert out.stdout.strip() == name, out.stderr
+    env = {k: v for k, v in os.environ.items() if k != "SCRATCHVAE_BACKEND"}
+    out = subprocess.run([sys.executable, "-c", "import scratchvae as sv, sys; "
+                          "assert 'numba' not in sys.modules; print(sv.get_backend())"],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert out.stdout.strip() == "numba", out.stderr
+
+
+def test_numba_backend_without_numba_says_how_to_install():
+    out = _run("""
+        import sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] == "numba":
+                    raise ImportError("numba blocked")
+        sys.meta_path.insert(0, Block())
+        import scratchvae as sv
+        assert sv.get_backend() == "numpy"
+        try:
+            sv.set_backend("numba")
+        except ImportError as e:
+            print(e)
+    """)
+    assert "pip install 'scratchvae[fast]'" in out.stdout, out.stderr
+
+
+def test_kernels_compile_in_memory_when_no_cache_location_is_writable():
+    out = _run("""
+        import numba.core.caching as caching
+        def refuse(self):
+            raise PermissionError("read-only file system")
+        caching._CacheLocator.ensure_cache_path = refuse
+        import numpy as np
+        from scratchvae.kernels import jit
+        z, kl = jit.gaussian_latent(*(np.ones((3, 2), np.float32) for _ in range(3)))
+        print(jit.CACHE_ENABLED, float(kl[0]))
+    """)
+    assert out.returncode == 0, out.stderr
+    enabled, kl = out.stdout.split()
+    assert enabled == "False"
+    assert float(kl) == pytest.approx(0.5 * 2 * (1 + np.e - 1 - 1), rel=1e-6)   # mu=1, logvar=1, k=2
+
+
+def test_a_read_only_package_falls_back_to_the_user_cache(tmp_path):
+    out = _run("""
+        import numba.core.caching as caching
+        def refuse(self):
+            raise PermissionError("read-only package directory")
+        caching.InTreeCacheLocator.ensure_cache_path = refuse
+        import numpy as np
+        from scratchvae.kernels import jit
+        jit.gaussian_latent(*(np.ones((3, 2)) for _ in range(3)))
+        print(jit.CACHE_ENABLED)
+    """, HOME=str(tmp_path), XDG_CACHE_HOME=str(tmp_path / ".cache"), NUMBA_CACHE_DIR="")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True"
+    cached = [p.name for p in tmp_path.rglob("*.nbi")]
+    assert any("gaussian_latent" in name or "_latent" in name for name in cached), cached
+
+
+def test_warmup_and_describe():
+    kernels.set_backend("numba")
+    try:
+        assert sv.warmup() >= 0
+        info = sv.describe()
+        assert info["backend"] == "numba" and "gemm" in info and info["numba_threads"] >= 1
+    finally:
+        kernels.set_backend(kernels.default_backend())
+
+
+def _train(backend, steps=5):
+    kernels.set_backend(backend)
+    try:
+        model = sv.VAE(784, [400], 20, seed=0)
+        opt = sv.Adam(model.params)
+        data = np.random.default_rng(1).random((256, 784), dtype=np.float32)
+        rng = np.random.default_rng(2)
+        losses = []
+        for i in range(steps):
+            l, g = model.loss_and_grads(data[(i % 2) * 128:(i % 2 + 1) * 128], rng=rng)
+            opt.step(g)
+            losses.append(l["total"])
+        return model, losses
+    finally:
+        kernels.set_backend(kernels.default_backend())
+
+
+def test_training_steps_agree_across_backends():
+    a, la = _train("numpy")
+    b, lb = _train("numba")
+    np.testing.assert_allclose(la, lb, rtol=1e-5)
+    for k in a.params:
+        np.testing.assert_allclose(a.params[k], b.params[k], rtol=1e-4, atol=1e-5, err_msg=k)
