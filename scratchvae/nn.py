@@ -66,17 +66,15 @@ def linear_forward(x, W, b, activation="identity", alpha=None, out=None):
     return y, (x, W, y, activation, alpha)
 
 
-def linear_backward(cache, d_y, need_d_x=True, d_W=None, d_b=None, d_x=None,
-                    overwrite_d_y=False, accumulate_d_x=False):
+def linear_backward(cache, d_y, need_d_x=True, d_W=None, d_b=None, d_x=None, overwrite_d_y=False):
     """Backward of :func:`linear_forward`.
 
     ``d_a = d_y * f'(a)``; ``d_W = x.T @ d_a``; ``d_b = sum over batch of d_a``;
     ``d_x = d_a @ W.T`` (skipped, returned as None, when ``need_d_x`` is false:
     the first layer of an encoder has no use for it).
 
-    ``d_W``, ``d_b``, ``d_x`` may be given as outputs; ``accumulate_d_x``
-    adds into ``d_x`` instead (two heads reading one input);
-    ``overwrite_d_y`` lets ``d_a`` reuse ``d_y``'s memory.
+    ``d_W``, ``d_b``, ``d_x`` may be given as outputs; ``overwrite_d_y``
+    lets ``d_a`` reuse ``d_y``'s memory.
     Returns ``(d_x, {"W": d_W, "b": d_b})``.
     """
     x, W, y, activation, alpha = cache
@@ -85,7 +83,7 @@ def linear_backward(cache, d_y, need_d_x=True, d_W=None, d_b=None, d_x=None,
     d_a = K.activation_backward(y, d_y, activation, alpha, out=d_y if overwrite_d_y else None, d_b=d_b)
     d_W = K.gemm(x, d_a, out=d_W, trans_a=True)
     if need_d_x:
-        d_x = K.gemm(d_a, W, out=d_x, trans_b=True, accumulate=accumulate_d_x)
+        d_x = K.gemm(d_a, W, out=d_x, trans_b=True)
     return (d_x if need_d_x else None), {"W": d_W, "b": d_b}
 
 

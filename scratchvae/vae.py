@@ -193,9 +193,10 @@ class VAE:
         enc_cache, mu_cache, lv_cache = enc_caches
         need_d_h = bool(self.encoder.layers)        # without hidden layers h is x itself
         nn.linear_backward(mu_cache, d_mu, need_d_h, g["enc.mu.W"], g["enc.mu.b"], ws.d_h, overwrite_d_y=True)
-        nn.linear_backward(lv_cache, d_logvar, need_d_h, g["enc.logvar.W"], g["enc.logvar.b"], ws.d_h,
-                           overwrite_d_y=True, accumulate_d_x=True)
+        nn.linear_backward(lv_cache, d_logvar, need_d_h, g["enc.logvar.W"], g["enc.logvar.b"], ws.d_h_logvar,
+                           overwrite_d_y=True)
         if need_d_h:
+            ws.d_h += ws.d_h_logvar                  # h feeds both heads: their gradients add
             self.encoder.backward(enc_cache, ws.d_h, g, need_d_x=False, d_ins=ws.d_enc, overwrite_d_y=True)
         return losses, g
 
@@ -242,7 +243,8 @@ class _Workspace:
     Forward: encoder layer outputs, mu, logvar, eps, z, kl, decoder layer
     outputs, nll. Backward: d_out (gradient of the decoder output), the
     gradients of each decoder layer's input (``d_dec[0]`` is d_z), d_mu,
-    d_logvar, d_h (encoder output) and the encoder layers' input gradients.
+    d_logvar, d_h (encoder output; ``d_h_logvar`` holds the logvar head's
+    share before it is added) and the encoder layers' input gradients.
     """
 
     def __init__(self, model: VAE, n: int):
@@ -258,5 +260,5 @@ class _Workspace:
         self.d_out = buf(n, d)
         self.d_dec = [buf(n, layer.fan_in) for layer in dec]
         self.d_mu, self.d_logvar = buf(n, k), buf(n, k)
-        self.d_h = buf(n, enc[-1].fan_out if enc else d)
+        self.d_h, self.d_h_logvar = (buf(n, enc[-1].fan_out if enc else d) for _ in range(2))
         self.d_enc = [None] + [buf(n, layer.fan_in) for layer in enc[1:]]

@@ -32,22 +32,23 @@ from . import reference as R
 
 FASTMATH = {"nsz", "arcp", "contract", "reassoc"}   # never nnan / ninf
 ZERO, HALF, ONE, TWO = np.float32(0), np.float32(0.5), np.float32(1), np.float32(2)
-R_HALF_LOG_2PI = R.HALF_LOG_2PI
 ACT_CODE = {name: i for i, name in enumerate(R.ACTIVATIONS)}
 IDENTITY, RELU, LEAKY_RELU, TANH, SIGMOID, SOFTPLUS, ELU = (ACT_CODE[a] for a in R.ACTIVATIONS)
 CACHE_ENABLED = True
 
 
-def _jit():
+def _jit(inline=False):
     """njit with our flags; without a writable cache location, compile in memory.
 
     The kernels are serial on purpose: BLAS already runs the GEMMs on every
     core, and a second thread pool spinning beside OpenBLAS's made a step
-    several times slower on a 2-core machine.
+    several times slower on a 2-core machine. ``inline`` marks loop bodies
+    that a dispatching kernel instantiates once per activation (see below).
     """
     def decorate(fn):
         global CACHE_ENABLED
-        options = dict(fastmath=FASTMATH, nogil=True, error_model="numpy")
+        options = dict(fastmath=FASTMATH, nogil=True, error_model="numpy",
+                       inline="always" if inline else "never")
         try:
             return nb.njit(cache=CACHE_ENABLED, **options)(fn)
         except RuntimeError:          # "cannot cache function ...: no locator available"
@@ -59,25 +60,23 @@ def _jit():
 # --------------------------------------------------------------------------
 # activations
 # --------------------------------------------------------------------------
+# A loop whose body branches on the activation code does not vectorise. So
+# each loop is written once, inlined (``_jit(inline=True)``) into a
+# dispatcher that calls it with a constant code per branch: LLVM folds the
+# branches away and vectorises each copy. Activations that need exp or tanh
+# per element run on NumPy's SIMD loops instead (the reference kernels),
+# which beat the scalar libm calls compiled code would make.
 
-@_jit()
+@_jit(inline=True)
 def _act(v, code, alpha):
     if code == RELU:
-        return v if v > ZERO else ZERO * v
+        return ZERO if v <= ZERO else v        # NaN stays NaN, as np.maximum keeps it
     if code == LEAKY_RELU:
         return v if v > ZERO else alpha * v
-    if code == TANH:
-        return math.tanh(v)
-    if code == SIGMOID:
-        return HALF + HALF * math.tanh(HALF * v)
-    if code == SOFTPLUS:                       # log(1 + e^v) without overflow
-        return max(v, ZERO) + math.log1p(math.exp(-abs(v)))
-    if code == ELU:
-        return v if v > ZERO else alpha * math.expm1(v)
     return v
 
 
-@_jit()
+@_jit(inline=True)
 def _act_grad(y, code, alpha):
     """f'(a) from y = f(a)."""
     if code == RELU:
@@ -88,15 +87,13 @@ def _act_grad(y, code, alpha):
         return ONE - y * y
     if code == SIGMOID:
         return y * (ONE - y)
-    if code == SOFTPLUS:
-        return -math.expm1(-y)
     if code == ELU:
         return ONE if y > ZERO else y + alpha
     return ONE
 
 
-@_jit()
-def _bias_act(a, b, code, alpha, out):
+@_jit(inline=True)
+def _bias_act_loop(a, b, code, alpha, out):
     n, m = a.shape
     for i in range(n):
         for j in range(m):
@@ -104,7 +101,17 @@ def _bias_act(a, b, code, alpha, out):
 
 
 @_jit()
-def _act_backward(y, d_y, code, alpha, out, d_b, want_d_b):
+def _bias_act(a, b, code, alpha, out):
+    if code == RELU:
+        _bias_act_loop(a, b, RELU, alpha, out)
+    elif code == LEAKY_RELU:
+        _bias_act_loop(a, b, LEAKY_RELU, alpha, out)
+    else:
+        _bias_act_loop(a, b, IDENTITY, alpha, out)
+
+
+@_jit(inline=True)
+def _act_backward_loop(y, d_y, code, alpha, out, d_b, want_d_b):
     n, m = y.shape
     if want_d_b:
         for j in range(m):
@@ -117,17 +124,38 @@ def _act_backward(y, d_y, code, alpha, out, d_b, want_d_b):
                 d_b[j] += d
 
 
+@_jit()
+def _act_backward(y, d_y, code, alpha, out, d_b, want_d_b):
+    if code == RELU:
+        _act_backward_loop(y, d_y, RELU, alpha, out, d_b, want_d_b)
+    elif code == LEAKY_RELU:
+        _act_backward_loop(y, d_y, LEAKY_RELU, alpha, out, d_b, want_d_b)
+    elif code == TANH:
+        _act_backward_loop(y, d_y, TANH, alpha, out, d_b, want_d_b)
+    elif code == SIGMOID:
+        _act_backward_loop(y, d_y, SIGMOID, alpha, out, d_b, want_d_b)
+    elif code == ELU:
+        _act_backward_loop(y, d_y, ELU, alpha, out, d_b, want_d_b)
+    else:
+        _act_backward_loop(y, d_y, IDENTITY, alpha, out, d_b, want_d_b)
+
+
 def bias_activation(a, b, activation, alpha, out=None):
+    code = _code(activation)
+    if code not in (IDENTITY, RELU, LEAKY_RELU):
+        return R.bias_activation(a, b, activation, alpha, out)
     out = np.empty_like(a) if out is None else out
-    _bias_act(a, b, _code(activation), a.dtype.type(alpha), out)
+    _bias_act(a, b, code, a.dtype.type(alpha), out)
     return out
 
 
 def activation_backward(y, d_y, activation, alpha, out=None, d_b=None):
+    code = _code(activation)
+    if code == SOFTPLUS:
+        return R.activation_backward(y, d_y, activation, alpha, out, d_b)
     out = np.empty_like(d_y) if out is None else out
     want = d_b is not None
-    _act_backward(y, d_y, _code(activation), y.dtype.type(alpha), out,
-                  d_b if want else out[0], want)
+    _act_backward(y, d_y, code, y.dtype.type(alpha), out, d_b if want else out[0], want)
     return out
 
 
@@ -141,14 +169,41 @@ def _code(activation):
 # --------------------------------------------------------------------------
 # likelihoods
 # --------------------------------------------------------------------------
+# softplus(l) = max(l, 0) + log1p(e) and sigmoid(l) = (1 if l >= 0 else e) / (1 + e)
+# share e = exp(-|l|). NumPy computes e and log(1 + e) with its SIMD loops;
+# one compiled pass then recovers log1p(e) to full accuracy from log(u),
+# u = 1 + e (log1p(e) = log(u) - ((u - 1) - e) / u), and writes the per-example
+# loss and the gradient.
 
 @_jit()
-def _softplus_sigmoid(l):
-    """(softplus(l), sigmoid(l)) sharing one exp(-|l|)."""
-    e = math.exp(-abs(l))
-    sp = max(l, ZERO) + math.log1p(e)
-    s = ONE / (ONE + e)
-    return sp, (s if l >= ZERO else e * s)
+def _neg_abs(l, e):
+    n, m = l.shape
+    for i in range(n):
+        for j in range(m):
+            e[i, j] = -abs(l[i, j])
+
+
+@_jit()
+def _one_plus(e, u):
+    n, m = e.shape
+    for i in range(n):
+        for j in range(m):
+            u[i, j] = ONE + e[i, j]
+
+
+@_jit()
+def _bernoulli(logits, x, e, log_u, scale, d, nll):
+    n, m = logits.shape
+    for i in range(n):
+        s = ZERO * logits[i, 0]
+        for j in range(m):
+            l, ej = logits[i, j], e[i, j]
+            u = ONE + ej
+            log1p_e = log_u[i, j] - ((u - ONE) - ej) / u
+            s += max(l, ZERO) + log1p_e - x[i, j] * l
+            sig = (ONE if l >= ZERO else ej) / u
+            d[i, j] = scale * (sig - x[i, j])
+        nll[i] = s
 
 
 @_jit()
@@ -169,19 +224,6 @@ def _cb_log_norm_and_grad(l):
 
 
 @_jit()
-def _bernoulli(logits, x, scale, d, nll):
-    n, m = logits.shape
-    for i in range(n):
-        s = ZERO * logits[i, 0]
-        for j in range(m):
-            l = logits[i, j]
-            sp, sig = _softplus_sigmoid(l)
-            s += sp - x[i, j] * l
-            d[i, j] = scale * (sig - x[i, j])
-        nll[i] = s
-
-
-@_jit()
 def _cb_correction(logits, scale, d, nll):
     """Continuous Bernoulli on top of _bernoulli: nll -= sum log C, d -= scale dlogC/dl."""
     n, m = logits.shape
@@ -194,51 +236,62 @@ def _cb_correction(logits, scale, d, nll):
         nll[i] -= c
 
 
-def _loss_outputs(logits, d_logits, nll):
+def bernoulli_nll(logits, x, scale, d_logits=None, nll=None):
     d = np.empty_like(logits) if d_logits is None else d_logits
     nll = np.empty(logits.shape[0], logits.dtype) if nll is None else nll
-    return d, nll
-
-
-def bernoulli_nll(logits, x, scale, d_logits=None, nll=None):
-    d, nll = _loss_outputs(logits, d_logits, nll)
-    _bernoulli(logits, x, logits.dtype.type(scale), d, nll)
+    e, log_u = _scratch(logits, 2)
+    _neg_abs(logits, e)
+    np.exp(e, out=e)
+    _one_plus(e, log_u)
+    np.log(log_u, out=log_u)
+    _bernoulli(logits, x, e, log_u, logits.dtype.type(scale), d, nll)
     return nll, d
 
 
 def continuous_bernoulli_nll(logits, x, scale, d_logits=None, nll=None):
-    d, nll = _loss_outputs(logits, d_logits, nll)
-    scale = logits.dtype.type(scale)
-    _bernoulli(logits, x, scale, d, nll)
-    _cb_correction(logits, scale, d, nll)
+    nll, d = bernoulli_nll(logits, x, scale, d_logits, nll)
+    _cb_correction(logits, logits.dtype.type(scale), d, nll)
     return nll, d
 
 
+_SCRATCH = {}
+
+
+def _scratch(like, count):
+    """``count`` arrays shaped like ``like``, kept between calls (one set per shape and dtype)."""
+    key = (like.shape, like.dtype.str, count)
+    if key not in _SCRATCH:
+        if len(_SCRATCH) > 16:
+            _SCRATCH.clear()
+        _SCRATCH[key] = [np.empty_like(like) for _ in range(count)]
+    return _SCRATCH[key]
+
+
 @_jit()
-def _gaussian(mean, x, log_sigma, scale, d_mean, nll, d_log_sigma):
+def _gaussian(mean, x, inv_sigma, const, scale, d_mean, nll, d_log_sigma):
     n, m = mean.shape
-    per_pixel = log_sigma.shape[0] == m
-    const = 0.0
-    for j in range(m):
-        const += R_HALF_LOG_2PI + log_sigma[j if per_pixel else 0]
+    per_pixel = inv_sigma.shape[0] == m
     for j in range(d_log_sigma.shape[0]):
         d_log_sigma[j] = ZERO
     for i in range(n):
-        s = 0.0
+        s = ZERO * mean[i, 0]
         for j in range(m):
             jj = j if per_pixel else 0
-            inv_sigma = math.exp(-log_sigma[jj])
-            r = (x[i, j] - mean[i, j]) * inv_sigma
+            r = (x[i, j] - mean[i, j]) * inv_sigma[jj]
             s += HALF * r * r
-            d_mean[i, j] = -scale * r * inv_sigma
+            d_mean[i, j] = -scale * r * inv_sigma[jj]
             d_log_sigma[jj] += scale * (ONE - r * r)
         nll[i] = s + const
 
 
 def gaussian_nll(mean, x, log_sigma, scale, d_mean=None, nll=None, d_log_sigma=None):
-    d_mean, nll = _loss_outputs(mean, d_mean, nll)
+    d_mean = np.empty_like(mean) if d_mean is None else d_mean
+    nll = np.empty(mean.shape[0], mean.dtype) if nll is None else nll
     d_log_sigma = np.empty_like(log_sigma) if d_log_sigma is None else d_log_sigma
-    _gaussian(mean, x, log_sigma, mean.dtype.type(scale), d_mean, nll, d_log_sigma)
+    m = mean.shape[1]
+    const = m * R.HALF_LOG_2PI + float(log_sigma.sum()) * (m if log_sigma.size == 1 else 1)
+    _gaussian(mean, x, np.exp(-log_sigma), mean.dtype.type(const), mean.dtype.type(scale),
+              d_mean, nll, d_log_sigma)
     return nll, d_mean, d_log_sigma
 
 

@@ -35,21 +35,16 @@ def _result(out, like):
 # GEMM
 # --------------------------------------------------------------------------
 
-def gemm(a, b, out=None, trans_a=False, trans_b=False, accumulate=False):
-    """``out = op(a) @ op(b)`` (or ``out += ...`` with ``accumulate``), ``op``
-    transposing when asked.
+def gemm(a, b, out=None, trans_a=False, trans_b=False):
+    """``out = op(a) @ op(b)`` where ``op`` transposes when asked.
 
     Shapes: ``op(a)`` is (m, k), ``op(b)`` is (k, n), ``out`` is (m, n).
     The layouts the model needs: ``x @ W`` (forward), ``d_y @ W.T``
     (input gradient, ``trans_b``) and ``x.T @ d_y`` (weight gradient,
-    ``trans_a``). NumPy hands the transposed views to BLAS without copying;
-    ``accumulate`` costs one temporary here.
+    ``trans_a``). NumPy hands the transposed views to BLAS without copying.
     """
     a = a.T if trans_a else a
     b = b.T if trans_b else b
-    if accumulate:
-        out += a @ b
-        return out
     return np.matmul(a, b, out=out)
 
 

@@ -1,0 +1,60 @@
+"""One full training epoch of Fashion-MNIST: 60,000 shuffled examples in
+batches of 128, with the data pipeline (shuffle, gather into the batch
+buffer) and the optimizer, for each kernel backend; evaluation excluded.
+
+Needs the data (``$SCRATCHVAE_DATA/fashion-mnist`` or another place
+``scratchvae datasets`` finds). Alternates backends over --rounds, reports
+median and min-max wall seconds per epoch, prints Markdown, writes JSON.
+
+    python benchmarks/epoch.py [--rounds 3] [--json benchmarks/results/epoch.json]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="fashion-mnist", help="named data set [fashion-mnist]")
+    parser.add_argument("--rounds", type=int, default=3, help="epochs per backend, alternating [3]")
+    parser.add_argument("--batch-size", type=int, default=128, help="examples per step [128]")
+    parser.add_argument("--threads", type=int, default=2, help="BLAS/Numba threads [2]")
+    parser.add_argument("--backends", default="numpy,numba", help="comma-separated [numpy,numba]")
+    parser.add_argument("--json", default="benchmarks/results/epoch.json", help="where to write the JSON")
+    args = parser.parse_args(argv)
+    common.apply_thread_env(args.threads)
+
+    import scratchvae as sv
+    from scratchvae.train import TrainConfig, Trainer, load_data
+
+    config = TrainConfig(dataset=args.dataset, epochs=1, batch_size=args.batch_size)
+    data = load_data(config)
+    backends = args.backends.split(",")
+    seconds = {b: [] for b in backends}
+    for r in range(args.rounds):
+        for b in common.rotated(backends, r):
+            sv.set_backend(b)
+            sv.warmup()
+            trainer = Trainer(config, data, tempfile.mkdtemp(), quiet=True)
+            trainer._train_epoch()
+            seconds[b].append(trainer.sums["seconds"])
+    results = {b: common.summarize(v) for b, v in seconds.items()}
+    rows = [[b, f"{s['median']:.2f}", f"{s['min']:.2f}-{s['max']:.2f}",
+             common.fmt_rate(len(data.x_train) / s["median"])] for b, s in results.items()]
+    print(common.markdown_table(["backend", "epoch s (median)", "min-max", "examples/s"], rows, "lrrr"))
+    common.write_json(args.json, {"benchmark": "epoch", "when": common.now_iso(), "dataset": args.dataset,
+                                  "batch_size": args.batch_size, "machine": common.machine_info(),
+                                  "threads": common.thread_env(args.threads), "kernels": sv.describe(),
+                                  "seconds": seconds, "results": results})
+    print(f"\nJSON: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
