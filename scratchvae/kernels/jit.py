@@ -239,7 +239,7 @@ def _cb_correction(logits, scale, d, nll):
 def bernoulli_nll(logits, x, scale, d_logits=None, nll=None):
     d = np.empty_like(logits) if d_logits is None else d_logits
     nll = np.empty(logits.shape[0], logits.dtype) if nll is None else nll
-    e, log_u = _scratch(logits, 2)
+    e, log_u = R._scratch(logits, 2)
     _neg_abs(logits, e)
     np.exp(e, out=e)
     _one_plus(e, log_u)
@@ -252,19 +252,6 @@ def continuous_bernoulli_nll(logits, x, scale, d_logits=None, nll=None):
     nll, d = bernoulli_nll(logits, x, scale, d_logits, nll)
     _cb_correction(logits, logits.dtype.type(scale), d, nll)
     return nll, d
-
-
-_SCRATCH = {}
-
-
-def _scratch(like, count):
-    """``count`` arrays shaped like ``like``, kept between calls (one set per shape and dtype)."""
-    key = (like.shape, like.dtype.str, count)
-    if key not in _SCRATCH:
-        if len(_SCRATCH) > 16:
-            _SCRATCH.clear()
-        _SCRATCH[key] = [np.empty_like(like) for _ in range(count)]
-    return _SCRATCH[key]
 
 
 @_jit()

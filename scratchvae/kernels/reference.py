@@ -126,15 +126,18 @@ def bernoulli_nll(logits, x, scale, d_logits=None, nll=None):
     binary cross-entropy). Returns ``(nll, d_logits)``: nll (batch,) in nats,
     ``d_logits = scale * (sigmoid(l) - x)``; ``nll`` and ``d_logits`` may be
     given as outputs.
+
+    Both terms share ``e = exp(-|l|)``, which never overflows:
+    ``softplus(l) = max(l, 0) + log1p(e)`` and
+    ``sigmoid(l) = 1 / (1 + e)`` for l >= 0, ``e / (1 + e)`` below.
     """
-    # softplus(l) = max(l, 0) + log1p(exp(-|l|)) never overflows
-    nll_pix = np.maximum(logits, 0) + np.log1p(np.exp(-np.abs(logits))) - x * logits
-    nll = np.sum(nll_pix, axis=1, out=nll)
-    d = _result(d_logits, logits)
-    np.multiply(logits, 0.5, out=d)
-    np.tanh(d, out=d)
-    d *= 0.5
-    d += 0.5                                  # sigmoid(l)
+    e = np.exp(-np.abs(logits))
+    u = 1 + e
+    # log1p(e) from log(u), exact to rounding: log1p(e) = log(u) - ((u - 1) - e) / u
+    # (NumPy's log is vectorised, its log1p is not)
+    softplus = np.maximum(logits, 0) + (np.log(u) - ((u - 1) - e) / u)
+    nll = np.sum(softplus - x * logits, axis=1, out=nll)
+    d = np.divide(np.where(logits >= 0, 1, e), u, out=d_logits)     # sigmoid(l)
     d -= x
     d *= scale
     return nll, d
@@ -260,16 +263,40 @@ def adam_update(p, g, m, v, lr, beta1, beta2, eps, step, weight_decay, grad_scal
     ``p -= lr * m_hat / (sqrt(v_hat) + eps)`` with the bias corrections
     ``m_hat = m / (1 - b1^step)``, ``v_hat = v / (1 - b2^step)``.
     ``weight_decay`` is decoupled (AdamW): ``p *= 1 - lr * weight_decay`` first.
+
+    Written in place around one scratch array: on a 650k-parameter model
+    each temporary NumPy would otherwise make costs more than the arithmetic.
     """
+    s = _scratch(g, 1)[0]
     if weight_decay:
         p *= 1 - lr * weight_decay
+    np.multiply(g, grad_scale, out=s)           # s = g'
+    m -= s                                      # m = b1 (m - g') + g' = b1 m + (1 - b1) g'
     m *= beta1
-    m += (1 - beta1) * grad_scale * g
+    m += s
+    np.multiply(s, s, out=s)                    # s = g'^2, the same update for v
+    v -= s
     v *= beta2
-    v += (1 - beta2) * (grad_scale * grad_scale) * (g * g)
-    m_hat = m / (1 - beta1 ** step)
-    v_hat = v / (1 - beta2 ** step)
-    p -= lr * m_hat / (np.sqrt(v_hat) + eps)
+    v += s
+    np.sqrt(v, out=s)                           # s = sqrt(v_hat) + eps
+    s *= 1 / math.sqrt(1 - beta2 ** step)
+    s += eps
+    np.divide(m, s, out=s)                      # p -= lr m_hat / s
+    s *= lr / (1 - beta1 ** step)
+    p -= s
+
+
+def _scratch(like, count):
+    """``count`` arrays shaped like ``like``, kept between calls (one set per shape and dtype)."""
+    key = (like.shape, like.dtype.str, count)
+    if key not in _SCRATCH:
+        if len(_SCRATCH) > 16:
+            _SCRATCH.clear()
+        _SCRATCH[key] = [np.empty_like(like) for _ in range(count)]
+    return _SCRATCH[key]
+
+
+_SCRATCH = {}
 
 
 def sgd_update(p, g, buf, lr, momentum, weight_decay, grad_scale):
