@@ -37,36 +37,23 @@ def _hidden(text: str):
     return sizes
 
 
-def _positive(kind):
+def _number(kind, strict=True):
+    """argparse type: a finite ``kind`` (int or float) > 0, or >= 0 when not ``strict``."""
+    noun = "an integer" if kind is int else "a finite number"
+
     def parse(text):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}")
-        if not (value > 0 and np.isfinite(value)):
-            raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}")
+        if not (np.isfinite(value) and (value > 0 if strict else value >= 0)):
+            raise argparse.ArgumentTypeError(f"must be {noun} {'>' if strict else '>='} 0, got {text!r}")
         return value
     return parse
 
 
-def _seed(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"seeds are integers >= 0, got {text!r}")
-    return value
-
-
-def _nonneg_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
-    if not (np.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
-    return value
+_positive_int, _positive_float = _number(int), _number(float)
+_seed, _nonneg_float = _number(int, strict=False), _number(float, strict=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,15 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
                                      f"file of shape (n, d) or (n, h, w) in [0, 1] or uint8 [{d.dataset}]")
     t.add_argument("--data-dir", help="folder holding the data set's IDX files, searched before "
                                       "$SCRATCHVAE_DATA, ~/.cache/scratchvae, /usr/share/datasets")
-    t.add_argument("--epochs", type=_positive(int), help=f"epochs to train in all [{d.epochs}]")
-    t.add_argument("--batch-size", type=_positive(int), help=f"examples per step [{d.batch_size}]")
-    t.add_argument("--lr", type=_positive(float), help=f"Adam learning rate [{d.lr}]")
+    t.add_argument("--epochs", type=_positive_int, help=f"epochs to train in all [{d.epochs}]")
+    t.add_argument("--batch-size", type=_positive_int, help=f"examples per step [{d.batch_size}]")
+    t.add_argument("--lr", type=_positive_float, help=f"Adam learning rate [{d.lr}]")
     t.add_argument("--hidden", type=_hidden, help="encoder hidden widths, comma-separated; the "
                                                   "decoder mirrors them [400]")
-    t.add_argument("--latent", dest="latent_dim", type=_positive(int), help=f"latent size k [{d.latent_dim}]")
+    t.add_argument("--latent", dest="latent_dim", type=_positive_int, help=f"latent size k [{d.latent_dim}]")
     t.add_argument("--activation", choices=ACTIVATIONS, help=f"hidden activation [{d.activation}]")
     t.add_argument("--likelihood", choices=LIKELIHOODS, help=f"p(x|z) [{d.likelihood}]")
-    t.add_argument("--sigma", type=_positive(float), help="Gaussian sigma: fixed value, or the start of a "
+    t.add_argument("--sigma", type=_positive_float, help="Gaussian sigma: fixed value, or the start of a "
                                                           f"learned one [{d.sigma}]")
     t.add_argument("--init", choices=INITS, help=f"weight initialiser [{d.init}]")
     t.add_argument("--beta", type=_nonneg_float, help=f"weight of the KL term [{d.beta}]")
@@ -108,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--binarize", choices=BINARIZE, help="for bernoulli: none (grey levels), dynamic "
                                                          "(resampled every batch), static (once) [none]")
     t.add_argument("--seed", type=_seed, help=f"seed of weights, shuffling and noise [{d.seed}]")
-    t.add_argument("--max-grad-norm", type=_positive(float), help="clip the global gradient norm [off]")
+    t.add_argument("--max-grad-norm", type=_positive_float, help="clip the global gradient norm [off]")
     t.add_argument("--out", help="run directory [runs/<dataset>-<date>-<time>]")
     t.add_argument("--resume", metavar="CKPT", help="continue the run in this checkpoint or run directory "
                                                     "(--epochs may extend it)")
@@ -120,13 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    "nats per example, with z sampled from q(z|x).")
     e.add_argument("checkpoint", help="checkpoint file or run directory")
     e.add_argument("--data-dir", help="where to look for the data set first")
-    e.add_argument("--samples", type=_positive(int), default=1, help="z samples per example, averaged [1]")
+    e.add_argument("--samples", type=_positive_int, default=1, help="z samples per example, averaged [1]")
     e.add_argument("--seed", type=_seed, default=0, help="seed of the z samples [0]")
 
     s = sub.add_parser("sample", help="draw samples from a trained model",
                        description="Ancestral samples: z ~ N(0, I), then the decoder's mean.")
     s.add_argument("checkpoint", help="checkpoint file or run directory")
-    s.add_argument("-n", type=_positive(int), default=64, help="number of samples [64]")
+    s.add_argument("-n", type=_positive_int, default=64, help="number of samples [64]")
     s.add_argument("-o", "--output", required=True, help="FILE.png (a grid) or FILE.npy (array (n, d))")
     s.add_argument("--seed", type=_seed, default=0, help="seed of z [0]")
     s.add_argument("--draw", action="store_true", help="draw x ~ p(x|z) instead of its mean")

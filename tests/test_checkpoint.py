@@ -7,6 +7,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from blockers import block_imports
 
 import scratchvae as sv
 from scratchvae import checkpoint as ckpt
@@ -47,13 +48,7 @@ def test_loaded_model_encodes_decodes_and_samples_without_numba_or_matplotlib(tm
     x = np.random.default_rng(1).random((4, 12)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "want.npy", model.decode(model.encode(x)[0]))
-    script = textwrap.dedent(f"""
-        import sys
-        class Block:
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in ("numba", "matplotlib", "llvmlite"):
-                    raise ImportError(name + " blocked")
-        sys.meta_path.insert(0, Block())
+    script = block_imports("numba", "llvmlite", "matplotlib") + textwrap.dedent(f"""
         import numpy as np, scratchvae as sv
         model = sv.load({str(tmp_path / "m.npz")!r})
         x = np.load({str(tmp_path / "x.npy")!r})

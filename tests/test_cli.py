@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from blockers import block_imports
 
 import scratchvae
 from scratchvae import checkpoint as ckpt
@@ -30,18 +31,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PICTURES = ("reconstructions.png", "samples.png", "manifold.png", "latent.png", "curves.png")
 SMALL = ["--hidden", "16", "--latent", "2", "--batch-size", "32"]
 
-# A meta_path finder that makes Matplotlib unimportable in a fresh interpreter.
-BLOCK_MATPLOTLIB = textwrap.dedent("""
-    import sys
-    class _Block:
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] == "matplotlib":
-                raise ImportError(f"{name} is blocked by the test")
-    sys.meta_path.insert(0, _Block())
-    for _m in list(sys.modules):
-        if _m.split(".")[0] == "matplotlib":
-            del sys.modules[_m]
-""")
+BLOCK_MATPLOTLIB = block_imports("matplotlib")
 
 
 # ----------------------------------------------------------------------
@@ -625,7 +615,7 @@ def test_out_that_is_a_file(capsys, tmp_path, data_file):
 @pytest.mark.parametrize("argv, problem", [
     (["train", "--lr", "-1"], "argument --lr: must be a finite number > 0"),
     (["train", "--lr", "nan"], "argument --lr"),
-    (["train", "--lr", "fast"], "argument --lr: expected a float"),
+    (["train", "--lr", "fast"], "argument --lr: expected a finite number"),
     (["train", "--hidden", "0"], "argument --hidden: layer widths must be positive"),
     (["train", "--hidden", "16,-4"], "argument --hidden"),
     (["train", "--hidden", "abc"], "argument --hidden: expected comma-separated integers"),
@@ -633,12 +623,12 @@ def test_out_that_is_a_file(capsys, tmp_path, data_file):
     (["train", "--activation", "gelu"], "argument --activation: invalid choice"),
     (["train", "--init", "zeros"], "argument --init: invalid choice"),
     (["train", "--binarize", "always"], "argument --binarize: invalid choice"),
-    (["train", "--epochs", "0"], "argument --epochs: must be a finite number > 0"),
-    (["train", "--epochs", "1.5"], "argument --epochs: expected a int"),
+    (["train", "--epochs", "0"], "argument --epochs: must be an integer > 0"),
+    (["train", "--epochs", "1.5"], "argument --epochs: expected an integer"),
     (["train", "--batch-size", "-3"], "argument --batch-size"),
-    (["train", "--latent", "0"], "argument --latent: must be a finite number > 0"),
+    (["train", "--latent", "0"], "argument --latent: must be an integer > 0"),
     (["train", "--sigma", "0"], "argument --sigma"),
-    (["train", "--beta", "-1"], "argument --beta: must be a number >= 0"),
+    (["train", "--beta", "-1"], "argument --beta: must be a finite number >= 0"),
     (["train", "--warmup", "inf"], "argument --warmup"),
     (["train", "--max-grad-norm", "0"], "argument --max-grad-norm"),
     (["train", "--seed", "x"], "argument --seed: expected an integer"),
@@ -662,7 +652,7 @@ def test_bad_options_exit_2_with_usage(capsys, argv, problem):
 @pytest.mark.parametrize("argv,needle", [
     (["train", "--lr", "inf"], "argument --lr: must be a finite number > 0"),
     (["train", "--sigma", "inf"], "argument --sigma: must be a finite number > 0"),
-    (["train", "--seed", "-1"], "argument --seed: seeds are integers >= 0"),
+    (["train", "--seed", "-1"], "argument --seed: must be an integer >= 0"),
     (["train", "--hidden", ","], "argument --hidden: give at least one width"),
 ])
 def test_values_outside_the_domain_are_refused_by_the_parser(capsys, argv, needle):

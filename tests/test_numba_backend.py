@@ -6,6 +6,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from blockers import block_imports
 
 import scratchvae as sv
 from scratchvae import kernels
@@ -32,20 +33,14 @@ def test_environment_variable_and_default_choose_the_backend():
 
 
 def test_numba_backend_without_numba_says_how_to_install():
-    out = _run("""
-        import sys
-        class Block:
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] == "numba":
-                    raise ImportError("numba blocked")
-        sys.meta_path.insert(0, Block())
+    out = _run(block_imports("numba") + textwrap.dedent("""
         import scratchvae as sv
         assert sv.get_backend() == "numpy"
         try:
             sv.set_backend("numba")
         except ImportError as e:
             print(e)
-    """)
+    """))
     assert "pip install 'scratchvae[fast]'" in out.stdout, out.stderr
 
 

@@ -4,19 +4,12 @@ import subprocess
 import sys
 import textwrap
 
+from blockers import block_imports
+
 
 def test_loss_and_adam_step_run_without_numba_and_matplotlib():
-    script = textwrap.dedent("""
+    script = block_imports("numba", "llvmlite", "matplotlib") + textwrap.dedent("""
         import sys
-        class Block:
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in ("numba", "matplotlib", "llvmlite"):
-                    raise ImportError(f"{name} is blocked by the test")
-        sys.meta_path.insert(0, Block())
-        for mod in list(sys.modules):
-            if mod.split(".")[0] in ("numba", "matplotlib", "llvmlite"):
-                del sys.modules[mod]
-
         import numpy as np
         import scratchvae as sv
         model = sv.VAE(784, [400], 20, seed=0)

@@ -16,6 +16,7 @@ from statistics import NormalDist
 
 import numpy as np
 import pytest
+from blockers import block_imports
 
 import scratchvae as sv
 from scratchvae import plots
@@ -85,17 +86,7 @@ def test_normal_ppf_refuses_probabilities_outside_0_1(bad):
 
 
 def test_without_matplotlib_every_picture_asks_for_it(tmp_path):
-    script = textwrap.dedent("""
-        import sys
-        class Block:
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] == "matplotlib":
-                    raise ImportError(f"{name} is blocked by the test")
-        sys.meta_path.insert(0, Block())
-        for m in list(sys.modules):
-            if m.split(".")[0] == "matplotlib":
-                del sys.modules[m]
-
+    script = block_imports("matplotlib") + textwrap.dedent("""
         import numpy as np
         import scratchvae as sv
         from scratchvae import plots
