@@ -35,9 +35,24 @@ def flat_view(arrays: Dict[str, np.ndarray]) -> Optional[np.ndarray]:
     """The 1-D buffer the arrays tile, in dict order, or None if they do not.
 
     True when every array is C-contiguous, all share a dtype and each starts
-    where the previous one ends inside one 1-D base array.
+    where the previous one ends inside one 1-D base array. An array never
+    moves in memory, so the answer for the same array objects is remembered
+    (the optimizer asks every step).
     """
-    values = list(arrays.values())
+    values = tuple(arrays.values())
+    for seen, answer in _RECENT:
+        if len(seen) == len(values) and all(a is b for a, b in zip(seen, values)):
+            return answer
+    answer = _tiled_buffer(values)
+    _RECENT.insert(0, (values, answer))
+    del _RECENT[4:]
+    return answer
+
+
+_RECENT: list = []
+
+
+def _tiled_buffer(values) -> Optional[np.ndarray]:
     if not values:
         return None
     first = values[0]

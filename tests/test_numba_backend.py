@@ -111,3 +111,22 @@ def test_training_steps_agree_across_backends():
     np.testing.assert_allclose(la, lb, rtol=1e-5)
     for k in a.params:
         np.testing.assert_allclose(a.params[k], b.params[k], rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+def test_the_numba_gemm_can_serve_the_training_step():
+    code = """
+        import numpy as np, scratchvae as sv
+        sv.set_backend("numba")
+        m = sv.VAE(784, [400], 20, seed=0)
+        x = np.random.default_rng(0).random((128, 784), dtype=np.float32)
+        losses, grads = m.loss_and_grads(x, rng=np.random.default_rng(1))
+        print(sv.describe()["gemm"], losses["total"], float(grads["enc.0.W"].sum()))
+    """
+    ours = _run(code, SCRATCHVAE_GEMM="numba")
+    blas = _run(code, SCRATCHVAE_GEMM="blas")
+    assert ours.returncode == 0 and blas.returncode == 0, ours.stderr + blas.stderr
+    assert "gemm_jit" in ours.stdout and "BLAS" in blas.stdout
+    np.testing.assert_allclose([float(v) for v in ours.stdout.split()[-2:]],
+                               [float(v) for v in blas.stdout.split()[-2:]], rtol=1e-4)
+    bad = _run(code, SCRATCHVAE_GEMM="mkl")
+    assert "SCRATCHVAE_GEMM must be blas or numba" in bad.stderr

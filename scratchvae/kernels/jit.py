@@ -24,6 +24,7 @@ kernels stay in float32; float64 inputs promote them losslessly.
 from __future__ import annotations
 
 import math
+import os
 
 import numba as nb
 import numpy as np
@@ -363,8 +364,22 @@ def sgd_update(p, g, buf, lr, momentum, weight_decay, grad_scale):
 # --------------------------------------------------------------------------
 # GEMM
 # --------------------------------------------------------------------------
+# The hand-written Numba GEMM (gemm_jit.py) matches OpenBLAS on the model's
+# shapes (benchmarks/gemm.py: one training step's products 0.99-1.00x), but
+# mixing the two in one step makes their idle, spinning thread pools fight
+# over the cores. So one GEMM serves every product: BLAS by default,
+# SCRATCHVAE_GEMM=numba for ours (one Numba thread pool, no BLAS threads).
 
-gemm = R.gemm
+GEMM = os.environ.get("SCRATCHVAE_GEMM", "blas")
+if GEMM == "numba":
+    from .gemm_jit import gemm as _gemm_numba
+
+    def gemm(a, b, out=None, trans_a=False, trans_b=False):
+        return _gemm_numba(a, b, out=out, trans_a=trans_a, trans_b=trans_b)
+elif GEMM == "blas":
+    gemm = R.gemm
+else:
+    raise ValueError(f"SCRATCHVAE_GEMM must be blas or numba, got {GEMM!r}")
 
 
 # --------------------------------------------------------------------------
@@ -391,4 +406,13 @@ def warmup(dtypes=(np.float32, np.float64)) -> None:
 def describe() -> dict:
     """What this backend runs with: versions, threads, cache state."""
     return {"backend": "numba", "numba": nb.__version__, "numba_threads": nb.get_num_threads(),
-            "kernels_parallel": False, "cache": CACHE_ENABLED, "gemm": "numpy.matmul (BLAS)"}
+            "kernels_parallel": False, "cache": CACHE_ENABLED,
+            "gemm": "numpy.matmul (BLAS)" if GEMM == "blas" else "scratchvae gemm_jit (Numba)",
+            "threading_layer": _threading_layer()}
+
+
+def _threading_layer():
+    try:
+        return nb.threading_layer()
+    except ValueError:                   # no parallel kernel has run in this process
+        return f"not started (configured: {nb.config.THREADING_LAYER})"
