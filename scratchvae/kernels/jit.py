@@ -171,10 +171,12 @@ def _code(activation):
 # likelihoods
 # --------------------------------------------------------------------------
 # softplus(l) = max(l, 0) + log1p(e) and sigmoid(l) = (1 if l >= 0 else e) / (1 + e)
-# share e = exp(-|l|). NumPy computes e and log(1 + e) with its SIMD loops;
-# one compiled pass then recovers log1p(e) to full accuracy from log(u),
-# u = 1 + e (log1p(e) = log(u) - ((u - 1) - e) / u), and writes the per-example
-# loss and the gradient.
+# share e = exp(-|l|), which NumPy computes with its SIMD exp (compiled code
+# would call the scalar libm exp per pixel). One compiled pass then writes the
+# gradient and sums the loss. The loss needs sum_j log1p(e_j): in float32 it
+# takes the log of products of 64 factors (1 + e_j) in [1, 2], one log call
+# per 64 pixels (each product < 2^64, rounding error about 64 ulp); in
+# float64, used for gradient checks, it calls log1p per pixel, exactly.
 
 @_jit()
 def _neg_abs(l, e):
@@ -185,25 +187,23 @@ def _neg_abs(l, e):
 
 
 @_jit()
-def _one_plus(e, u):
-    n, m = e.shape
-    for i in range(n):
-        for j in range(m):
-            u[i, j] = ONE + e[i, j]
-
-
-@_jit()
-def _bernoulli(logits, x, e, log_u, scale, d, nll):
+def _bernoulli(logits, x, e, scale, chunk, d, nll):
     n, m = logits.shape
     for i in range(n):
         s = ZERO * logits[i, 0]
         for j in range(m):
             l, ej = logits[i, j], e[i, j]
-            u = ONE + ej
-            log1p_e = log_u[i, j] - ((u - ONE) - ej) / u
-            s += max(l, ZERO) + log1p_e - x[i, j] * l
-            sig = (ONE if l >= ZERO else ej) / u
-            d[i, j] = scale * (sig - x[i, j])
+            s += max(l, ZERO) - x[i, j] * l
+            d[i, j] = scale * ((ONE if l >= ZERO else ej) / (ONE + ej) - x[i, j])
+        if chunk == 1:
+            for j in range(m):
+                s += math.log1p(e[i, j])
+        else:
+            for j0 in range(0, m, chunk):
+                prod = ONE + ZERO * s
+                for j in range(j0, min(m, j0 + chunk)):
+                    prod *= ONE + e[i, j]
+                s += math.log(prod)
         nll[i] = s
 
 
@@ -240,12 +240,10 @@ def _cb_correction(logits, scale, d, nll):
 def bernoulli_nll(logits, x, scale, d_logits=None, nll=None):
     d = np.empty_like(logits) if d_logits is None else d_logits
     nll = np.empty(logits.shape[0], logits.dtype) if nll is None else nll
-    e, log_u = R._scratch(logits, 2)
+    e = R._scratch(logits, 1)[0]
     _neg_abs(logits, e)
     np.exp(e, out=e)
-    _one_plus(e, log_u)
-    np.log(log_u, out=log_u)
-    _bernoulli(logits, x, e, log_u, logits.dtype.type(scale), d, nll)
+    _bernoulli(logits, x, e, logits.dtype.type(scale), 64 if logits.dtype == np.float32 else 1, d, nll)
     return nll, d
 
 
