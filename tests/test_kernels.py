@@ -78,6 +78,8 @@ def test_bernoulli_nll_is_stable_for_huge_logits():
         nll, d = R.bernoulli_nll(logits, x, 1.0)
     np.testing.assert_allclose(nll, [math.log(2)], rtol=1e-12)   # only the middle pixel costs
     np.testing.assert_allclose(d, [[0, 0, 0]], atol=1e-300)
+    _, d = R.bernoulli_nll(np.array([[-0.0, 0.0]]), np.zeros((1, 2)), 1.0)
+    np.testing.assert_array_equal(d, [[0.5, 0.5]])            # sigmoid(-0) = sigmoid(0) = 1/2
 
 
 def _cb_log_normalizer_exact(l):

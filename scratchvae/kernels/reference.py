@@ -130,14 +130,31 @@ def bernoulli_nll(logits, x, scale, d_logits=None, nll=None):
     Both terms share ``e = exp(-|l|)``, which never overflows:
     ``softplus(l) = max(l, 0) + log1p(e)`` and
     ``sigmoid(l) = 1 / (1 + e)`` for l >= 0, ``e / (1 + e)`` below.
+    Written in place in reused scratch arrays: at batch 1024 NumPy's
+    temporaries cost more than the arithmetic.
     """
-    e = np.exp(-np.abs(logits))
-    u = 1 + e
+    e, u, t = _scratch(logits, 3)        # reused between calls: no large temporaries
+    np.negative(np.abs(logits, out=e), out=e)
+    np.exp(e, out=e)                      # e = exp(-|l|)
+    np.add(e, 1, out=u)                   # u = 1 + e
     # log1p(e) from log(u), exact to rounding: log1p(e) = log(u) - ((u - 1) - e) / u
     # (NumPy's log is vectorised, its log1p is not)
-    softplus = np.maximum(logits, 0) + (np.log(u) - ((u - 1) - e) / u)
-    nll = np.sum(softplus - x * logits, axis=1, out=nll)
-    d = np.divide(np.where(logits >= 0, 1, e), u, out=d_logits)     # sigmoid(l)
+    np.subtract(u, 1, out=t)
+    t -= e
+    t /= u
+    np.log(u, out=u)
+    np.subtract(u, t, out=t)              # t = log1p(e)
+    t += np.maximum(logits, 0, out=u)     # t = softplus(l)
+    t -= np.multiply(x, logits, out=u)
+    nll = np.sum(t, axis=1, out=nll)
+    # sigmoid(l) = 1 - s for l >= 0 and s below, s = e / (1 + e) = sigmoid(-|l|):
+    # that is [sign bit of l clear] - copysign(s, l), with no masked (slow) ufunc
+    d = _result(d_logits, logits)
+    np.add(e, 1, out=u)
+    np.divide(e, u, out=d)
+    np.copysign(d, logits, out=d)
+    np.subtract(1, d, out=d)
+    d -= np.signbit(logits)
     d -= x
     d *= scale
     return nll, d
