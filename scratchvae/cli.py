@@ -102,13 +102,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-plots", action="store_true", help="skip the pictures at the end")
     t.add_argument("-q", "--quiet", action="store_true", help="print only the run directory")
 
-    e = sub.add_parser("evaluate", help="test-set ELBO of a checkpoint",
+    e = sub.add_parser("evaluate", help="test-set ELBO, active units and log-likelihood of a checkpoint",
                        description="Negative ELBO (total = reconstruction + KL) of the test split, "
-                                   "nats per example, with z sampled from q(z|x).")
+                                   "nats per example, with z sampled from q(z|x); active units; and, "
+                                   "with --iw-samples, the importance-weighted log p(x).")
     e.add_argument("checkpoint", help="checkpoint file or run directory")
     e.add_argument("--data-dir", help="where to look for the data set first")
     e.add_argument("--samples", type=_positive_int, default=1, help="z samples per example, averaged [1]")
     e.add_argument("--seed", type=_seed, default=0, help="seed of the z samples [0]")
+    e.add_argument("--iw-samples", type=_positive_int, metavar="K",
+                   help="also estimate log p(x) with K importance samples per example (Burda et al. "
+                        "2016; 1000 or more for a tight estimate) [off]")
 
     s = sub.add_parser("sample", help="draw samples from a trained model",
                        description="Ancestral samples: z ~ N(0, I), then the decoder's mean.")
@@ -217,7 +221,8 @@ def _load_run(checkpoint, data_dir):
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluate import elbo
+    from .evaluate import active_units, elbo, log_likelihood
+    from .progress import Progress
     from .train import load_data, prepare_data
 
     model, config, _ = _load_run(args.checkpoint, args.data_dir)
@@ -225,9 +230,18 @@ def cmd_evaluate(args) -> int:
         raise ValueError(f"{args.checkpoint}: holds no training configuration, so its data set is unknown")
     data = load_data(config)
     _, x_test = prepare_data(config, data)
-    r = elbo(model, x_test, np.random.default_rng(args.seed), n_samples=args.samples)
+    rng = np.random.default_rng(args.seed)
+    r = elbo(model, x_test, rng, n_samples=args.samples)
     print(f"{data.name} test set ({len(x_test):,} examples), nats per example:")
     print(f"  -ELBO {r['total']:.3f}   reconstruction {r['nll']:.3f}   KL {r['kl']:.3f}")
+    count, _ = active_units(model, x_test)
+    print(f"  active units {count} of {model.latent_dim} (variance of E[z|x] over the data > 0.01)")
+    if args.iw_samples:
+        progress = Progress(len(x_test), f"log p(x), k={args.iw_samples}")
+        log_px = log_likelihood(model, x_test, args.iw_samples, rng,
+                                progress=lambda done, total: progress.update(done))
+        progress.close()
+        print(f"  log p(x) >= {log_px.mean():.3f} (importance-weighted, k = {args.iw_samples})")
     return 0
 
 

@@ -384,6 +384,12 @@ def test_evaluate(capsys, trained):
     assert run(capsys, "evaluate", out_dir / "checkpoint.npz")[1] == out
     code, out4, _ = run(capsys, "evaluate", out_dir, "--samples", "4", "--seed", "1")
     assert code == 0 and out4 != out
+    assert lines[2].startswith("  active units ") and lines[2].split()[3] == "of"
+    code, out_iw, err = run(capsys, "evaluate", out_dir, "--iw-samples", "50")
+    assert code == 0, err
+    bound = float(out_iw.splitlines()[-1].split()[3])
+    assert out_iw.splitlines()[-1].startswith("  log p(x) >= ")
+    assert bound > -total - 5          # IW with k = 50 sits at or above the ELBO, up to noise
 
 
 def test_sample_npy(capsys, trained, tmp_path):
