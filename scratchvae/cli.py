@@ -20,7 +20,7 @@ EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
 
 # train options that define the run; on --resume they must agree with the checkpoint
 RUN_OPTIONS = ("dataset", "batch_size", "lr", "hidden", "latent_dim", "activation", "likelihood",
-               "sigma", "init", "beta", "warmup_epochs", "binarize", "seed", "max_grad_norm")
+               "sigma", "init", "beta", "warmup_epochs", "binarize", "seed", "max_grad_norm", "iw_samples")
 # those whose command-line flag is not "--" + the name with dashes
 FLAGS = {"latent_dim": "--latent", "warmup_epochs": "--warmup"}
 
@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "(resampled every batch), static (once) [none]")
     t.add_argument("--seed", type=_seed, help=f"seed of weights, shuffling and noise [{d.seed}]")
     t.add_argument("--max-grad-norm", type=_positive_float, help="clip the global gradient norm [off]")
+    t.add_argument("--iw-samples", type=_positive_int, metavar="K",
+                   help="train on the importance-weighted bound with K samples (IWAE; needs beta 1, "
+                        "no warm-up, a likelihood without learned sigma); the train loss shown is "
+                        "then -L_K, the test loss stays the ELBO [1: the ELBO]")
     t.add_argument("--out", help="run directory [runs/<dataset>-<date>-<time>]")
     t.add_argument("--resume", metavar="CKPT", help="continue the run in this checkpoint or run directory "
                                                     "(--epochs may extend it)")

@@ -57,6 +57,7 @@ class TrainConfig:
     binarize: str = "none"           # none | dynamic (every batch) | static (once, seeded)
     seed: int = 0
     max_grad_norm: Optional[float] = None
+    iw_samples: int = 1              # > 1: train on the importance-weighted bound (IWAE) with k samples
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "latent_dim"):
@@ -74,6 +75,11 @@ class TrainConfig:
         if self.binarize != "none" and self.likelihood != "bernoulli":
             raise ValueError(f"binarization makes 0/1 data for the bernoulli likelihood; "
                              f"it makes no sense with {self.likelihood}")
+        if not (isinstance(self.iw_samples, (int, np.integer)) and self.iw_samples >= 1):
+            raise ValueError(f"iw_samples must be an integer >= 1, got {self.iw_samples!r}")
+        if self.iw_samples > 1 and (self.beta != 1 or self.warmup_epochs):
+            raise ValueError("the importance-weighted bound has no KL term to weight: "
+                             "use beta 1 and no warm-up with iw_samples > 1")
         self.hidden = [int(h) for h in self.hidden]
 
     def model(self, input_dim: int) -> VAE:
@@ -173,7 +179,10 @@ class Trainer:
                 binarize(x, self.rng, out=x, scratch=scratch)
             beta = self.beta_at(self.step)
             try:
-                losses, grads = model.loss_and_grads(x, rng=self.rng, beta=beta)
+                if cfg.iw_samples > 1:
+                    losses, grads = model.iw_loss_and_grads(x, cfg.iw_samples, rng=self.rng)
+                else:
+                    losses, grads = model.loss_and_grads(x, rng=self.rng, beta=beta)
             except FloatingPointError as e:
                 progress.close()
                 raise self._diverged(f"batch {self.batch + 1}", e) from None

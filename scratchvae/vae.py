@@ -190,15 +190,77 @@ class VAE:
         n, g = len(ws.z), self.grads
         d_z = self.decoder.backward(dec_caches, ws.d_out, g, d_ins=ws.d_dec, overwrite_d_y=True)
         d_mu, d_logvar = D.reparameterize_kl_backward(lat_cache, d_z, beta / n, ws.d_mu, ws.d_logvar)
+        self._encoder_backward(enc_caches, d_mu, d_logvar, ws)
+        return losses, g
+
+    def _encoder_backward(self, enc_caches, d_mu, d_logvar, ws=None):
+        """From d_mu, d_logvar through both heads and the encoder into ``self.grads``."""
+        g = self.grads
         enc_cache, mu_cache, lv_cache = enc_caches
         need_d_h = bool(self.encoder.layers)        # without hidden layers h is x itself
-        nn.linear_backward(mu_cache, d_mu, need_d_h, g["enc.mu.W"], g["enc.mu.b"], ws.d_h, overwrite_d_y=True)
-        nn.linear_backward(lv_cache, d_logvar, need_d_h, g["enc.logvar.W"], g["enc.logvar.b"], ws.d_h_logvar,
-                           overwrite_d_y=True)
+        d_h, _ = nn.linear_backward(mu_cache, d_mu, need_d_h, g["enc.mu.W"], g["enc.mu.b"],
+                                    ws and ws.d_h, overwrite_d_y=True)
+        d_h_logvar, _ = nn.linear_backward(lv_cache, d_logvar, need_d_h, g["enc.logvar.W"], g["enc.logvar.b"],
+                                           ws and ws.d_h_logvar, overwrite_d_y=True)
         if need_d_h:
-            ws.d_h += ws.d_h_logvar                  # h feeds both heads: their gradients add
-            self.encoder.backward(enc_cache, ws.d_h, g, need_d_x=False, d_ins=ws.d_enc, overwrite_d_y=True)
-        return losses, g
+            d_h += d_h_logvar                        # h feeds both heads: their gradients add
+            self.encoder.backward(enc_cache, d_h, g, need_d_x=False, d_ins=ws and ws.d_enc, overwrite_d_y=True)
+
+    def iw_loss_and_grads(self, x, k: int, rng: Optional[np.random.Generator] = None, eps=None):
+        """The importance-weighted bound (IWAE, Burda et al. 2016) of one batch and its gradient.
+
+        ``L_k = log (1/k) sum_i w_i``, ``log w_i = log p(x|z_i) + log p(z_i) - log q(z_i|x)``,
+        ``z_i = mu + exp(logvar/2) eps_i``. Its gradient is ``sum_i w~_i grad log w_i``
+        with the normalised weights ``w~ = softmax(log w)``. With z reparameterized,
+        ``-log q(z_i|x) = 1/2 sum_j (log 2 pi + logvar_j + eps_ij^2)``, so
+        ``d(-log w_i)/dz = d nll/dz + z``, ``d(-log w_i)/dmu = d(-log w_i)/dz`` and
+        ``d(-log w_i)/dlogvar = d(-log w_i)/dz * eps exp(logvar/2) / 2 - 1/2``.
+
+        x: (batch, d); eps, if given: (k, batch, latent). Returns ``(losses, grads)``:
+        ``losses["total"]`` is ``-L_k`` averaged over the batch (nats); ``nll`` and
+        ``kl`` are the single-sample ELBO parts of the first sample, for reference.
+        Likelihoods with learned parameters are not supported here.
+        """
+        if self._likelihood_keys:
+            raise ValueError("importance-weighted training supports likelihoods without learned "
+                             "parameters (bernoulli, continuous_bernoulli, gaussian_fixed)")
+        if not (isinstance(k, (int, np.integer)) and k >= 1):
+            raise ValueError(f"k (importance samples) must be an integer >= 1, got {k!r}")
+        x = self._check_x(x)
+        b, latent = len(x), self.latent_dim
+        if (rng is None) == (eps is None):
+            raise ValueError("pass exactly one of rng (to draw eps) or eps (fixed noise)")
+        if eps is None:
+            eps = rng.standard_normal((k, b, latent), dtype=self.dtype)
+        elif np.shape(eps) != (k, b, latent):
+            raise ValueError(f"eps must have shape (k, batch, latent) = {(k, b, latent)}, got {np.shape(eps)}")
+        eps = np.asarray(eps, self.dtype)
+        mu, logvar, enc_caches = self._encode(x)
+        std = np.exp(0.5 * logvar)
+        z = (mu + std * eps).reshape(k * b, latent)
+        out, dec_caches = self.decoder.forward(self.params, z)
+        nll, d_out, _ = self.likelihood.nll_and_grad(out, np.tile(x, (k, 1)), self._likelihood_params, 1.0)
+        # log w = -nll + log p(z) - log q(z|x); the log 2 pi terms of p and q cancel
+        log_w = (-nll.astype(np.float64) - 0.5 * (z.astype(np.float64) ** 2).sum(1)
+                 + 0.5 * (logvar + eps ** 2).astype(np.float64).sum(-1).reshape(-1)).reshape(k, b)
+        top = log_w.max(axis=0)
+        w = np.exp(log_w - top)
+        bound = top + np.log(w.sum(axis=0)) - np.log(k)
+        w /= w.sum(axis=0)                           # normalised weights, (k, b)
+        row_weight = (w / b).reshape(k * b, 1).astype(self.dtype)
+        d_out *= row_weight
+        d_z = self.decoder.backward(dec_caches, d_out, self.grads)
+        d_z += row_weight * z                        # the prior's -log p(z) contributes z
+        d_z = d_z.reshape(k, b, latent)
+        d_mu = d_z.sum(axis=0)
+        d_logvar = 0.5 * (d_z * eps * std).sum(axis=0) - 0.5 / b
+        self._encoder_backward(enc_caches, d_mu, d_logvar)
+        total = float(-bound.mean())
+        if not np.isfinite(total):
+            raise FloatingPointError(f"the loss is not finite ({total}): the weights have diverged; "
+                                     "lower the learning rate or clip the gradient norm")
+        kl = 0.5 * (mu * mu + std * std - 1 - logvar).sum(1)
+        return {"total": total, "nll": float(nll[:b].mean()), "kl": float(kl.mean())}, self.grads
 
     def _forward(self, x, rng, eps, beta, into_grads):
         """The forward pass in the batch's workspace; the likelihood's own

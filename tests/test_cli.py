@@ -289,7 +289,7 @@ def test_resume_accepts_repeated_options_that_agree(capsys, run_copy, data_file)
 DIFFERING = {"dataset": "other.npz", "batch_size": "7", "lr": "0.5", "hidden": "8", "latent_dim": "3",
              "activation": "tanh", "likelihood": "continuous_bernoulli", "sigma": "0.5",
              "init": "he_normal", "beta": "0.5", "warmup_epochs": "2", "binarize": "static",
-             "seed": "5", "max_grad_norm": "1.5"}
+             "seed": "5", "max_grad_norm": "1.5", "iw_samples": "5"}
 
 
 def test_differing_covers_every_run_option():
@@ -845,3 +845,14 @@ def test_divergence_after_a_good_epoch_keeps_its_checkpoint(capsys, run_copy):
         np.testing.assert_array_equal(reloaded.params[k], v)
     assert len(read_csv(run_copy / "history.csv")) == 1
     assert "\n" not in line
+
+
+def test_train_on_the_importance_weighted_bound(capsys, data_file, tmp_path):
+    code, _, err = run(capsys, "train", "--dataset", data_file, *SMALL, "--epochs", "2", "--iw-samples", "5",
+                       "--out", tmp_path / "iw", "--no-plots", "-q")
+    assert code == 0, err
+    rows = read_csv(tmp_path / "iw" / "history.csv")
+    assert len(rows) == 2 and float(rows[1]["test_total"]) < float(rows[0]["test_total"])
+    code, _, err = run(capsys, "train", "--dataset", data_file, *SMALL, "--iw-samples", "5", "--beta", "0.5",
+                       "--out", tmp_path / "bad", "-q")
+    assert_one_error(code, err, "beta 1")
