@@ -1,0 +1,82 @@
+"""The README's results table: Fashion-MNIST, reference architecture, one
+row per variant, each trained with `scratchvae train` and scored with
+`scratchvae evaluate --iw-samples K` (test -ELBO, importance-weighted
+log-likelihood, active units, training time).
+
+    SCRATCHVAE_DATA=../shared/data python benchmarks/results_table.py [--epochs 10] [--iw-samples 1000]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+VARIANTS = [
+    ("Bernoulli, grey levels (the reference)", []),
+    ("Bernoulli, dynamic binarisation", ["--binarize", "dynamic"]),
+    ("Gaussian, learned per-pixel sigma", ["--likelihood", "gaussian_pixel"]),
+    ("continuous Bernoulli", ["--likelihood", "continuous_bernoulli"]),
+    ("latent size 2", ["--latent", "2"]),
+    ("latent size 50", ["--latent", "50"]),
+    ("importance-weighted bound, k = 5", ["--iw-samples", "5"]),
+]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=10, help="epochs per variant [10]")
+    parser.add_argument("--iw-samples", type=int, default=1000, help="k of the log p(x) estimate [1000]")
+    parser.add_argument("--seed", type=int, default=1, help="seed of every run [1]")
+    parser.add_argument("--only", type=int, nargs="*", help="indices of the variants to run [all]")
+    parser.add_argument("--json", default="benchmarks/results/results_table.json", help="where to write the JSON")
+    args = parser.parse_args(argv)
+    import numpy as np
+    import scratchvae as sv
+    from scratchvae.evaluate import active_units, elbo, log_likelihood
+    from scratchvae.train import Trainer, TrainConfig, load_data, prepare_data
+    from scratchvae.cli import build_parser
+
+    rows, records = [], []
+    data = load_data(TrainConfig(dataset="fashion-mnist"))
+    for i, (label, extra) in enumerate(VARIANTS):
+        if args.only and i not in args.only:
+            continue
+        cli_args = ["train", "--dataset", "fashion-mnist", "--epochs", str(args.epochs), "--seed", str(args.seed),
+                    *extra]
+        ns = build_parser().parse_args(cli_args)
+        given = {k: getattr(ns, k) for k in ("batch_size", "lr", "hidden", "latent_dim", "activation",
+                                              "likelihood", "sigma", "init", "beta", "warmup_epochs",
+                                              "binarize", "seed", "max_grad_norm", "iw_samples", "epochs")
+                 if getattr(ns, k) is not None}
+        config = TrainConfig(dataset="fashion-mnist", **given)
+        trainer = Trainer(config, data, tempfile.mkdtemp(), quiet=True)
+        trainer.fit()
+        seconds = sum(r["seconds"] for r in trainer.history)
+        _, x_test = prepare_data(config, data)
+        rng = np.random.default_rng(0)
+        test = elbo(trainer.model, x_test, rng)
+        log_px = log_likelihood(trainer.model, x_test, args.iw_samples, rng).mean()
+        units, _ = active_units(trainer.model, x_test)
+        command = "scratchvae " + " ".join(cli_args) + f" --out runs/v{i}; scratchvae evaluate runs/v{i} " \
+                  f"--iw-samples {args.iw_samples}"
+        rows.append([label, f"{test['total']:.2f}", f"{test['nll']:.2f}", f"{test['kl']:.2f}", f"{log_px:.2f}",
+                     f"{units}/{config.latent_dim}", f"{seconds:.0f}", f"`{command}`"])
+        records.append({"variant": label, "command": command, "test": test, "log_px": log_px,
+                        "active_units": units, "train_seconds": seconds, "history": trainer.history})
+        print(" | ".join(rows[-1][:7]), flush=True)
+    print()
+    print(common.markdown_table(["variant", "test -ELBO", "reconstruction", "KL",
+                                 f"log p(x), k={args.iw_samples}", "active units", "train s", "command"],
+                                rows, "lrrrrrrl"))
+    common.write_json(args.json, {"benchmark": "results_table", "when": common.now_iso(),
+                                  "machine": common.machine_info(), "kernels": sv.describe(),
+                                  "epochs": args.epochs, "iw_samples": args.iw_samples, "rows": records})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
