@@ -218,8 +218,8 @@ def _cb_log_norm_and_grad(l):
             31 / 90720 - a2 * (127 / 4838400 - a2 * (73 / 34214400)))))
         g = a * (1 / 6 - a2 * (7 / 360 - a2 * (31 / 15120 - a2 * (127 / 604800 - a2 * (73 / 3421440)))))
     else:
-        e = math.exp(-a)
-        f = math.log(a) - math.log(-math.expm1(-a)) + math.log1p(e)
+        e = math.exp(-a)        # one exp and one log: 1 - e >= 0.095 here, no cancellation
+        f = math.log(a * (1.0 + e) / (1.0 - e))
         g = 1.0 / a - 2.0 * e / (1.0 - e * e)
     return f, (g if l >= 0 else -g)
 
