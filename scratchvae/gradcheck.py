@@ -67,22 +67,25 @@ def numerical_gradient(f: Callable[[], float], x: np.ndarray, h: float = 1e-5,
                        indices: Optional[np.ndarray] = None) -> np.ndarray:
     """Central differences of ``f()`` with respect to the elements of ``x``.
 
-    ``f`` reads ``x`` (perturbed in place, always restored). ``indices``
-    (flat) limits the elements; the result then has one entry per index,
-    otherwise the shape of ``x``.
+    ``f`` reads ``x`` (perturbed in place, always restored) and returns a
+    scalar or an array (then the result is a Jacobian: one derivative of
+    each output per element). ``indices`` (flat) limits the elements; the
+    result then has one leading entry per index, otherwise the shape of
+    ``x``, followed by the shape of ``f()``.
     """
     flat = x.reshape(-1)             # a view: writes reach x
     idx = np.arange(flat.size) if indices is None else np.asarray(indices)
-    grad = np.empty(len(idx))
-    for j, i in enumerate(idx):
+    grad = []
+    for i in idx:
         orig = flat[i]
         flat[i] = orig + h
         f_plus = f()
         flat[i] = orig - h
         f_minus = f()
         flat[i] = orig
-        grad[j] = (f_plus - f_minus) / (2 * h)
-    return grad.reshape(x.shape) if indices is None else grad
+        grad.append((np.asarray(f_plus) - f_minus) / (2 * h))
+    grad = np.array(grad, dtype=np.float64)
+    return grad.reshape(x.shape + grad.shape[1:]) if indices is None else grad
 
 
 def gradcheck(f: Callable[[], float], arrays: Dict[str, np.ndarray], analytic: Dict[str, np.ndarray],

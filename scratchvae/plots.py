@@ -12,7 +12,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (files only), or an ImportError saying how to install it."""
     try:
         import matplotlib
     except ImportError:
@@ -36,16 +37,21 @@ def tile(images: np.ndarray, image_shape, cols: int, pad: int = 1) -> np.ndarray
     return canvas
 
 
+def save(fig, path, dpi: int = 100) -> Path:
+    """Lay out, write and close a Matplotlib figure; returns the path."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
+    return Path(path)
+
+
 def _save_grid(canvas, path, title):
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(canvas.shape[1] / 40 + 0.5, canvas.shape[0] / 40 + 0.8))
     ax.imshow(canvas, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
     ax.set_title(title, fontsize=9)
     ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return save(fig, path)
 
 
 def reconstructions(model, x: np.ndarray, image_shape, path, n: int = 16):
@@ -74,7 +80,7 @@ def samples(model, rng, image_shape, path, n: int = 64):
 
 def latent_space(model, x: np.ndarray, labels: Optional[np.ndarray], path):
     """The posterior means of ``x``, coloured by label; a PCA projection when k > 2."""
-    plt = _plt()
+    plt = pyplot()
     mu, _ = model.encode(x)
     mu = mu.astype(np.float64)
     if mu.shape[1] > 2:
@@ -93,10 +99,7 @@ def latent_space(model, x: np.ndarray, labels: Optional[np.ndarray], path):
     ax.set_xlabel(axes[0])
     ax.set_ylabel(axes[1])
     ax.set_title(f"latent space ({model.latent_dim}-D posterior means)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return save(fig, path)
 
 
 def normal_ppf(p: np.ndarray) -> np.ndarray:
@@ -126,7 +129,7 @@ def manifold(model, image_shape, path, n: int = 20):
 
 def curves(history: Sequence[dict], path):
     """Training and test loss parts (nats per example) by epoch."""
-    plt = _plt()
+    plt = pyplot()
     epochs = [r["epoch"] for r in history]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
     for ax, part, title in zip(axes, ("total", "nll", "kl"),
@@ -138,10 +141,7 @@ def curves(history: Sequence[dict], path):
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_ylabel("nats per example")
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return save(fig, path)
 
 
 def all_pictures(model, data, history, out_dir, rng) -> list:

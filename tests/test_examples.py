@@ -22,3 +22,18 @@ def test_synthetic_digits_example_writes_a_png(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["synthetic_digits.py", "--out", str(out), "--cols", "4"])
     runpy.run_path(str(EXAMPLES / "synthetic_digits.py"), run_name="__main__")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+VI_LESSONS = ["vi_1_exact_posterior", "vi_2_gradient_estimators", "vi_3_kl_directions", "vi_4_mixtures",
+              "vi_5_elbo_landscape"]
+
+
+@pytest.mark.parametrize("lesson", VI_LESSONS)
+def test_vi_lesson_runs_and_writes_its_png(lesson, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / f"{lesson}.png"
+    extra = ["-n", "20000"] if lesson in ("vi_2_gradient_estimators", "vi_4_mixtures") else []
+    monkeypatch.setattr(sys, "argv", [f"{lesson}.py", "--out", str(out), *extra])
+    runpy.run_path(str(EXAMPLES / f"{lesson}.py"), run_name="__main__")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"wrote {out}" in capsys.readouterr().out
