@@ -20,7 +20,8 @@ EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
 
 # train options that define the run; on --resume they must agree with the checkpoint
 RUN_OPTIONS = ("dataset", "batch_size", "lr", "hidden", "latent_dim", "activation", "likelihood",
-               "sigma", "init", "beta", "warmup_epochs", "binarize", "seed", "max_grad_norm", "iw_samples")
+               "sigma", "init", "beta", "warmup_epochs", "binarize", "seed", "max_grad_norm", "iw_samples",
+               "conditional")
 # those whose command-line flag is not "--" + the name with dashes
 FLAGS = {"latent_dim": "--latent", "warmup_epochs": "--warmup"}
 
@@ -61,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .distributions import LIKELIHOODS
     from .kernels.reference import ACTIVATIONS
     from .nn import INITS
-    from .train import BINARIZE, TrainConfig
+    from .train import BINARIZE, CONDITIONAL, TrainConfig
 
     d = TrainConfig()
     parser = argparse.ArgumentParser(
@@ -100,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train on the importance-weighted bound with K samples (IWAE; needs beta 1, "
                         "no warm-up, a likelihood without learned sigma); the train loss shown is "
                         "then -L_K, the test loss stays the ELBO [1: the ELBO]")
+    t.add_argument("--conditional", choices=CONDITIONAL,
+                   help="label: a conditional VAE, q(z|x, y) and p(x|z, y) with the one-hot label y as "
+                        "context (the data set needs labels); sample it with --label [none]")
     t.add_argument("--out", help="run directory [runs/<dataset>-<date>-<time>]")
     t.add_argument("--resume", metavar="CKPT", help="continue the run in this checkpoint or run directory "
                                                     "(--epochs may extend it)")
@@ -119,9 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "2016; 1000 or more for a tight estimate) [off]")
 
     s = sub.add_parser("sample", help="draw samples from a trained model",
-                       description="Ancestral samples: z ~ N(0, I), then the decoder's mean.")
+                       description="Ancestral samples: z ~ N(0, I), then the decoder's mean. A "
+                                   "conditional model draws -n samples of class --label, or without "
+                                   "--label -n samples of every class, one row per class.")
     s.add_argument("checkpoint", help="checkpoint file or run directory")
-    s.add_argument("-n", type=_positive_int, default=64, help="number of samples [64]")
+    s.add_argument("-n", type=_positive_int, default=64, help="number of samples [64] (per class for a "
+                                                                "conditional model without --label)")
+    s.add_argument("--label", type=_seed, help="class to draw, for a model trained with --conditional label")
     s.add_argument("-o", "--output", required=True, help="FILE.png (a grid) or FILE.npy (array (n, d))")
     s.add_argument("--seed", type=_seed, default=0, help="seed of z [0]")
     s.add_argument("--draw", action="store_true", help="draw x ~ p(x|z) instead of its mean")
@@ -185,7 +193,7 @@ def cmd_train(args) -> int:
               f"scratchvae train --resume {trainer.out_dir}", file=sys.stderr)
         return EXIT_INTERRUPTED
     if not args.no_plots:
-        _pictures(trainer.model, data, trainer.history, trainer.out_dir, args.quiet)
+        _pictures(trainer.model, data, trainer.history, trainer.out_dir, args.quiet, c_test=trainer.c_test)
     print(f"run directory: {trainer.out_dir}")
     return 0
 
@@ -195,11 +203,11 @@ def _backend():
     return get_backend()
 
 
-def _pictures(model, data, history, out_dir, quiet, seed=0, required=False):
+def _pictures(model, data, history, out_dir, quiet, seed=0, required=False, c_test=None):
     """Write every picture; without Matplotlib, say so (and fail only if ``required``)."""
     from . import plots
     try:
-        written = plots.all_pictures(model, data, history, out_dir, np.random.default_rng(seed))
+        written = plots.all_pictures(model, data, history, out_dir, np.random.default_rng(seed), c_test)
     except ImportError as e:
         if required:
             raise
@@ -227,23 +235,24 @@ def _load_run(checkpoint, data_dir):
 def cmd_evaluate(args) -> int:
     from .evaluate import active_units, elbo, log_likelihood
     from .progress import Progress
-    from .train import load_data, prepare_data
+    from .train import contexts, load_data, prepare_data
 
     model, config, _ = _load_run(args.checkpoint, args.data_dir)
     if config is None:
         raise ValueError(f"{args.checkpoint}: holds no training configuration, so its data set is unknown")
     data = load_data(config)
     _, x_test = prepare_data(config, data)
+    _, c_test = contexts(config, data)
     rng = np.random.default_rng(args.seed)
-    r = elbo(model, x_test, rng, n_samples=args.samples)
+    r = elbo(model, x_test, rng, n_samples=args.samples, c=c_test)
     print(f"{data.name} test set ({len(x_test):,} examples), nats per example:")
     print(f"  -ELBO {r['total']:.3f}   reconstruction {r['nll']:.3f}   KL {r['kl']:.3f}")
-    count, _ = active_units(model, x_test)
+    count, _ = active_units(model, x_test, c=c_test)
     print(f"  active units {count} of {model.latent_dim} (variance of E[z|x] over the data > 0.01)")
     if args.iw_samples:
         progress = Progress(len(x_test), f"log p(x), k={args.iw_samples}")
         log_px = log_likelihood(model, x_test, args.iw_samples, rng,
-                                progress=lambda done, total: progress.update(done))
+                                progress=lambda done, total: progress.update(done), c=c_test)
         progress.close()
         print(f"  log p(x) >= {log_px.mean():.3f} (importance-weighted, k = {args.iw_samples})")
     return 0
@@ -251,13 +260,22 @@ def cmd_evaluate(args) -> int:
 
 def cmd_sample(args) -> int:
     from . import checkpoint as ckpt
+    from .data.datasets import one_hot
 
     out = Path(args.output)
     if out.suffix not in (".png", ".npy"):
         raise ValueError(f"-o must end in .png or .npy, got {out}")
     header, groups = ckpt.read(args.checkpoint)
     model = ckpt.model_from(header, groups["param"], str(args.checkpoint))
-    x = model.sample(args.n, np.random.default_rng(args.seed), mean=not args.draw)
+    classes = model.context_dim
+    if args.label is not None and not classes:
+        raise ValueError("--label needs a conditional model (trained with --conditional label)")
+    if args.label is not None and args.label >= classes:
+        raise ValueError(f"--label must lie in [0, {classes - 1}] for this model, got {args.label}")
+    labels = (None if not classes else np.full(args.n, args.label) if args.label is not None
+              else np.repeat(np.arange(classes), args.n))
+    c = None if labels is None else one_hot(labels, classes, model.dtype)
+    x = model.sample(args.n if c is None else len(c), np.random.default_rng(args.seed), mean=not args.draw, c=c)
     if out.suffix == ".npy":
         np.save(out, x)
     else:
@@ -265,13 +283,16 @@ def cmd_sample(args) -> int:
         shape = header.get("train", {}).get("data", {}).get("image_shape")
         if shape is None:
             raise ValueError("this model's data are not images; write .npy instead")
-        plots.image_grid(x, shape, out, f"{args.n} samples from {args.checkpoint}")
+        what = "" if labels is None else f" of class {args.label}" if args.label is not None else \
+            ", one row per class"
+        plots.image_grid(x, shape, out, f"{len(x)} samples{what} from {args.checkpoint}",
+                         cols=args.n if classes and args.label is None else None)
     print(out)
     return 0
 
 
 def cmd_plot(args) -> int:
-    from .train import load_data
+    from .train import contexts, load_data
 
     model, config, history = _load_run(args.checkpoint, args.data_dir)
     if config is None:
@@ -279,7 +300,8 @@ def cmd_plot(args) -> int:
     ck = Path(args.checkpoint)
     out = Path(args.out) if args.out else (ck if ck.is_dir() else ck.parent)
     out.mkdir(parents=True, exist_ok=True)
-    _pictures(model, load_data(config), history, out, False, args.seed, required=True)
+    data = load_data(config)
+    _pictures(model, data, history, out, False, args.seed, required=True, c_test=contexts(config, data)[1])
     print(out)
     return 0
 

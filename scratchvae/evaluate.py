@@ -9,21 +9,23 @@ from .vae import VAE
 
 
 def elbo(model: VAE, x: np.ndarray, rng: np.random.Generator, batch_size: int = 1000,
-         n_samples: int = 1) -> Dict[str, float]:
+         n_samples: int = 1, c=None) -> Dict[str, float]:
     """Negative ELBO of ``x`` (n, d) with its parts, averaged over examples.
 
     Returns ``{"total", "nll", "kl"}`` in nats per example with beta = 1:
     ``total = nll + kl`` is the loss the PyTorch reference VAE reports as
     "test set loss". ``nll`` uses z sampled from q(z|x) (``n_samples`` draws
-    per example, averaged); ``kl`` is analytic.
+    per example, averaged); ``kl`` is analytic. ``c``: (n, m), the contexts
+    of a conditional model.
     """
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
     sums = {"nll": 0.0, "kl": 0.0}
     for start in range(0, len(x), batch_size):
         xb = x[start:start + batch_size]
+        cb = None if c is None else c[start:start + batch_size]
         for _ in range(n_samples):
-            losses = model.loss(xb, rng=rng)
+            losses = model.loss(xb, rng=rng, c=cb)
             for k in sums:
                 sums[k] += losses[k] * len(xb) / n_samples
     out = {k: v / len(x) for k, v in sums.items()}
@@ -32,7 +34,7 @@ def elbo(model: VAE, x: np.ndarray, rng: np.random.Generator, batch_size: int = 
 
 
 def log_likelihood(model: VAE, x: np.ndarray, k: int, rng: np.random.Generator, batch_size: int = 100,
-                   chunk: int = 100, progress=None) -> np.ndarray:
+                   chunk: int = 100, progress=None, c=None) -> np.ndarray:
     """Importance-weighted estimate of log p(x) per example (Burda et al. 2016), in nats.
 
     ``log p(x) ~ log (1/k) sum_i p(x|z_i) p(z_i) / q(z_i|x)`` with
@@ -41,32 +43,36 @@ def log_likelihood(model: VAE, x: np.ndarray, k: int, rng: np.random.Generator, 
     combined by a running log-sum-exp in float64, so memory stays at
     ``batch_size * chunk`` decoded examples whatever k is.
 
-    x: (n, d). Returns (n,) float64. ``progress``: a callable(done, total).
+    x: (n, d); c: (n, m) for a conditional model. Returns (n,) float64.
+    ``progress``: a callable(done, total).
     """
     from .distributions import diag_gaussian_log_prob
 
     if not (isinstance(k, (int, np.integer)) and k >= 1):
         raise ValueError(f"k (importance samples) must be an integer >= 1, got {k!r}")
     x = model._check_x(x)
+    c = model._check_c(c, len(x))
     n, latent = len(x), model.latent_dim
     out = np.empty(n)
     lik_params = model._likelihood_params
     for start in range(0, n, batch_size):
         xb = x[start:start + batch_size]
+        cb = None if c is None else c[start:start + batch_size]
         b = len(xb)
-        mu, logvar = model.encode(xb)
+        mu, logvar = model.encode(xb, cb)
         run_max = np.full(b, -np.inf)
         run_sum = np.zeros(b)
         for s0 in range(0, k, chunk):
-            c = min(chunk, k - s0)
-            eps = rng.standard_normal((c, b, latent), dtype=model.dtype)
-            z = (mu + np.exp(0.5 * logvar) * eps).reshape(c * b, latent)
-            mu_rep, lv_rep = np.tile(mu, (c, 1)), np.tile(logvar, (c, 1))
-            decoded, _ = model.decoder.forward(model.params, z)
-            nll, _, _ = model.likelihood.nll_and_grad(decoded, np.tile(xb, (c, 1)), lik_params, 0.0)
+            m = min(chunk, k - s0)
+            eps = rng.standard_normal((m, b, latent), dtype=model.dtype)
+            z = (mu + np.exp(0.5 * logvar) * eps).reshape(m * b, latent)
+            mu_rep, lv_rep = np.tile(mu, (m, 1)), np.tile(logvar, (m, 1))
+            zc = model._join(z, None if cb is None else np.tile(cb, (m, 1)))
+            decoded, _ = model.decoder.forward(model.params, zc)
+            nll, _, _ = model.likelihood.nll_and_grad(decoded, np.tile(xb, (m, 1)), lik_params, 0.0)
             log_q, _ = diag_gaussian_log_prob(z, mu_rep, lv_rep)
             log_p_z, _ = diag_gaussian_log_prob(z, np.zeros_like(z), np.zeros_like(z))
-            log_w = (-nll.astype(np.float64) + log_p_z - log_q).reshape(c, b)
+            log_w = (-nll.astype(np.float64) + log_p_z - log_q).reshape(m, b)
             new_max = np.maximum(run_max, log_w.max(axis=0))
             run_sum = run_sum * np.exp(run_max - new_max) + np.exp(log_w - new_max).sum(axis=0)
             run_max = new_max
@@ -76,12 +82,13 @@ def log_likelihood(model: VAE, x: np.ndarray, k: int, rng: np.random.Generator, 
     return out
 
 
-def active_units(model: VAE, x: np.ndarray, threshold: float = 0.01, batch_size: int = 1000):
+def active_units(model: VAE, x: np.ndarray, threshold: float = 0.01, batch_size: int = 1000, c=None):
     """Burda et al.'s active units: latent dimensions u whose posterior mean
     varies over the data, ``Var_x(E_q[z_u | x]) > threshold``.
 
-    Returns ``(count, variances)`` with variances (k,).
+    Returns ``(count, variances)`` with variances (k,). ``c``: (n, m) for a conditional model.
     """
-    means = np.concatenate([model.encode(x[s:s + batch_size])[0] for s in range(0, len(x), batch_size)])
+    means = np.concatenate([model.encode(x[s:s + batch_size], None if c is None else c[s:s + batch_size])[0]
+                            for s in range(0, len(x), batch_size)])
     variances = means.astype(np.float64).var(axis=0)
     return int((variances > threshold).sum()), variances

@@ -54,11 +54,12 @@ def _save_grid(canvas, path, title):
     return save(fig, path)
 
 
-def reconstructions(model, x: np.ndarray, image_shape, path, n: int = 16):
-    """Originals (odd rows) above their reconstructions E[x | z = mu(x)] (even rows)."""
-    x = x[:n]
-    mu, _ = model.encode(x)
-    recon = model.decode(mu)
+def reconstructions(model, x: np.ndarray, image_shape, path, n: int = 16, c=None):
+    """Originals (odd rows) above their reconstructions E[x | z = mu(x)] (even rows);
+    ``c``: the contexts of x for a conditional model."""
+    x, c = x[:n], None if c is None else c[:n]
+    mu, _ = model.encode(x, c)
+    recon = model.decode(mu, c)
     cols = min(n, 8)
     pairs = []
     for start in range(0, len(x), cols):
@@ -78,10 +79,20 @@ def samples(model, rng, image_shape, path, n: int = 64):
     return image_grid(model.sample(n, rng), image_shape, path, f"{n} samples: z ~ N(0, I), decoded mean")
 
 
-def latent_space(model, x: np.ndarray, labels: Optional[np.ndarray], path):
+def class_samples(model, rng, image_shape, path, per_class: int = 10):
+    """A conditional model's samples, one row per class: z ~ N(0, I), c = one-hot(row)."""
+    from .data.datasets import one_hot
+    n_classes = model.context_dim
+    labels = np.repeat(np.arange(n_classes), per_class)
+    x = model.sample(len(labels), rng, c=one_hot(labels, n_classes, model.dtype))
+    return image_grid(x, image_shape, path, f"samples given the label, one row per class 0-{n_classes - 1}",
+                      cols=per_class)
+
+
+def latent_space(model, x: np.ndarray, labels: Optional[np.ndarray], path, c=None):
     """The posterior means of ``x``, coloured by label; a PCA projection when k > 2."""
     plt = pyplot()
-    mu, _ = model.encode(x)
+    mu, _ = model.encode(x, c)
     mu = mu.astype(np.float64)
     if mu.shape[1] > 2:
         centred = mu - mu.mean(0)
@@ -144,19 +155,26 @@ def curves(history: Sequence[dict], path):
     return save(fig, path)
 
 
-def all_pictures(model, data, history, out_dir, rng) -> list:
-    """Every picture that applies to this model, written into ``out_dir``."""
+def all_pictures(model, data, history, out_dir, rng, c_test=None) -> list:
+    """Every picture that applies to this model, written into ``out_dir``.
+
+    A conditional model needs the test set's contexts ``c_test``; with one-hot
+    labels as context its samples are drawn one row per class.
+    """
     out_dir = Path(out_dir)
     shape = data.image_shape
     written = []
     if shape is not None:
-        written.append(reconstructions(model, data.x_test, shape, out_dir / "reconstructions.png"))
-        written.append(samples(model, rng, shape, out_dir / "samples.png"))
-        if model.latent_dim == 2:
-            written.append(manifold(model, shape, out_dir / "manifold.png"))
+        written.append(reconstructions(model, data.x_test, shape, out_dir / "reconstructions.png", c=c_test))
+        if model.context_dim:
+            written.append(class_samples(model, rng, shape, out_dir / "samples.png"))
+        else:
+            written.append(samples(model, rng, shape, out_dir / "samples.png"))
+            if model.latent_dim == 2:
+                written.append(manifold(model, shape, out_dir / "manifold.png"))
     n = min(5000, len(data.x_test))
     written.append(latent_space(model, data.x_test[:n], None if data.y_test is None else data.y_test[:n],
-                                out_dir / "latent.png"))
+                                out_dir / "latent.png", None if c_test is None else c_test[:n]))
     if history:
         written.append(curves(history, out_dir / "curves.png"))
     return written

@@ -27,13 +27,14 @@ import numpy as np
 
 from . import checkpoint as ckpt
 from .atomic import atomic_write
-from .data.datasets import Dataset, binarize, load_array_file, load_dataset
+from .data.datasets import Dataset, binarize, load_array_file, load_dataset, one_hot
 from .evaluate import elbo
 from .optim import Adam
 from .progress import Progress
 from .vae import VAE
 
 BINARIZE = ("none", "dynamic", "static")
+CONDITIONAL = ("none", "label")
 HISTORY_FIELDS = ("epoch", "step", "beta", "train_total", "train_nll", "train_kl",
                   "test_total", "test_nll", "test_kl", "seconds", "examples_per_s")
 
@@ -58,6 +59,7 @@ class TrainConfig:
     seed: int = 0
     max_grad_norm: Optional[float] = None
     iw_samples: int = 1              # > 1: train on the importance-weighted bound (IWAE) with k samples
+    conditional: str = "none"        # label: a conditional VAE with the one-hot label as context
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "latent_dim"):
@@ -80,11 +82,14 @@ class TrainConfig:
         if self.iw_samples > 1 and (self.beta != 1 or self.warmup_epochs):
             raise ValueError("the importance-weighted bound has no KL term to weight: "
                              "use beta 1 and no warm-up with iw_samples > 1")
+        if self.conditional not in CONDITIONAL:
+            raise ValueError(f"conditional must be one of {', '.join(CONDITIONAL)}, got {self.conditional!r}")
         self.hidden = [int(h) for h in self.hidden]
 
-    def model(self, input_dim: int) -> VAE:
+    def model(self, input_dim: int, context_dim: int = 0) -> VAE:
         return VAE(input_dim, self.hidden, self.latent_dim, likelihood=self.likelihood,
-                   activation=self.activation, init=self.init, seed=self.seed, sigma=self.sigma)
+                   activation=self.activation, init=self.init, seed=self.seed, sigma=self.sigma,
+                   context_dim=context_dim)
 
 
 class TrainingDiverged(RuntimeError):
@@ -110,10 +115,11 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.quiet, self.on_batch = quiet, on_batch
         self.stream = sys.stderr if stream is None else stream
-        self.model = config.model(data.n_features)
+        self.x_train, self.x_test = prepare_data(config, data)
+        self.c_train, self.c_test = contexts(config, data)
+        self.model = config.model(data.n_features, 0 if self.c_train is None else self.c_train.shape[1])
         self.optimizer = Adam(self.model.params, lr=config.lr, max_grad_norm=config.max_grad_norm)
         self.rng = _stream(config.seed, 1)
-        self.x_train, self.x_test = prepare_data(config, data)
         self.epoch = 0          # epochs completed
         self.batch = 0          # batches completed in the current epoch
         self.step = 0           # optimizer steps in all
@@ -177,12 +183,13 @@ class Trainer:
             np.take(self.x_train, idx, axis=0, out=x)
             if cfg.binarize == "dynamic":
                 binarize(x, self.rng, out=x, scratch=scratch)
+            c = None if self.c_train is None else self.c_train[idx]
             beta = self.beta_at(self.step)
             try:
                 if cfg.iw_samples > 1:
-                    losses, grads = model.iw_loss_and_grads(x, cfg.iw_samples, rng=self.rng)
+                    losses, grads = model.iw_loss_and_grads(x, cfg.iw_samples, rng=self.rng, c=c)
                 else:
-                    losses, grads = model.loss_and_grads(x, rng=self.rng, beta=beta)
+                    losses, grads = model.loss_and_grads(x, rng=self.rng, beta=beta, c=c)
             except FloatingPointError as e:
                 progress.close()
                 raise self._diverged(f"batch {self.batch + 1}", e) from None
@@ -218,7 +225,7 @@ class Trainer:
     def _end_epoch(self):
         s = self.sums
         try:
-            test = elbo(self.model, self.x_test, _stream(self.config.seed, 100 + self.epoch))
+            test = elbo(self.model, self.x_test, _stream(self.config.seed, 100 + self.epoch), c=self.c_test)
         except FloatingPointError as e:     # the epoch's last steps blew the weights up
             raise self._diverged("evaluating the test set", e) from None
         self.epoch += 1
@@ -313,6 +320,18 @@ def prepare_data(config: TrainConfig, data: Dataset):
     x_test = binarize(data.x_test, rng)
     x_train = binarize(data.x_train, rng) if config.binarize == "static" else data.x_train
     return x_train, x_test
+
+
+def contexts(config: TrainConfig, data: Dataset):
+    """``(c_train, c_test)``, the contexts of a conditional run (one-hot labels,
+    float32 (n, classes)), or ``(None, None)``."""
+    if config.conditional == "none":
+        return None, None
+    if data.y_train is None or data.y_test is None:
+        raise ValueError(f"--conditional label needs labels, and {data.name} has none; "
+                         "use a named data set (mnist, fashion-mnist, kmnist, synthetic-digits)")
+    n_classes = int(max(data.y_train.max(), data.y_test.max(), 1)) + 1
+    return one_hot(data.y_train, n_classes), one_hot(data.y_test, n_classes)
 
 
 def load_data(config: TrainConfig) -> Dataset:

@@ -7,6 +7,12 @@ negative ELBO with a KL weight beta:
     nll   = -log p(x | z),                z = mu(x) + exp(logvar(x)/2) * eps
     kl    = KL(q(z|x) || N(0, I))         (analytic)
 
+A conditional VAE (``context_dim > 0``) takes a context vector c with every
+example (a one-hot label, an observed part of the image, any vector): the
+encoder sees ``[x, c]`` and models q(z|x, c), the decoder sees ``[z, c]`` and
+models p(x|z, c); the prior stays N(0, I). Every method then takes ``c``
+(batch, context_dim).
+
 Parameter names (``model.params``; gradients use the same keys):
 
     enc.0.W, enc.0.b, ... enc.{L-1}.*   encoder hidden layers, f(x @ W + b)
@@ -42,6 +48,7 @@ class VAE:
     seed : seeds the initial weights.
     dtype : float32 (training) or float64 (gradient checks).
     sigma : fixed Gaussian sigma, or the starting value of a learned one.
+    context_dim : size m of the context c of a conditional VAE (0: none).
 
     No value is clamped: a logvar that overflows ``exp`` makes the loss
     non-finite, and :meth:`loss_and_grads` then raises ``FloatingPointError``.
@@ -49,19 +56,22 @@ class VAE:
 
     def __init__(self, input_dim: int, hidden: Sequence[int] = (400,), latent_dim: int = 20,
                  likelihood="bernoulli", activation: str = "relu", init: str = "torch",
-                 seed: int = 0, dtype=np.float32, sigma: float = 1.0):
+                 seed: int = 0, dtype=np.float32, sigma: float = 1.0, context_dim: int = 0):
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise TypeError(f"dtype must be float32 or float64, got {self.dtype}")
         hidden = list(hidden)
+        if not (isinstance(context_dim, (int, np.integer)) and context_dim >= 0):
+            raise ValueError(f"context_dim must be an integer >= 0, got {context_dim!r}")
+        self.context_dim = int(context_dim)
         self.activation = nn.check_activation(activation)
         self.likelihood = D.make_likelihood(likelihood, sigma)
         # the decoder's sizes include every size the model has: MLP validates them
-        self.decoder = nn.MLP("dec", [latent_dim, *hidden[::-1], input_dim],
+        self.decoder = nn.MLP("dec", [latent_dim + context_dim, *hidden[::-1], input_dim],
                               [activation] * len(hidden) + ["identity"])
-        self.encoder = nn.MLP("enc", [input_dim, *hidden], [activation] * len(hidden))
+        self.encoder = nn.MLP("enc", [input_dim + context_dim, *hidden], [activation] * len(hidden))
         self.input_dim, self.hidden, self.latent_dim = int(input_dim), [int(h) for h in hidden], int(latent_dim)
-        h_dim = self.hidden[-1] if hidden else self.input_dim
+        h_dim = self.hidden[-1] if hidden else self.input_dim + self.context_dim
         self.init, self.sigma = init, float(sigma)
         rng = np.random.default_rng(seed)
         params = self.encoder.init(rng, init, self.dtype)
@@ -81,7 +91,7 @@ class VAE:
         """The constructor arguments that fix the architecture (JSON-ready)."""
         return {"input_dim": self.input_dim, "hidden": list(self.hidden), "latent_dim": self.latent_dim,
                 "likelihood": self.likelihood.name, "activation": self.activation, "init": self.init,
-                "sigma": self.sigma, "dtype": self.dtype.name}
+                "sigma": self.sigma, "dtype": self.dtype.name, "context_dim": self.context_dim}
 
     @classmethod
     def from_config(cls, config: dict, seed: int = 0) -> "VAE":
@@ -114,6 +124,24 @@ class VAE:
     def _check_x(self, x):
         return self._check_batch(x, "x", self.input_dim, self.likelihood.needs_unit_interval)
 
+    def _check_c(self, c, n: int):
+        """The context of n examples: None for a plain VAE, (n, m) floats for a conditional one."""
+        if self.context_dim == 0:
+            if c is not None:
+                raise ValueError("this VAE has no context (context_dim=0): do not pass c")
+            return None
+        if c is None:
+            raise ValueError(f"this conditional VAE needs its context c, shape (batch, {self.context_dim})")
+        c = self._check_batch(c, "c", self.context_dim)
+        if len(c) != n:
+            raise ValueError(f"c has {len(c)} rows but the batch has {n}")
+        return c
+
+    @staticmethod
+    def _join(a, c):
+        """``[a, c]`` along the features (a itself without a context)."""
+        return a if c is None else np.concatenate([a, c], axis=1)
+
     def _noise(self, n, rng, eps, out):
         if (rng is None) == (eps is None):
             raise ValueError("pass exactly one of rng (to draw eps) or eps (fixed noise)")
@@ -136,33 +164,36 @@ class VAE:
     # the model's maps
     # ------------------------------------------------------------------
 
-    def _encode(self, x, ws=None):
+    def _encode(self, x, ws=None, c=None):
         p = self.params
-        h, enc_cache = self.encoder.forward(p, x, None if ws is None else ws.enc)
+        h, enc_cache = self.encoder.forward(p, self._join(x, c), None if ws is None else ws.enc)
         mu, mu_cache = nn.linear_forward(h, p["enc.mu.W"], p["enc.mu.b"], out=ws and ws.mu)
         logvar, lv_cache = nn.linear_forward(h, p["enc.logvar.W"], p["enc.logvar.b"], out=ws and ws.logvar)
         return mu, logvar, (enc_cache, mu_cache, lv_cache)
 
-    def encode(self, x):
-        """x: (batch, d) -> (mu, logvar), each (batch, k): the posterior q(z|x)."""
-        mu, logvar, _ = self._encode(self._check_x(x))
+    def encode(self, x, c=None):
+        """x: (batch, d) -> (mu, logvar), each (batch, k): the posterior q(z|x) (or q(z|x, c))."""
+        x = self._check_x(x)
+        mu, logvar, _ = self._encode(x, c=self._check_c(c, len(x)))
         return mu, logvar
 
-    def decode(self, z):
-        """z: (batch, k) -> E[x | z], (batch, d) (probabilities for Bernoulli)."""
-        out, _ = self.decoder.forward(self.params, self._check_batch(z, "z", self.latent_dim))
+    def decode(self, z, c=None):
+        """z: (batch, k) -> E[x | z] (or E[x | z, c]), (batch, d) (probabilities for Bernoulli)."""
+        z = self._check_batch(z, "z", self.latent_dim)
+        out, _ = self.decoder.forward(self.params, self._join(z, self._check_c(c, len(z))))
         return self.likelihood.mean(out, self._likelihood_params)
 
-    def sample(self, n: int, rng: np.random.Generator, mean: bool = True):
-        """Ancestral sampling: z ~ N(0, I), then the decoder.
+    def sample(self, n: int, rng: np.random.Generator, mean: bool = True, c=None):
+        """Ancestral sampling: z ~ N(0, I), then the decoder (given c (n, m), if conditional).
 
         Returns (n, d): the likelihood's mean for each z (``mean=True``, the
         usual picture) or a draw x ~ p(x|z) (``mean=False``).
         """
         if not (isinstance(n, (int, np.integer)) and n > 0):
             raise ValueError(f"n must be a positive integer, got {n!r}")
+        c = self._check_c(c, n)
         z = rng.standard_normal((n, self.latent_dim), dtype=self.dtype)
-        out, _ = self.decoder.forward(self.params, z)
+        out, _ = self.decoder.forward(self.params, self._join(z, c))
         lik = self._likelihood_params
         return self.likelihood.mean(out, lik) if mean else self.likelihood.sample(out, lik, rng)
 
@@ -170,25 +201,28 @@ class VAE:
     # loss and gradients
     # ------------------------------------------------------------------
 
-    def loss(self, x, rng: Optional[np.random.Generator] = None, eps=None, beta: float = 1.0):
+    def loss(self, x, rng: Optional[np.random.Generator] = None, eps=None, beta: float = 1.0, c=None):
         """The batch loss without gradients; same arguments as :meth:`loss_and_grads`."""
-        return self._forward(x, rng, eps, beta, into_grads=False)[0]
+        return self._forward(x, rng, eps, beta, False, c)[0]
 
     def loss_and_grads(self, x, rng: Optional[np.random.Generator] = None, eps=None,
-                       beta: float = 1.0):
+                       beta: float = 1.0, c=None):
         """Loss of one batch and the gradient of ``nll + beta * kl`` for every parameter.
 
         x: (batch, d) floats (in [0, 1] for the Bernoulli likelihoods).
         Pass ``rng`` to draw eps ~ N(0, I), or ``eps`` (batch, k) to fix it.
+        ``c``: (batch, m), the context of a conditional VAE.
         Returns ``(losses, grads)``: ``losses`` has the per-example means
         ``total``, ``nll`` and ``kl`` in nats (``total = nll + beta * kl``);
         ``grads`` has the keys of ``self.params``. ``grads`` is
         ``self.grads``: its arrays are overwritten by the next call (copy
         them to keep them), as are the workspaces this step computes in.
         """
-        losses, ws, (enc_caches, lat_cache, dec_caches) = self._forward(x, rng, eps, beta, into_grads=True)
+        losses, ws, (enc_caches, lat_cache, dec_caches) = self._forward(x, rng, eps, beta, True, c)
         n, g = len(ws.z), self.grads
         d_z = self.decoder.backward(dec_caches, ws.d_out, g, d_ins=ws.d_dec, overwrite_d_y=True)
+        if self.context_dim:                         # the decoder's input was [z, c]: keep d_z
+            d_z = np.ascontiguousarray(d_z[:, :self.latent_dim])
         d_mu, d_logvar = D.reparameterize_kl_backward(lat_cache, d_z, beta / n, ws.d_mu, ws.d_logvar)
         self._encoder_backward(enc_caches, d_mu, d_logvar, ws)
         return losses, g
@@ -206,7 +240,7 @@ class VAE:
             d_h += d_h_logvar                        # h feeds both heads: their gradients add
             self.encoder.backward(enc_cache, d_h, g, need_d_x=False, d_ins=ws and ws.d_enc, overwrite_d_y=True)
 
-    def iw_loss_and_grads(self, x, k: int, rng: Optional[np.random.Generator] = None, eps=None):
+    def iw_loss_and_grads(self, x, k: int, rng: Optional[np.random.Generator] = None, eps=None, c=None):
         """The importance-weighted bound (IWAE, Burda et al. 2016) of one batch and its gradient.
 
         ``L_k = log (1/k) sum_i w_i``, ``log w_i = log p(x|z_i) + log p(z_i) - log q(z_i|x)``,
@@ -216,7 +250,7 @@ class VAE:
         ``d(-log w_i)/dz = d nll/dz + z``, ``d(-log w_i)/dmu = d(-log w_i)/dz`` and
         ``d(-log w_i)/dlogvar = d(-log w_i)/dz * eps exp(logvar/2) / 2 - 1/2``.
 
-        x: (batch, d); eps, if given: (k, batch, latent). Returns ``(losses, grads)``:
+        x: (batch, d); eps, if given: (k, batch, latent); c: (batch, m) if conditional. Returns ``(losses, grads)``:
         ``losses["total"]`` is ``-L_k`` averaged over the batch (nats); ``nll`` and
         ``kl`` are the single-sample ELBO parts of the first sample, for reference.
         Likelihoods with learned parameters are not supported here.
@@ -228,6 +262,7 @@ class VAE:
             raise ValueError(f"k (importance samples) must be an integer >= 1, got {k!r}")
         x = self._check_x(x)
         b, latent = len(x), self.latent_dim
+        c = self._check_c(c, b)
         if (rng is None) == (eps is None):
             raise ValueError("pass exactly one of rng (to draw eps) or eps (fixed noise)")
         if eps is None:
@@ -235,10 +270,10 @@ class VAE:
         elif np.shape(eps) != (k, b, latent):
             raise ValueError(f"eps must have shape (k, batch, latent) = {(k, b, latent)}, got {np.shape(eps)}")
         eps = np.asarray(eps, self.dtype)
-        mu, logvar, enc_caches = self._encode(x)
+        mu, logvar, enc_caches = self._encode(x, c=c)
         std = np.exp(0.5 * logvar)
         z = (mu + std * eps).reshape(k * b, latent)
-        out, dec_caches = self.decoder.forward(self.params, z)
+        out, dec_caches = self.decoder.forward(self.params, self._join(z, None if c is None else np.tile(c, (k, 1))))
         nll, d_out, _ = self.likelihood.nll_and_grad(out, np.tile(x, (k, 1)), self._likelihood_params, 1.0)
         # log w = -nll + log p(z) - log q(z|x); the log 2 pi terms of p and q cancel
         log_w = (-nll.astype(np.float64) - 0.5 * (z.astype(np.float64) ** 2).sum(1)
@@ -249,7 +284,7 @@ class VAE:
         w /= w.sum(axis=0)                           # normalised weights, (k, b)
         row_weight = (w / b).reshape(k * b, 1).astype(self.dtype)
         d_out *= row_weight
-        d_z = self.decoder.backward(dec_caches, d_out, self.grads)
+        d_z = self.decoder.backward(dec_caches, d_out, self.grads)[:, :latent]
         d_z += row_weight * z                        # the prior's -log p(z) contributes z
         d_z = d_z.reshape(k, b, latent)
         d_mu = d_z.sum(axis=0)
@@ -262,17 +297,18 @@ class VAE:
         kl = 0.5 * (mu * mu + std * std - 1 - logvar).sum(1)
         return {"total": total, "nll": float(nll[:b].mean()), "kl": float(kl.mean())}, self.grads
 
-    def _forward(self, x, rng, eps, beta, into_grads):
+    def _forward(self, x, rng, eps, beta, into_grads, c):
         """The forward pass in the batch's workspace; the likelihood's own
         parameter gradients go into ``self.grads`` only when ``into_grads``."""
         if not (np.isfinite(beta) and beta >= 0):
             raise ValueError(f"beta must be a finite number >= 0, got {beta}")
         x = self._check_x(x)
+        c = self._check_c(c, len(x))
         ws = self._workspace(len(x))
         eps = self._noise(len(x), rng, eps, ws.eps)
-        mu, logvar, enc_caches = self._encode(x, ws)
+        mu, logvar, enc_caches = self._encode(x, ws, c)
         z, kl, lat_cache = D.reparameterize_kl(mu, logvar, eps, ws.z, ws.kl)
-        out, dec_caches = self.decoder.forward(self.params, z, ws.dec)
+        out, dec_caches = self.decoder.forward(self.params, self._join(z, c), ws.dec)
         lik_grads = {k[4:]: self.grads[k] for k in self._likelihood_keys} if into_grads else None
         nll, _, _ = self.likelihood.nll_and_grad(out, x, self._likelihood_params, 1.0 / len(x),
                                                  ws.nll, ws.d_out, lik_grads)
@@ -295,6 +331,8 @@ class VAE:
 
     def __repr__(self):
         sizes = "-".join(map(str, [self.input_dim, *self.hidden, self.latent_dim]))
+        if self.context_dim:
+            sizes += f", context_dim={self.context_dim}"
         return (f"VAE({sizes}, likelihood={self.likelihood.name}, activation={self.activation}, "
                 f"dtype={self.dtype.name}, params={sum(v.size for v in self.params.values())})")
 
@@ -322,5 +360,5 @@ class _Workspace:
         self.d_out = buf(n, d)
         self.d_dec = [buf(n, layer.fan_in) for layer in dec]
         self.d_mu, self.d_logvar = buf(n, k), buf(n, k)
-        self.d_h, self.d_h_logvar = (buf(n, enc[-1].fan_out if enc else d) for _ in range(2))
+        self.d_h, self.d_h_logvar = (buf(n, enc[-1].fan_out if enc else d + model.context_dim) for _ in range(2))
         self.d_enc = [None] + [buf(n, layer.fan_in) for layer in enc[1:]]

@@ -289,7 +289,7 @@ def test_resume_accepts_repeated_options_that_agree(capsys, run_copy, data_file)
 DIFFERING = {"dataset": "other.npz", "batch_size": "7", "lr": "0.5", "hidden": "8", "latent_dim": "3",
              "activation": "tanh", "likelihood": "continuous_bernoulli", "sigma": "0.5",
              "init": "he_normal", "beta": "0.5", "warmup_epochs": "2", "binarize": "static",
-             "seed": "5", "max_grad_norm": "1.5", "iw_samples": "5"}
+             "seed": "5", "max_grad_norm": "1.5", "iw_samples": "5", "conditional": "label"}
 
 
 def test_differing_covers_every_run_option():
