@@ -101,9 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train on the importance-weighted bound with K samples (IWAE; needs beta 1, "
                         "no warm-up, a likelihood without learned sigma); the train loss shown is "
                         "then -L_K, the test loss stays the ELBO [1: the ELBO]")
-    t.add_argument("--conditional", choices=CONDITIONAL,
-                   help="label: a conditional VAE, q(z|x, y) and p(x|z, y) with the one-hot label y as "
-                        "context (the data set needs labels); sample it with --label [none]")
+    t.add_argument("--conditional", metavar="|".join(CONDITIONAL),
+                   help="a conditional VAE, q(z|x, c) and p(x|z, c). label: c is the one-hot label (the "
+                        "data set needs labels; sample with --label). mask:KIND: c is the observed part "
+                        "of the image and the mask, for completion (scratchvae complete); KIND is "
+                        "bottom-half, block or random:P [none]")
     t.add_argument("--out", help="run directory [runs/<dataset>-<date>-<time>]")
     t.add_argument("--resume", metavar="CKPT", help="continue the run in this checkpoint or run directory "
                                                     "(--epochs may extend it)")
@@ -141,6 +143,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", help="folder for the PNG files [the checkpoint's folder]")
     p.add_argument("--data-dir", help="where to look for the data set first")
     p.add_argument("--seed", type=_seed, default=0, help="seed of the samples [0]")
+
+    c = sub.add_parser("complete", help="fill in missing pixels of test images",
+                       description="Hide part of each test image (--mask), fill it in with the model "
+                                   "and draw originals, masked inputs and completions, one row each. A "
+                                   "plain VAE completes by pseudo-Gibbs and by Metropolis-within-Gibbs; "
+                                   "a VAE trained with --conditional mask:KIND from its context. Prints "
+                                   "the error on the missing pixels (binary cross-entropy and squared "
+                                   "error per pixel) against two baselines: the training set's mean "
+                                   "image and the training image nearest on the observed pixels.")
+    c.add_argument("checkpoint", help="checkpoint file or run directory")
+    c.add_argument("--mask", help="bottom-half, block or random:P (e.g. random:0.5) [the mask a "
+                                  "--conditional mask:KIND model was trained with]")
+    c.add_argument("-o", "--output", required=True, help="FILE.png for the picture")
+    c.add_argument("-n", type=_positive_int, default=8, help="test images in the picture [8]")
+    c.add_argument("--score", type=_positive_int, default=1000,
+                   help="test images the errors are measured on (the first N, at least -n) [1000]")
+    c.add_argument("--steps", type=_positive_int, default=200, help="Gibbs iterations [200]")
+    c.add_argument("--burn-in", type=_seed, default=50, help="iterations left out of the average [50]")
+    c.add_argument("--seed", type=_seed, default=0, help="seed of the masks and the chains [0]")
+    c.add_argument("--data-dir", help="where to look for the data set first")
 
     dl = sub.add_parser("download", help="fetch and verify a named data set",
                         description="Download the official files, check each SHA-256, write atomically.")
@@ -193,7 +215,8 @@ def cmd_train(args) -> int:
               f"scratchvae train --resume {trainer.out_dir}", file=sys.stderr)
         return EXIT_INTERRUPTED
     if not args.no_plots:
-        _pictures(trainer.model, data, trainer.history, trainer.out_dir, args.quiet, c_test=trainer.c_test)
+        _pictures(trainer.model, data, trainer.history, trainer.out_dir, args.quiet, c_test=trainer.c_test,
+                  conditional=trainer.config.conditional)
     print(f"run directory: {trainer.out_dir}")
     return 0
 
@@ -203,11 +226,12 @@ def _backend():
     return get_backend()
 
 
-def _pictures(model, data, history, out_dir, quiet, seed=0, required=False, c_test=None):
+def _pictures(model, data, history, out_dir, quiet, seed=0, required=False, c_test=None, conditional="none"):
     """Write every picture; without Matplotlib, say so (and fail only if ``required``)."""
     from . import plots
     try:
-        written = plots.all_pictures(model, data, history, out_dir, np.random.default_rng(seed), c_test)
+        written = plots.all_pictures(model, data, history, out_dir, np.random.default_rng(seed), c_test,
+                                     conditional)
     except ImportError as e:
         if required:
             raise
@@ -242,7 +266,7 @@ def cmd_evaluate(args) -> int:
         raise ValueError(f"{args.checkpoint}: holds no training configuration, so its data set is unknown")
     data = load_data(config)
     _, x_test = prepare_data(config, data)
-    _, c_test = contexts(config, data)
+    _, c_test = contexts(config, data, x_test)
     rng = np.random.default_rng(args.seed)
     r = elbo(model, x_test, rng, n_samples=args.samples, c=c_test)
     print(f"{data.name} test set ({len(x_test):,} examples), nats per example:")
@@ -292,7 +316,7 @@ def cmd_sample(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from .train import contexts, load_data
+    from .train import contexts, load_data, prepare_data
 
     model, config, history = _load_run(args.checkpoint, args.data_dir)
     if config is None:
@@ -301,7 +325,48 @@ def cmd_plot(args) -> int:
     out = Path(args.out) if args.out else (ck if ck.is_dir() else ck.parent)
     out.mkdir(parents=True, exist_ok=True)
     data = load_data(config)
-    _pictures(model, data, history, out, False, args.seed, required=True, c_test=contexts(config, data)[1])
+    _pictures(model, data, history, out, False, args.seed, required=True,
+              c_test=contexts(config, data, prepare_data(config, data)[1])[1], conditional=config.conditional)
+    print(out)
+    return 0
+
+
+def cmd_complete(args) -> int:
+    from .complete import Mask, compare
+    from .train import load_data, prepare_data
+
+    out = Path(args.output)
+    if out.suffix != ".png":
+        raise ValueError(f"-o must end in .png, got {out}")
+    model, config, _ = _load_run(args.checkpoint, args.data_dir)
+    if config is None:
+        raise ValueError(f"{args.checkpoint}: holds no training configuration, so its data set is unknown")
+    trained_mask = config.conditional[5:] if config.conditional.startswith("mask:") else None
+    if model.context_dim and trained_mask is None:
+        raise ValueError("this conditional model takes labels, not observed pixels: complete with a plain "
+                         "VAE or one trained with --conditional mask:KIND")
+    if not (args.mask or trained_mask):
+        raise ValueError("give --mask bottom-half, block or random:P: a plain VAE completes any mask")
+    mask = Mask.parse(args.mask or trained_mask)
+    data = load_data(config)
+    if data.image_shape is None or len(data.image_shape) != 2:
+        raise ValueError(f"completion masks need images; {data.name} has none")
+    x_train, x_test = prepare_data(config, data)
+    rng = np.random.default_rng(args.seed)
+    n = min(max(args.n, args.score), len(x_test))
+    x = x_test[:n]
+    missing = mask.sample(rng, n, data.image_shape)
+    results = compare(model, x_train, x, missing, rng, args.steps, args.burn_in)
+    shown = min(args.n, n)
+    print(f"{data.name}, mask {mask}: error on the missing pixels of {n:,} test images "
+          f"(the first {shown} drawn in {out})")
+    print(f"  {'method':26s} {'BCE nats/pixel':>15s} {'MSE':>8s}")
+    for name, (_, e, note) in results.items():
+        print(f"  {name:26s} {e['bce']:15.4f} {e['mse']:8.4f}  {note}")
+    from . import plots
+    rows = [x[:shown], np.where(missing[:shown], 0.5, x[:shown])] + [done[:shown] for done, _, _ in results.values()]
+    plots.image_grid(np.concatenate(rows), data.image_shape, out,
+                     "rows: original, masked (grey), " + ", ".join(results), cols=shown)
     print(out)
     return 0
 
@@ -329,6 +394,7 @@ def cmd_datasets(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample, "plot": cmd_plot,
+            "complete": cmd_complete,
             "download": cmd_download, "datasets": cmd_datasets}
 
 

@@ -155,20 +155,23 @@ def curves(history: Sequence[dict], path):
     return save(fig, path)
 
 
-def all_pictures(model, data, history, out_dir, rng, c_test=None) -> list:
+def all_pictures(model, data, history, out_dir, rng, c_test=None, conditional: str = "none") -> list:
     """Every picture that applies to this model, written into ``out_dir``.
 
-    A conditional model needs the test set's contexts ``c_test``; with one-hot
-    labels as context its samples are drawn one row per class.
+    A conditional model needs the test set's contexts ``c_test`` and how it
+    was trained (``conditional``, see ``train.contexts``): with labels its
+    samples are drawn one row per class; a completion model
+    (``mask:KIND``) has no samples picture (``scratchvae complete`` draws its
+    completions).
     """
     out_dir = Path(out_dir)
     shape = data.image_shape
     written = []
     if shape is not None:
         written.append(reconstructions(model, data.x_test, shape, out_dir / "reconstructions.png", c=c_test))
-        if model.context_dim:
+        if conditional == "label":
             written.append(class_samples(model, rng, shape, out_dir / "samples.png"))
-        else:
+        elif not model.context_dim:
             written.append(samples(model, rng, shape, out_dir / "samples.png"))
             if model.latent_dim == 2:
                 written.append(manifold(model, shape, out_dir / "manifold.png"))

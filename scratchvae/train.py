@@ -27,6 +27,7 @@ import numpy as np
 
 from . import checkpoint as ckpt
 from .atomic import atomic_write
+from .complete import MASK_KINDS, Mask, observed_context
 from .data.datasets import Dataset, binarize, load_array_file, load_dataset, one_hot
 from .evaluate import elbo
 from .optim import Adam
@@ -34,7 +35,7 @@ from .progress import Progress
 from .vae import VAE
 
 BINARIZE = ("none", "dynamic", "static")
-CONDITIONAL = ("none", "label")
+CONDITIONAL = ("none", "label", "mask:KIND")
 HISTORY_FIELDS = ("epoch", "step", "beta", "train_total", "train_nll", "train_kl",
                   "test_total", "test_nll", "test_kl", "seconds", "examples_per_s")
 
@@ -59,7 +60,7 @@ class TrainConfig:
     seed: int = 0
     max_grad_norm: Optional[float] = None
     iw_samples: int = 1              # > 1: train on the importance-weighted bound (IWAE) with k samples
-    conditional: str = "none"        # label: a conditional VAE with the one-hot label as context
+    conditional: str = "none"        # label | mask:KIND: a conditional VAE, see contexts()
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "latent_dim"):
@@ -82,8 +83,11 @@ class TrainConfig:
         if self.iw_samples > 1 and (self.beta != 1 or self.warmup_epochs):
             raise ValueError("the importance-weighted bound has no KL term to weight: "
                              "use beta 1 and no warm-up with iw_samples > 1")
-        if self.conditional not in CONDITIONAL:
-            raise ValueError(f"conditional must be one of {', '.join(CONDITIONAL)}, got {self.conditional!r}")
+        if self.conditional.startswith("mask:"):
+            Mask.parse(self.conditional[5:])
+        elif self.conditional not in CONDITIONAL:
+            raise ValueError(f"conditional must be none, label or mask:KIND (KIND: {', '.join(MASK_KINDS)}), "
+                             f"got {self.conditional!r}")
         self.hidden = [int(h) for h in self.hidden]
 
     def model(self, input_dim: int, context_dim: int = 0) -> VAE:
@@ -116,8 +120,8 @@ class Trainer:
         self.quiet, self.on_batch = quiet, on_batch
         self.stream = sys.stderr if stream is None else stream
         self.x_train, self.x_test = prepare_data(config, data)
-        self.c_train, self.c_test = contexts(config, data)
-        self.model = config.model(data.n_features, 0 if self.c_train is None else self.c_train.shape[1])
+        self.train_context, self.c_test = contexts(config, data, self.x_test)
+        self.model = config.model(data.n_features, 0 if self.c_test is None else self.c_test.shape[1])
         self.optimizer = Adam(self.model.params, lr=config.lr, max_grad_norm=config.max_grad_norm)
         self.rng = _stream(config.seed, 1)
         self.epoch = 0          # epochs completed
@@ -183,7 +187,7 @@ class Trainer:
             np.take(self.x_train, idx, axis=0, out=x)
             if cfg.binarize == "dynamic":
                 binarize(x, self.rng, out=x, scratch=scratch)
-            c = None if self.c_train is None else self.c_train[idx]
+            c = None if self.train_context is None else self.train_context(idx, x, self.rng)
             beta = self.beta_at(self.step)
             try:
                 if cfg.iw_samples > 1:
@@ -322,16 +326,33 @@ def prepare_data(config: TrainConfig, data: Dataset):
     return x_train, x_test
 
 
-def contexts(config: TrainConfig, data: Dataset):
-    """``(c_train, c_test)``, the contexts of a conditional run (one-hot labels,
-    float32 (n, classes)), or ``(None, None)``."""
+def contexts(config: TrainConfig, data: Dataset, x_test: np.ndarray):
+    """What a conditional run feeds its model besides x: ``(train_context, c_test)``.
+
+    ``train_context(idx, x, rng)`` gives the contexts of the training batch
+    ``x = x_train[idx]``; ``c_test`` those of ``x_test``. Both are None for a
+    plain run.
+
+    - ``label``: the one-hot label, (n, classes).
+    - ``mask:KIND``: the observed part of the image and the mask,
+      ``[x * (1 - m), m]`` (n, 2d), for completion; training draws a fresh mask
+      per example and batch, the test set gets fixed (seeded) masks.
+    """
     if config.conditional == "none":
         return None, None
-    if data.y_train is None or data.y_test is None:
-        raise ValueError(f"--conditional label needs labels, and {data.name} has none; "
-                         "use a named data set (mnist, fashion-mnist, kmnist, synthetic-digits)")
-    n_classes = int(max(data.y_train.max(), data.y_test.max(), 1)) + 1
-    return one_hot(data.y_train, n_classes), one_hot(data.y_test, n_classes)
+    if config.conditional == "label":
+        if data.y_train is None or data.y_test is None:
+            raise ValueError(f"--conditional label needs labels, and {data.name} has none; "
+                             "use a named data set (mnist, fashion-mnist, kmnist, synthetic-digits)")
+        n_classes = int(max(data.y_train.max(), data.y_test.max(), 1)) + 1
+        c_train = one_hot(data.y_train, n_classes)
+        return (lambda idx, x, rng: c_train[idx]), one_hot(data.y_test, n_classes)
+    if data.image_shape is None or len(data.image_shape) != 2:
+        raise ValueError(f"--conditional {config.conditional} needs images; {data.name} has none")
+    mask = Mask.parse(config.conditional[5:])
+    test_missing = mask.sample(_stream(config.seed, 4), len(x_test), data.image_shape)
+    return ((lambda idx, x, rng: observed_context(x, mask.sample(rng, len(x), data.image_shape))),
+            observed_context(x_test, test_missing))
 
 
 def load_data(config: TrainConfig) -> Dataset:
