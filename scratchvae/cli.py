@@ -106,6 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "data set needs labels; sample with --label). mask:KIND: c is the observed part "
                         "of the image and the mask, for completion (scratchvae complete); KIND is "
                         "bottom-half, block or random:P [none]")
+    t.add_argument("--semi-supervised", action="store_true",
+                   help="train the M2 model of Kingma et al. (2014) instead: a label-conditional VAE and "
+                        "a classifier q(y|x), from --labels-per-class labels per class (chosen with "
+                        "--seed) and the rest of the training set unlabelled; prints the test accuracy "
+                        "of q(y|x) after every epoch")
+    t.add_argument("--labels-per-class", type=_positive_int, default=100,
+                   help="with --semi-supervised: labelled examples per class [100]")
+    t.add_argument("--alpha", type=_nonneg_float, default=100.0,
+                   help="with --semi-supervised: weight of the labelled examples' cross-entropy [100]")
     t.add_argument("--out", help="run directory [runs/<dataset>-<date>-<time>]")
     t.add_argument("--resume", metavar="CKPT", help="continue the run in this checkpoint or run directory "
                                                     "(--epochs may extend it)")
@@ -182,6 +191,8 @@ def cmd_train(args) -> int:
     from .train import TrainConfig, Trainer, default_run_dir, load_data, read_config_from
 
     given = {k: getattr(args, k) for k in RUN_OPTIONS if getattr(args, k) is not None}
+    if args.semi_supervised:
+        return _train_semi_supervised(args, given)
     if args.resume:
         if args.out:
             raise ValueError("--out cannot be combined with --resume: a run continues in its own directory")
@@ -218,6 +229,43 @@ def cmd_train(args) -> int:
         _pictures(trainer.model, data, trainer.history, trainer.out_dir, args.quiet, c_test=trainer.c_test,
                   conditional=trainer.config.conditional)
     print(f"run directory: {trainer.out_dir}")
+    return 0
+
+
+SEMI_SUPERVISED_OPTIONS = ("dataset", "data_dir", "epochs", "batch_size", "lr", "hidden", "latent_dim",
+                           "activation", "likelihood", "init", "seed")
+
+
+def _train_semi_supervised(args, given) -> int:
+    from . import semisupervised
+    from .train import TrainConfig, default_run_dir, load_data
+
+    other = sorted(k for k in given if k not in SEMI_SUPERVISED_OPTIONS)
+    if args.resume or other:
+        flags = (["--resume"] if args.resume else []) + [FLAGS.get(k, "--" + k.replace("_", "-")) for k in other]
+        raise ValueError(f"--semi-supervised does not take {', '.join(flags)}")
+    if args.epochs is not None:
+        given["epochs"] = args.epochs
+    if args.data_dir:
+        given["data_dir"] = args.data_dir
+    config = TrainConfig(**given, conditional="label")
+    data = load_data(config)
+    out = Path(args.out) if args.out else default_run_dir(config.dataset)
+    out.mkdir(parents=True, exist_ok=True)
+    log = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    log(f"training M2 on {data.name}: {args.labels_per_class} labels per class, the other "
+        f"{len(data.x_train) - args.labels_per_class * (int(data.y_train.max()) + 1):,} training examples "
+        f"unlabelled, {config.epochs} epochs, kernels: {_backend()}")
+    model, history = semisupervised.train_m2(
+        data, args.labels_per_class, config.epochs, config.batch_size, lr=config.lr, seed=config.seed, log=log,
+        hidden=config.hidden, latent_dim=config.latent_dim, classifier_hidden=config.hidden,
+        activation=config.activation, likelihood=config.likelihood, init=config.init, alpha=args.alpha)
+    state = {"config": dataclasses.asdict(config), "history": [],
+             "data": {"name": data.name, "image_shape": data.image_shape},
+             "semi_supervised": {"labels_per_class": args.labels_per_class, "history": history}}
+    semisupervised.save(out / "checkpoint.npz", model, state)
+    print(f"test accuracy of q(y|x): {history[-1]['test_accuracy']:.4f}")
+    print(f"run directory: {out}")
     return 0
 
 

@@ -218,14 +218,47 @@ class VAE:
         ``self.grads``: its arrays are overwritten by the next call (copy
         them to keep them), as are the workspaces this step computes in.
         """
-        losses, ws, (enc_caches, lat_cache, dec_caches) = self._forward(x, rng, eps, beta, True, c)
-        n, g = len(ws.z), self.grads
-        d_z = self.decoder.backward(dec_caches, ws.d_out, g, d_ins=ws.d_dec, overwrite_d_y=True)
+        losses, ws, caches = self._forward(x, rng, eps, beta, True, c)
+        self._backward(ws, caches, beta)
+        return losses, self.grads
+
+    def weighted_loss_and_grads(self, x, weights, rng: Optional[np.random.Generator] = None, eps=None,
+                                beta: float = 1.0, c=None):
+        """Per-example losses ``l_i = nll_i + beta * kl_i`` and the gradient of
+        ``sum_i w_i l_i``, for objectives that weight examples unequally (the
+        semi-supervised M2 model weights each class's copy of an example by
+        q(y|x)). weights: (batch,); other arguments as :meth:`loss_and_grads`.
+
+        Returns ``(l, grads)`` with l (batch,) float64 in nats. Likelihoods
+        with learned parameters are not supported here.
+        """
+        if self._likelihood_keys:
+            raise ValueError("weighted losses support likelihoods without learned parameters "
+                             "(bernoulli, continuous_bernoulli, gaussian_fixed)")
+        w = np.asarray(weights, dtype=self.dtype)
+        if w.shape != (len(x),) or not np.all(np.isfinite(w)):
+            raise ValueError(f"weights must be {len(x)} finite numbers, one per example, got shape {w.shape}")
+        _, ws, caches = self._forward(x, rng, eps, beta, True, c)
+        ws.d_out *= (w * len(w))[:, None]           # the forward scaled d_out by 1/n
+        self._backward(ws, caches, beta, w)
+        return ws.nll.astype(np.float64) + beta * ws.kl.astype(np.float64), self.grads
+
+    def _backward(self, ws, caches, beta, weights=None):
+        """From ``ws.d_out`` back through decoder, latent layer and encoder into
+        ``self.grads``; the KL weighs ``beta / n`` per example, or
+        ``beta * weights`` row by row."""
+        enc_caches, lat_cache, dec_caches = caches
+        d_z = self.decoder.backward(dec_caches, ws.d_out, self.grads, d_ins=ws.d_dec, overwrite_d_y=True)
         if self.context_dim:                         # the decoder's input was [z, c]: keep d_z
             d_z = np.ascontiguousarray(d_z[:, :self.latent_dim])
-        d_mu, d_logvar = D.reparameterize_kl_backward(lat_cache, d_z, beta / n, ws.d_mu, ws.d_logvar)
+        kl_weight = beta / len(ws.z) if weights is None else 0.0
+        d_mu, d_logvar = D.reparameterize_kl_backward(lat_cache, d_z, kl_weight, ws.d_mu, ws.d_logvar)
+        if weights is not None:                      # dKL/dmu = mu, dKL/dlogvar = (exp(logvar) - 1)/2, per row
+            mu, logvar, _ = lat_cache
+            row = (beta * weights)[:, None]
+            d_mu += row * mu
+            d_logvar += row * 0.5 * np.expm1(logvar)
         self._encoder_backward(enc_caches, d_mu, d_logvar, ws)
-        return losses, g
 
     def _encoder_backward(self, enc_caches, d_mu, d_logvar, ws=None):
         """From d_mu, d_logvar through both heads and the encoder into ``self.grads``."""

@@ -225,3 +225,25 @@ def test_importance_weighted_training_refuses_learned_sigma_and_bad_k():
         model.iw_loss_and_grads(np.zeros((2, 10)), 0, rng=np.random.default_rng(0))
     with pytest.raises(ValueError, match=r"eps must have shape \(k, batch, latent\)"):
         model.iw_loss_and_grads(np.zeros((2, 10)), 3, eps=np.zeros((2, 2, 2)))
+
+
+@pytest.mark.parametrize("context_dim", [0, 3])
+def test_weighted_losses_and_their_gradients(context_dim):
+    rng = np.random.default_rng(12)
+    model = sv.VAE(10, [7], 2, activation="tanh", seed=4, dtype=np.float64, context_dim=context_dim)
+    x, eps, w = rng.random((6, 10)), rng.standard_normal((6, 2)), rng.random(6)
+    c = rng.standard_normal((6, 3)) if context_dim else None
+    per_example, grads = model.weighted_loss_and_grads(x, w, eps=eps, beta=0.8, c=c)
+    grads = {k: g.copy() for k, g in grads.items()}
+    losses = model.loss(x, eps=eps, beta=0.8, c=c)
+    assert per_example.mean() == pytest.approx(losses["total"], rel=1e-12)
+    sv.gradcheck(lambda: float(w @ model.weighted_loss_and_grads(x, w, eps=eps, beta=0.8, c=c)[0]),
+                 model.params, grads).raise_if_failed()
+    # equal weights 1/n give loss_and_grads' gradient
+    _, mean_grads = model.loss_and_grads(x, eps=eps, beta=0.8, c=c)
+    mean_grads = {k: g.copy() for k, g in mean_grads.items()}
+    _, equal = model.weighted_loss_and_grads(x, np.full(6, 1 / 6), eps=eps, beta=0.8, c=c)
+    for k in mean_grads:
+        np.testing.assert_allclose(equal[k], mean_grads[k], rtol=1e-10, atol=1e-14)
+    with pytest.raises(ValueError, match="one per example"):
+        model.weighted_loss_and_grads(x, w[:3], eps=eps, c=c)
