@@ -23,7 +23,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", default="1,2,3", help="comma-separated seeds [1,2,3]")
     parser.add_argument("--epochs", type=int, default=10, help="M2 epochs over the unlabelled set [10]")
     parser.add_argument("--labels-per-class", type=int, default=100, help="labels per class [100]")
-    parser.add_argument("--alpha", type=float, default=100.0, help="weight of the labelled cross-entropy [100]")
+    parser.add_argument("--alpha", type=float, default=10.0, help="weight of the labelled cross-entropy [10]")
     parser.add_argument("--json", default="benchmarks/results/semisupervised.json", help="where to write the JSON")
     args = parser.parse_args(argv)
     import numpy as np

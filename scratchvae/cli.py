@@ -113,8 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "of q(y|x) after every epoch")
     t.add_argument("--labels-per-class", type=_positive_int, default=100,
                    help="with --semi-supervised: labelled examples per class [100]")
-    t.add_argument("--alpha", type=_nonneg_float, default=100.0,
-                   help="with --semi-supervised: weight of the labelled examples' cross-entropy [100]")
+    t.add_argument("--alpha", type=_nonneg_float, default=10.0,
+                   help="with --semi-supervised: weight of the labelled examples' cross-entropy [10]")
     t.add_argument("--out", help="run directory [runs/<dataset>-<date>-<time>]")
     t.add_argument("--resume", metavar="CKPT", help="continue the run in this checkpoint or run directory "
                                                     "(--epochs may extend it)")

@@ -37,3 +37,20 @@ def test_vi_lesson_runs_and_writes_its_png(lesson, tmp_path, monkeypatch, capsys
     runpy.run_path(str(EXAMPLES / f"{lesson}.py"), run_name="__main__")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"wrote {out}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("example, argv, expect", [
+    ("conditional_vae", ["--epochs", "1", "--n", "1500"], "test -ELBO"),
+    ("completion", ["--epochs", "1", "--n", "1500", "--mask", "block"], "Metropolis-within-Gibbs"),
+    ("semi_supervised", ["--epochs", "1", "--n", "1500", "--labels-per-class", "5"], "M2 "),
+])
+def test_issue_7_examples_run(example, argv, expect, tmp_path, monkeypatch, capsys):
+    if example != "semi_supervised":
+        pytest.importorskip("matplotlib")
+        argv = argv + ["--out", str(tmp_path / "out.png")]
+    monkeypatch.setattr(sys, "argv", [f"{example}.py", *argv])
+    runpy.run_path(str(EXAMPLES / f"{example}.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    assert expect in out
+    if example != "semi_supervised":
+        assert (tmp_path / "out.png").read_bytes()[:4] == b"\x89PNG"
