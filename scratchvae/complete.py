@@ -85,14 +85,6 @@ def _check(model, x, missing):
     return x, missing
 
 
-def _log_joint(model, z, x):
-    """``log p(x | z) + log N(z; 0, I)`` per row, float64, and the decoder output."""
-    out, _ = model.decoder.forward(model.params, z)
-    nll, _, _ = model.likelihood.nll_and_grad(out, x, model._likelihood_params, 0.0)
-    log_pz, _ = diag_gaussian_log_prob(z, np.zeros_like(z), np.zeros_like(z))
-    return -nll.astype(np.float64) + log_pz, out
-
-
 def gibbs_complete(model, x, missing, rng: np.random.Generator, steps: int = 200, burn_in: int = 50,
                    metropolis: bool = True, init=0.5):
     """Fill in ``x[missing]`` by Metropolis-within-Gibbs (default) or pseudo-Gibbs.
@@ -122,8 +114,8 @@ def gibbs_complete(model, x, missing, rng: np.random.Generator, steps: int = 200
         mu, logvar = model.encode(x_hat)
         proposal = (mu + np.exp(0.5 * logvar) * rng.standard_normal(mu.shape, dtype=model.dtype)).astype(model.dtype)
         if metropolis and t >= burn_in // 2:
-            log_joint_new, out_new = _log_joint(model, proposal, x_hat)
-            log_joint_old, out_old = _log_joint(model, z, x_hat)
+            log_joint_new, out_new = model._log_joint(proposal, x_hat)
+            log_joint_old, out_old = model._log_joint(z, x_hat)
             log_q_new, _ = diag_gaussian_log_prob(proposal, mu, logvar)
             log_q_old, _ = diag_gaussian_log_prob(z, mu, logvar)
             log_rho = log_joint_new - log_joint_old + log_q_old - log_q_new

@@ -54,7 +54,6 @@ def log_likelihood(model: VAE, x: np.ndarray, k: int, rng: np.random.Generator, 
     c = model._check_c(c, len(x))
     n, latent = len(x), model.latent_dim
     out = np.empty(n)
-    lik_params = model._likelihood_params
     for start in range(0, n, batch_size):
         xb = x[start:start + batch_size]
         cb = None if c is None else c[start:start + batch_size]
@@ -67,12 +66,9 @@ def log_likelihood(model: VAE, x: np.ndarray, k: int, rng: np.random.Generator, 
             eps = rng.standard_normal((m, b, latent), dtype=model.dtype)
             z = (mu + np.exp(0.5 * logvar) * eps).reshape(m * b, latent)
             mu_rep, lv_rep = np.tile(mu, (m, 1)), np.tile(logvar, (m, 1))
-            zc = model._join(z, None if cb is None else np.tile(cb, (m, 1)))
-            decoded, _ = model.decoder.forward(model.params, zc)
-            nll, _, _ = model.likelihood.nll_and_grad(decoded, np.tile(xb, (m, 1)), lik_params, 0.0)
+            log_joint, _ = model._log_joint(z, np.tile(xb, (m, 1)), None if cb is None else np.tile(cb, (m, 1)))
             log_q, _ = diag_gaussian_log_prob(z, mu_rep, lv_rep)
-            log_p_z, _ = diag_gaussian_log_prob(z, np.zeros_like(z), np.zeros_like(z))
-            log_w = (-nll.astype(np.float64) + log_p_z - log_q).reshape(m, b)
+            log_w = (log_joint - log_q).reshape(m, b)
             new_max = np.maximum(run_max, log_w.max(axis=0))
             run_sum = run_sum * np.exp(run_max - new_max) + np.exp(log_w - new_max).sum(axis=0)
             run_max = new_max

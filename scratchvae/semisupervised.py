@@ -42,6 +42,12 @@ def log_softmax(logits):
     return a - np.log(np.exp(a).sum(axis=1, keepdims=True))
 
 
+def classify(mlp, params, x, batch_size: int = 1000):
+    """The class with the largest logit (the mode of the softmax), (n,) int64."""
+    return np.concatenate([mlp.forward(params, x[s:s + batch_size])[0].argmax(axis=1)
+                           for s in range(0, len(x), batch_size)])
+
+
 class M2:
     """The M2 model: a label-conditional VAE and a classifier.
 
@@ -89,10 +95,9 @@ class M2:
         logits, _ = self.classifier.forward(self.cls_params, self.vae._check_x(x))
         return log_softmax(logits)
 
-    def predict(self, x, batch_size: int = 1000):
+    def predict(self, x):
         """The most probable class under q(y|x), (n,) int64."""
-        return np.concatenate([self.log_proba(x[s:s + batch_size]).argmax(axis=1)
-                               for s in range(0, len(x), batch_size)])
+        return classify(self.classifier, self.cls_params, self.vae._check_x(x))
 
     def loss(self, x_l, y_l, x_u, rng=None, eps=None):
         """The batch loss without gradients (as :meth:`loss_and_grads`; the gradients are discarded)."""
@@ -217,10 +222,7 @@ def train_supervised_only(data, per_class: int = 100, steps: int = 4690, batch_s
         d_logits = (np.exp(log_softmax(logits)) - one_hot(y_l[pick], n_classes, np.float64)) / batch_size
         mlp.backward(caches, d_logits.astype(np.float32), grads, need_d_x=False)
         opt.step(grads)
-
-    def predict(x):
-        return np.concatenate([mlp.forward(params, x[s:s + 1000])[0].argmax(axis=1) for s in range(0, len(x), 1000)])
-    return accuracy(predict, data.x_test, data.y_test)
+    return accuracy(lambda x: classify(mlp, params, x), data.x_test, data.y_test)
 
 
 def save(path, model: M2, train_state: dict):

@@ -260,6 +260,14 @@ class VAE:
             d_logvar += row * 0.5 * np.expm1(logvar)
         self._encoder_backward(enc_caches, d_mu, d_logvar, ws)
 
+    def _log_joint(self, z, x, c=None):
+        """``log p(x | z, c) + log N(z; 0, I)`` per row in float64, and the
+        decoder output; z (n, k), x (n, d) already checked."""
+        out, _ = self.decoder.forward(self.params, self._join(z, c))
+        nll, _, _ = self.likelihood.nll_and_grad(out, x, self._likelihood_params, 0.0)
+        log_p_z, _ = D.diag_gaussian_log_prob(z, np.zeros_like(z), np.zeros_like(z))
+        return -nll.astype(np.float64) + log_p_z, out
+
     def _encoder_backward(self, enc_caches, d_mu, d_logvar, ws=None):
         """From d_mu, d_logvar through both heads and the encoder into ``self.grads``."""
         g = self.grads

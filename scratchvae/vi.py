@@ -444,25 +444,19 @@ def grep_gradient(target, q: Gamma, rng, n: int):
     return g_rep + g_corr + q.d_entropy()
 
 
-def fit(q: Family, gradient, steps: int = 2000, lr: float = 0.05, rng=None, trace_every: int = 0):
-    """Maximise an ELBO with the library's Adam.
+def fit(q: Family, gradient, steps: int = 2000, lr: float = 0.05, rng=None) -> None:
+    """Maximise an ELBO with the library's Adam, updating ``q.theta`` in place.
 
     ``gradient(q, rng)`` returns the ELBO's gradient w.r.t. ``q.theta``, (P,)
     (an estimate or the exact one). Adam minimises, so it is given ``-grad``.
-    Returns the list of ``theta`` copies every ``trace_every`` steps.
     """
     rng = np.random.default_rng(0) if rng is None else rng
-    params = {"theta": q.theta}
-    opt = Adam(params, lr=lr)
-    trace = []
+    opt = Adam({"theta": q.theta}, lr=lr)
     for step in range(steps):
         g = np.asarray(gradient(q, rng), dtype=np.float64)
         if not np.all(np.isfinite(g)):
             raise FloatingPointError(f"non-finite ELBO gradient at step {step} for {q}: {g}")
         opt.step({"theta": -g})
-        if trace_every and step % trace_every == 0:
-            trace.append(q.theta.copy())
-    return trace
 
 
 def _log_scale_grid(log_density, n: int):
