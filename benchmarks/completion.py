@@ -33,19 +33,20 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     import numpy as np
     import scratchvae as sv
-    from scratchvae.complete import Mask, compare
-    from scratchvae.train import TrainConfig, Trainer, load_data
+    from scratchvae.inference.complete import Mask, compare
+    from scratchvae.run import Run, TrainConfig, Trainer
+    from scratchvae.run.run import load_data
 
     data = load_data(TrainConfig(dataset="fashion-mnist"))
 
     def train(conditional):
         config = TrainConfig(dataset="fashion-mnist", epochs=args.epochs, seed=args.seed, conditional=conditional)
         start = time.perf_counter()
-        trainer = Trainer(config, data, tempfile.mkdtemp(), quiet=True)
+        trainer = Trainer(Run(config, data, tempfile.mkdtemp()), quiet=True)
         trainer.fit()
-        print(f"trained {conditional}: test -ELBO {trainer.history[-1]['test_total']:.2f} "
+        print(f"trained {conditional}: test -ELBO {trainer.run.history[-1]['test_total']:.2f} "
               f"in {time.perf_counter() - start:.0f} s", flush=True)
-        return trainer.model
+        return trainer.run.model
 
     plain = train("none")
     x = data.x_test[:args.n]

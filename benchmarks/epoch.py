@@ -31,7 +31,8 @@ def main(argv=None) -> int:
     common.apply_thread_env(args.threads)
 
     import scratchvae as sv
-    from scratchvae.train import TrainConfig, Trainer, load_data
+    from scratchvae.run import Run, TrainConfig, Trainer
+    from scratchvae.run.run import load_data
 
     config = TrainConfig(dataset=args.dataset, epochs=1, batch_size=args.batch_size)
     data = load_data(config)
@@ -41,9 +42,9 @@ def main(argv=None) -> int:
         for b in common.rotated(backends, r):
             sv.set_backend(b)
             sv.warmup()
-            trainer = Trainer(config, data, tempfile.mkdtemp(), quiet=True)
-            trainer._train_epoch()
-            seconds[b].append(trainer.sums["seconds"])
+            trainer = Trainer(Run(config, data, tempfile.mkdtemp()), quiet=True)
+            trainer.train_epoch()
+            seconds[b].append(trainer.run.sums["seconds"])
     results = {b: common.summarize(v) for b, v in seconds.items()}
     rows = [[b, f"{s['median']:.2f}", f"{s['min']:.2f}-{s['max']:.2f}",
              common.fmt_rate(len(data.x_train) / s["median"])] for b, s in results.items()]

@@ -1,6 +1,6 @@
 """GEMM: the hand-written Numba GEMM against NumPy's BLAS on the model's shapes.
 
-Times ``scratchvae.kernels.gemm_jit`` (serial and parallel) against
+Times ``scratchvae.kernels.gemm_numba`` (serial and parallel) against
 ``np.matmul`` (OpenBLAS, or whatever BLAS NumPy was built with) on every
 matrix product of one training step of the reference VAE (784-400-20,
 float32), for each batch size:
@@ -204,7 +204,7 @@ def main(argv=None) -> int:
     import numba
     import numpy as np
 
-    from scratchvae.kernels import gemm_jit as G
+    from scratchvae.kernels import gemm_numba as G
 
     dtype = np.dtype(args.dtype)
     control = blas_thread_control()
@@ -310,7 +310,7 @@ def main(argv=None) -> int:
                         "env": {k: os.environ.get(k) for k in common.THREAD_ENV_VARS},
                         "numba_threading_layer_config": numba.config.THREADING_LAYER,
                         "numba_threading_layer": layer, "numba_num_threads": numba.get_num_threads()},
-            "gemm_jit": {"tiling": G.tiling(dtype), "parallel_min_flop": G.PARALLEL_MIN_FLOP,
+            "gemm_numba": {"tiling": G.tiling(dtype), "parallel_min_flop": G.PARALLEL_MIN_FLOP,
                          "pack_a_min_n": G.PACK_A_MIN_N, "pack_b_min_m": G.PACK_B_MIN_M,
                          "first_call_s": first_call, "cold_compile": args.cold},
             "sgemm_peak_gflops": peaks, "results": records,

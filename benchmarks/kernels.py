@@ -1,6 +1,6 @@
-"""Fused kernels: time of each Numba kernel against the NumPy reference
-composition it replaces, on the reference model's shapes (batch 128 and
-1024, float32), median of --repeats blocks, alternating the two.
+"""Fused kernels: time of each kernel of the numba backend against the numpy
+backend (tuned, in-place NumPy), on the reference model's shapes (batch 128
+and 1024, float32), median of --repeats blocks, alternating the two.
 
 GEMM speed is measured by benchmarks/gemm.py.
 
@@ -19,7 +19,9 @@ import common  # noqa: E402
 
 def cases(np, batch):
     """(name, callable(kernels module)) for every kernel of a training step."""
+    from scratchvae.kernels import Scratch
     rng = np.random.default_rng(0)
+    scratch = Scratch()
     f = np.float32
 
     def arr(*shape):
@@ -31,15 +33,17 @@ def cases(np, batch):
     d784, nll = np.empty_like(logits), np.empty(batch, f)
     mu, logvar, eps = arr(batch, 20), arr(batch, 20), arr(batch, 20)
     z, kl, dmu, dlv = np.empty_like(mu), np.empty(batch, f), np.empty_like(mu), np.empty_like(mu)
+    kl_sample, w = np.empty(batch, f), np.full(batch, 1.0 / batch, f)
     n_params = 784 * 400 + 400 + 2 * (400 * 20 + 20) + 20 * 400 + 400 + 400 * 784 + 784
     p, g, m, v = arr(n_params), arr(n_params), np.zeros(n_params, f), np.zeros(n_params, f)
     return [
         ("bias + relu (B, 400)", lambda K: K.bias_activation(a, b, "relu", 0.0, out400)),
         ("relu backward + bias grad (B, 400)", lambda K: K.activation_backward(a, d400, "relu", 0.0, out400, db)),
-        ("bernoulli loss + grad (B, 784)", lambda K: K.bernoulli_nll(logits, x, 1.0 / batch, d784, nll)),
-        ("reparameterization + KL (B, 20)", lambda K: K.gaussian_latent(mu, logvar, eps, z, kl)),
-        ("latent backward (B, 20)", lambda K: K.gaussian_latent_backward(mu, logvar, eps, mu, 0.01, dmu, dlv)),
-        (f"Adam, flat ({n_params:,} params)", lambda K: K.adam_update(p, g, m, v, 1e-3, 0.9, 0.999, 1e-8, 10, 0.0, 1.0)),
+        ("bernoulli loss + grad (B, 784)", lambda K: K.bernoulli_nll(logits, x, nll, d784, True, scratch)),
+        ("reparameterization + KL (B, 20)", lambda K: K.gaussian_latent(mu, logvar, eps, z, kl, kl_sample)),
+        ("latent backward (B, 20)", lambda K: K.gaussian_latent_backward(mu, logvar, eps, z, mu, w, None, dmu, dlv)),
+        (f"Adam, flat ({n_params:,} params)",
+         lambda K: K.adam_update(p, g, m, v, 1e-3, 0.9, 0.999, 1e-8, 10, 0.0, 1.0, scratch)),
     ]
 
 
@@ -60,9 +64,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     common.apply_thread_env(args.threads)
     import numpy as np
-    from scratchvae.kernels import jit, reference
-    jit.warmup((np.float32,))
-    systems = {"numpy": reference, "numba": jit}
+    from scratchvae.kernels import numba as numba_backend
+    from scratchvae.kernels import numpy as numpy_backend
+    numba_backend.warmup((np.float32,))
+    systems = {"numpy": numpy_backend, "numba": numba_backend}
     rows, results = [], {}
     for batch in (128, 1024):
         for name, fn in cases(np, batch):

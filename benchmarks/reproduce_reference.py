@@ -25,11 +25,11 @@ PUBLISHED = [262.39, 253.23, 249.99, 248.20, 247.01, 245.84, 245.23, 244.94, 244
 
 
 def run_scratchvae(data, epochs, seed):
-    from scratchvae.train import TrainConfig, Trainer
+    from scratchvae.run import Run, TrainConfig, Trainer
     config = TrainConfig(dataset="fashion-mnist", epochs=epochs, seed=seed)
-    trainer = Trainer(config, data, tempfile.mkdtemp(), quiet=True)
+    trainer = Trainer(Run(config, data, tempfile.mkdtemp()), quiet=True)
     trainer.fit()
-    return [r["test_total"] for r in trainer.history]
+    return [r["test_total"] for r in trainer.run.history]
 
 
 def run_torch(data, epochs, seed):
@@ -91,7 +91,8 @@ def main(argv=None) -> int:
     common.apply_thread_env(args.threads)
     import numpy as np
     import scratchvae as sv
-    from scratchvae.train import TrainConfig, load_data
+    from scratchvae.run import TrainConfig
+    from scratchvae.run.run import load_data
 
     data = load_data(TrainConfig(dataset="fashion-mnist"))
     seeds = [int(s) for s in args.seeds.split(",")]

@@ -36,9 +36,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     import numpy as np
     import scratchvae as sv
-    from scratchvae.evaluate import active_units, elbo, log_likelihood
-    from scratchvae.train import Trainer, TrainConfig, load_data, prepare_data
-    from scratchvae.cli import build_parser
+    from scratchvae.inference.evaluate import active_units, elbo, log_likelihood
+    from scratchvae.run import Run, TrainConfig, Trainer
+    from scratchvae.run.run import load_data
+    from scratchvae.run.cli import build_parser
 
     rows, records = [], []
     data = load_data(TrainConfig(dataset="fashion-mnist"))
@@ -53,20 +54,21 @@ def main(argv=None) -> int:
                                               "binarize", "seed", "max_grad_norm", "iw_samples", "epochs")
                  if getattr(ns, k) is not None}
         config = TrainConfig(dataset="fashion-mnist", **given)
-        trainer = Trainer(config, data, tempfile.mkdtemp(), quiet=True)
+        run = Run(config, data, tempfile.mkdtemp())
+        trainer = Trainer(run, quiet=True)
         trainer.fit()
-        seconds = sum(r["seconds"] for r in trainer.history)
-        _, x_test = prepare_data(config, data)
+        seconds = sum(r["seconds"] for r in run.history)
+        x_test = run.x_test
         rng = np.random.default_rng(0)
-        test = elbo(trainer.model, x_test, rng)
-        log_px = log_likelihood(trainer.model, x_test, args.iw_samples, rng).mean()
-        units, _ = active_units(trainer.model, x_test)
+        test = elbo(run.model, x_test, rng)
+        log_px = log_likelihood(run.model, x_test, args.iw_samples, rng).mean()
+        units, _ = active_units(run.model, x_test)
         command = "scratchvae " + " ".join(cli_args) + f" --out runs/v{i}; scratchvae evaluate runs/v{i} " \
                   f"--iw-samples {args.iw_samples}"
         rows.append([label, f"{test['total']:.2f}", f"{test['nll']:.2f}", f"{test['kl']:.2f}", f"{log_px:.2f}",
                      f"{units}/{config.latent_dim}", f"{seconds:.0f}", f"`{command}`"])
         records.append({"variant": label, "command": command, "test": test, "log_px": log_px,
-                        "active_units": units, "train_seconds": seconds, "history": trainer.history})
+                        "active_units": units, "train_seconds": seconds, "history": run.history})
         print(" | ".join(rows[-1][:7]), flush=True)
     print()
     print(common.markdown_table(["variant", "test -ELBO", "reconstruction", "KL",

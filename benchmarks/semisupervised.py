@@ -28,16 +28,22 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     import numpy as np
     import scratchvae as sv
-    from scratchvae.semisupervised import train_m2, train_supervised_only
-    from scratchvae.train import TrainConfig, load_data
+    import tempfile
+
+    from scratchvae.model.m2 import train_supervised_only
+    from scratchvae.run import Run, TrainConfig, Trainer
+    from scratchvae.run.run import load_data
 
     data = load_data(TrainConfig(dataset="fashion-mnist"))
     seeds = [int(s) for s in args.seeds.split(",")]
     runs = []
     for seed in seeds:
         start = time.perf_counter()
-        model, history = train_m2(data, args.labels_per_class, args.epochs, seed=seed, alpha=args.alpha,
-                                  log=lambda line: print(f"seed {seed}: {line}", flush=True))
+        config = TrainConfig(dataset="fashion-mnist", semi_supervised=True, labels_per_class=args.labels_per_class,
+                             epochs=args.epochs, seed=seed, alpha=args.alpha)
+        run = Run(config, data, tempfile.mkdtemp())
+        Trainer(run).fit()
+        history = run.history
         m2_seconds = time.perf_counter() - start
         steps = args.epochs * -(-(len(data.x_train) - 10 * args.labels_per_class) // 128)
         start = time.perf_counter()

@@ -13,8 +13,8 @@ import argparse
 import numpy as np
 
 import scratchvae as sv
-from scratchvae import plots
-from scratchvae.complete import Mask, compare
+from scratchvae.run import plots
+from scratchvae.inference.complete import Mask, compare
 from scratchvae.data import load_dataset
 
 

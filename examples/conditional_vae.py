@@ -13,10 +13,10 @@ import argparse
 import numpy as np
 
 import scratchvae as sv
-from scratchvae import plots
+from scratchvae.run import plots
 from scratchvae.data import load_dataset
 from scratchvae.data.datasets import one_hot
-from scratchvae.evaluate import elbo
+from scratchvae.inference.evaluate import elbo
 
 
 def main(argv=None):

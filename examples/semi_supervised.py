@@ -10,10 +10,12 @@ test accuracy of both. ``scratchvae train --semi-supervised
 ``benchmarks/semisupervised.py`` measures it on Fashion-MNIST.
 """
 import argparse
+import tempfile
 
 from scratchvae.data import load_dataset
 from scratchvae.data.datasets import Dataset
-from scratchvae.semisupervised import train_m2, train_supervised_only
+from scratchvae.model.m2 import train_supervised_only
+from scratchvae.run import Run, TrainConfig, Trainer
 
 
 def main(argv=None):
@@ -26,7 +28,11 @@ def main(argv=None):
     full = load_dataset("synthetic-digits")
     data = Dataset(full.name, full.x_train[:args.n], full.y_train[:args.n], full.x_test[:2000],
                    full.y_test[:2000], full.image_shape)
-    model, history = train_m2(data, args.labels_per_class, args.epochs, seed=0)
+    config = TrainConfig(semi_supervised=True, labels_per_class=args.labels_per_class, epochs=args.epochs, seed=0)
+    with tempfile.TemporaryDirectory() as out_dir:      # the run's checkpoints, discarded here
+        run = Run(config, data, out_dir)
+        Trainer(run).fit()
+    history = run.history
     steps = args.epochs * -(-(args.n - 10 * args.labels_per_class) // 128)
     alone = train_supervised_only(data, args.labels_per_class, steps=steps, seed=0)
     print(f"test accuracy with {args.labels_per_class} labels per class: M2 {history[-1]['test_accuracy']:.4f}, "

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from scratchvae import plots
+from scratchvae.run import plots
 from scratchvae.data import synthetic_digits
 
 

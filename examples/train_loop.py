@@ -9,7 +9,7 @@ import numpy as np
 
 import scratchvae as sv
 from scratchvae.data import synthetic_digits
-from scratchvae.evaluate import elbo
+from scratchvae.inference.evaluate import elbo
 
 
 def main(epochs=3, batch_size=128, seed=0):

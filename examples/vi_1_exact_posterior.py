@@ -25,8 +25,8 @@ import argparse
 
 import numpy as np
 
-from scratchvae import vi
-from scratchvae import plots
+from scratchvae.lessons import vi
+from scratchvae.run import plots
 
 XS = (1.5, 0.0)
 

@@ -27,8 +27,8 @@ import math
 
 import numpy as np
 
-from scratchvae import vi
-from scratchvae import plots
+from scratchvae.lessons import vi
+from scratchvae.run import plots
 
 CASES = {
     "log-normal q, lesson 1": (vi.LogNormal(0.2, -0.5), vi.exponential_prior_normal_likelihood(1.5)),

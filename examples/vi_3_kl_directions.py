@@ -21,8 +21,8 @@ import argparse
 
 import numpy as np
 
-from scratchvae import vi
-from scratchvae import plots
+from scratchvae.lessons import vi
+from scratchvae.run import plots
 
 TARGET = vi.GaussianMixture1D([0.4, 0.6], [-2.0, 2.5], [0.6, 0.8])
 

@@ -34,8 +34,8 @@ import math
 
 import numpy as np
 
-from scratchvae import vi
-from scratchvae import plots
+from scratchvae.lessons import vi
+from scratchvae.run import plots
 
 MIXTURE = vi.GaussianMixture1D([0.5, 0.3, 0.2], [-2.0, 1.0, 3.5], [0.7, 0.5, 1.0])
 X_OBS = 2.5

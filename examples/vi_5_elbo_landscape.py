@@ -22,8 +22,8 @@ import argparse
 
 import numpy as np
 
-from scratchvae import vi
-from scratchvae import plots
+from scratchvae.lessons import vi
+from scratchvae.run import plots
 
 
 def main(argv=None):

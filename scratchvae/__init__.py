@@ -9,15 +9,19 @@ checked against finite differences (see :mod:`scratchvae.gradcheck`).
     losses, grads = model.loss_and_grads(x, rng=np.random.default_rng(0))
     sv.Adam(model.params, lr=1e-3).step(grads)
 
+The package, bottom up: ``kernels`` (the contract and its backends),
+``model`` (layers, latent layer, likelihoods, VAE, M2), ``inference``
+(evaluation, completion), ``data``, ``run`` (run object, training loop,
+checkpoints, pictures, command line) and, apart, ``lessons``.
 Numba and Matplotlib are never imported here: the library runs on NumPy alone.
 """
-__version__ = "0.1.0"
-
-from .checkpoint import load
+from ._version import __version__
 from .gradcheck import check_op, gradcheck
-from .kernels import describe, get_backend, set_backend, warmup
+from .kernels import (backends, check_backend, describe, get_backend, register_backend, set_backend,
+                      warmup)
+from .model import M2, VAE
 from .optim import SGD, Adam
-from .vae import VAE
+from .run.checkpoint import load
 
-__all__ = ["VAE", "Adam", "SGD", "load", "gradcheck", "check_op", "set_backend", "get_backend",
-           "warmup", "describe", "__version__"]
+__all__ = ["VAE", "M2", "Adam", "SGD", "load", "gradcheck", "check_op", "set_backend", "get_backend",
+           "register_backend", "backends", "check_backend", "warmup", "describe", "__version__"]

@@ -1,6 +1,6 @@
 """``python -m scratchvae``: the same as the ``scratchvae`` command."""
 import sys
 
-from .cli import main
+from .run.cli import main
 
 sys.exit(main())

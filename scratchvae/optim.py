@@ -11,15 +11,20 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from . import flat
+from .kernels import Scratch
 from .kernels import ops as K
+from .model import flat
+
+
+def _buffer(arrays) -> Optional[np.ndarray]:
+    """The one flat buffer ``arrays`` tile (a :class:`~scratchvae.model.flat.FlatDict`'s), or None."""
+    return getattr(arrays, "buffer", None)
 
 
 def global_grad_norm(grads: Dict[str, np.ndarray]) -> float:
     """sqrt(sum over all gradients of g^2)."""
-    g = flat.flat_view(grads)
-    arrays = [g] if g is not None else [v.ravel() for v in grads.values()]
-    return math.sqrt(sum(float(np.dot(a, a)) for a in arrays))
+    g = _buffer(grads)
+    return math.sqrt(K.sum_squares(g) if g is not None else sum(K.sum_squares(v) for v in grads.values()))
 
 
 class Optimizer:
@@ -31,9 +36,10 @@ class Optimizer:
     caller's arrays are not modified). ``last_grad_norm`` holds the norm seen
     by the latest step.
 
-    When the parameters are views into one flat buffer (as a ``VAE``'s are)
-    and so are the gradients, the state is kept flat too and each step is
-    one kernel call over all parameters; otherwise it loops over them.
+    When the parameters are views into one flat buffer (a
+    :class:`~scratchvae.model.flat.FlatDict`, as a ``VAE``'s are) and so are
+    the gradients, the state is kept flat too and each step is one kernel
+    call over all parameters; otherwise it loops over them.
     """
 
     buffers = ()           # names of the per-parameter state arrays
@@ -50,10 +56,9 @@ class Optimizer:
         self.step_count = 0
         self.last_grad_norm = float("nan")
         self.keys = list(params)
-        self.flat_params = flat.flat_view(params)
-        self.flat_state, self.state = {}, {}
-        for b in self.buffers:
-            self.flat_state[b], self.state[b] = flat.zeros_like(params)
+        self.flat_params = _buffer(params)
+        self.state = {b: flat.zeros_like(params) for b in self.buffers}
+        self.scratch = Scratch()
 
     def _grad_scale(self, grads) -> float:
         if set(grads) != set(self.params):
@@ -75,9 +80,9 @@ class Optimizer:
         """Update every parameter in place from ``grads`` (same keys and shapes)."""
         scale = self._grad_scale(grads)
         self.step_count += 1
-        g_flat = flat.flat_view(grads) if self.flat_params is not None else None
+        g_flat = _buffer(grads) if self.flat_params is not None else None
         if g_flat is not None and list(grads) == self.keys:
-            self._update(self.flat_params, g_flat, *self.flat_state.values(), grad_scale=scale)
+            self._update(self.flat_params, g_flat, *(self.state[b].buffer for b in self.buffers), grad_scale=scale)
             return
         for k, p in self.params.items():
             self._update(p, grads[k], *(self.state[b][k] for b in self.buffers), grad_scale=scale)
@@ -128,7 +133,7 @@ class Adam(Optimizer):
 
     def _update(self, p, g, m, v, grad_scale):
         K.adam_update(p, g, m, v, self.lr, self.beta1, self.beta2, self.eps, self.step_count,
-                      self.weight_decay, grad_scale)
+                      self.weight_decay, grad_scale, self.scratch)
 
 
 class SGD(Optimizer):
@@ -149,7 +154,7 @@ class SGD(Optimizer):
         self.momentum = momentum
 
     def _update(self, p, g, buf, grad_scale):
-        K.sgd_update(p, g, buf, self.lr, self.momentum, self.weight_decay, grad_scale)
+        K.sgd_update(p, g, buf, self.lr, self.momentum, self.weight_decay, grad_scale, self.scratch)
 
 
 def make_optimizer(params, config: dict) -> Optimizer:

@@ -1,5 +1,4 @@
 import importlib.util
-import os
 
 import numpy as np
 import pytest
@@ -7,20 +6,22 @@ import pytest
 from scratchvae import kernels
 from scratchvae.data.datasets import Dataset
 
-BACKENDS = ["numpy"] + (["numba"] if importlib.util.find_spec("numba") else [])
+#: the backends the kernel tests run on: the specification, the tuned NumPy and (when installed) Numba
+BACKENDS = ["reference", "numpy"] + (["numba"] if importlib.util.find_spec("numba") else [])
 
 
-@pytest.fixture(autouse=True, scope="session", params=BACKENDS)
-def backend(request):
-    """Every test runs once per kernel backend (subprocesses follow through the environment)."""
-    old = os.environ.get("SCRATCHVAE_BACKEND")
-    os.environ["SCRATCHVAE_BACKEND"] = request.param
+@pytest.fixture(params=BACKENDS)
+def backend(request, monkeypatch):
+    """Run the test once per kernel backend (subprocesses follow through the environment).
+
+    Test modules that exercise kernels use it (``pytestmark = pytest.mark.usefixtures("backend")``);
+    the others (command line, files, data, pictures) run once on the default backend.
+    """
+    before = kernels.get_backend()
+    monkeypatch.setenv("SCRATCHVAE_BACKEND", request.param)
     kernels.set_backend(request.param)
     yield request.param
-    if old is None:
-        del os.environ["SCRATCHVAE_BACKEND"]
-    else:
-        os.environ["SCRATCHVAE_BACKEND"] = old
+    kernels.set_backend(before)
 
 
 def bars_and_blocks(rng, n):

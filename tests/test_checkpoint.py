@@ -1,16 +1,18 @@
 """Checkpoints: round trip, NumPy-only loading, atomic writes, refusal of bad files."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
 from blockers import block_imports
 
 import scratchvae as sv
-from scratchvae import checkpoint as ckpt
+from scratchvae.run import checkpoint as ckpt
 
 
 def _model(**kw):
@@ -119,7 +121,47 @@ def test_newer_format_and_other_architectures_are_refused(tmp_path):
     _, groups = ckpt.read(path)
     other = sv.VAE(12, [9], 3, likelihood="gaussian_pixel")
     with pytest.raises(ckpt.CheckpointError, match=r"do not fit.*enc\.0\.W"):
-        ckpt.load_params(other, groups["param"])
+        ckpt.load_params(other, groups)
     _rewrite_header(path, model={"input_dim": 12, "hidden": [8], "latent_dim": 3, "likelihood": "poisson"})
     with pytest.raises(ckpt.CheckpointError, match="bad model description"):
         sv.load(path)
+
+
+# ----------------------------------------------------------------------
+# checkpoints written by scratchvae 0.1.0 (tests/data/README.md)
+# ----------------------------------------------------------------------
+
+OLD = Path(__file__).parent / "data" / "v0.1.0"
+
+
+def test_a_0_1_0_training_checkpoint_loads_computes_the_same_and_resumes(tmp_path, monkeypatch):
+    from scratchvae.run import Run, Trainer
+    expected = np.load(OLD / "expected.npz")
+    model = sv.load(OLD / "vae-checkpoint.npz")
+    mu, logvar = model.encode(expected["probe"])
+    np.testing.assert_allclose(mu, expected["mu"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(logvar, expected["logvar"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.decode(expected["z"]), expected["decoded"], rtol=1e-5, atol=1e-6)
+    # the run resumes where it stopped (its data set is a relative path: work beside it)
+    shutil.copy(OLD / "vae-checkpoint.npz", tmp_path / "checkpoint.npz")
+    shutil.copy(OLD / "bars.npy", tmp_path / "bars.npy")
+    monkeypatch.chdir(tmp_path)
+    run = Run.open(tmp_path)
+    assert run.resumable and run.epoch == 2 and len(run.history) == 2
+    run.config.epochs = 3
+    Trainer(run, quiet=True).fit()
+    assert [r["epoch"] for r in Run.open(tmp_path).history] == [1, 2, 3]
+
+
+def test_a_0_1_0_m2_checkpoint_loads_but_cannot_resume(tmp_path):
+    from scratchvae.run import Run, Trainer
+    expected = np.load(OLD / "expected.npz")
+    m2 = ckpt.load_m2(OLD / "m2-checkpoint.npz")
+    np.testing.assert_allclose(m2.log_proba(expected["probe"]), expected["m2_log_proba"], rtol=1e-5, atol=1e-6)
+    mu, logvar = m2.vae.encode(expected["probe"], expected["m2_c"])
+    np.testing.assert_allclose(mu, expected["m2_mu"], rtol=1e-5, atol=1e-6)
+    assert sv.load(OLD / "m2-checkpoint.npz").context_dim == 4
+    run = Run.open(OLD / "m2-checkpoint.npz")
+    assert not run.resumable
+    with pytest.raises(ValueError, match="saved without its optimizer state"):
+        Trainer(run)

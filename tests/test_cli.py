@@ -21,10 +21,13 @@ import pytest
 from blockers import block_imports
 
 import scratchvae
-from scratchvae import checkpoint as ckpt
-from scratchvae import cli
+from scratchvae.run import checkpoint as ckpt
+from scratchvae.run import cli
 from scratchvae.data import datasets as ds
-from scratchvae.train import HISTORY_FIELDS, TrainConfig, Trainer
+from scratchvae.run import TrainConfig, Trainer
+from scratchvae.run.train import Objective, history_fields
+
+HISTORY_FIELDS = history_fields(Objective())
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -178,7 +181,7 @@ def test_train_draws_pictures_when_matplotlib_is_there(trained):
 
 def test_train_without_matplotlib_skips_pictures_with_a_note(tmp_path, data_file):
     script = BLOCK_MATPLOTLIB + textwrap.dedent(f"""
-        from scratchvae.cli import main
+        from scratchvae.run.cli import main
         code = main(["train", "--dataset", {str(data_file)!r}, "--hidden", "16", "--latent", "2",
                      "--batch-size", "32", "--epochs", "1", "--out", "run", "-q"])
         print("exit", code)
@@ -289,7 +292,8 @@ def test_resume_accepts_repeated_options_that_agree(capsys, run_copy, data_file)
 DIFFERING = {"dataset": "other.npz", "batch_size": "7", "lr": "0.5", "hidden": "8", "latent_dim": "3",
              "activation": "tanh", "likelihood": "continuous_bernoulli", "sigma": "0.5",
              "init": "he_normal", "beta": "0.5", "warmup_epochs": "2", "binarize": "static",
-             "seed": "5", "max_grad_norm": "1.5", "iw_samples": "5", "conditional": "label"}
+             "seed": "5", "max_grad_norm": "1.5", "iw_samples": "5", "conditional": "label",
+             "semi_supervised": None, "labels_per_class": "7", "alpha": "3", "labelled_batch": "9"}
 
 
 def test_differing_covers_every_run_option():
@@ -301,9 +305,11 @@ def test_resume_refuses_a_differing_run_option(capsys, run_copy, dest):
     (flag,) = [a.option_strings[-1] for a in _subparsers(cli.build_parser())["train"]._actions
                if a.dest == dest]
     before = (run_copy / "checkpoint.npz").read_bytes()
-    code, out, err = run(capsys, "train", "--resume", run_copy, flag, DIFFERING[dest], "--epochs", "2", "-q")
+    value = DIFFERING[dest]                          # None for a flag without a value
+    code, out, err = run(capsys, "train", "--resume", run_copy, flag, *([] if value is None else [value]),
+                         "--epochs", "2", "-q")
     # one line naming the option as it is typed on the command line, and the value given
-    assert_one_error(code, err, "--resume", f"{flag} ", DIFFERING[dest])
+    assert_one_error(code, err, "--resume", f"{flag} ", "True" if value is None else value)
     assert code == 1 and out == ""
     assert (run_copy / "checkpoint.npz").read_bytes() == before
     assert len(read_csv(run_copy / "history.csv")) == 1
@@ -332,7 +338,7 @@ def test_interrupted_run_saves_and_resumes_to_the_same_result(capsys, monkeypatc
         original_init(self, *args, **kwargs)
 
         def on_batch(t):
-            if t.step == 3:
+            if t.run.step == 3:
                 t._stop = True
         self.on_batch = on_batch
 
@@ -359,7 +365,7 @@ def test_interrupted_run_saves_and_resumes_to_the_same_result(capsys, monkeypatc
 def test_ctrl_c_outside_training_exits_130(capsys, monkeypatch, data_file, tmp_path):
     def interrupted(config):
         raise KeyboardInterrupt
-    monkeypatch.setattr("scratchvae.train.load_data", interrupted)
+    monkeypatch.setattr("scratchvae.run.run.load_data", interrupted)
     code, out, err = run(capsys, "train", "--dataset", data_file, "--out", tmp_path / "r")
     assert code == 130
     assert err == "scratchvae: interrupted\n"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import scratchvae as sv
-from scratchvae.complete import (Mask, cvae_complete, gibbs_complete, mean_image_complete, missing_pixel_errors,
+from scratchvae.inference.complete import (Mask, cvae_complete, gibbs_complete, mean_image_complete, missing_pixel_errors,
                                  nearest_neighbour_complete, observed_context)
 
 
@@ -120,7 +120,7 @@ def test_baselines_and_metrics():
 
 
 def _train(tmp_path, monkeypatch, *extra):
-    from scratchvae import cli
+    from scratchvae.run import cli
     from scratchvae.data import datasets as ds
     monkeypatch.setattr(ds, "SYNTHETIC_SIZES", (300, 40))
     out = tmp_path / ("run" + "".join(extra).replace(":", "_"))
@@ -130,7 +130,7 @@ def _train(tmp_path, monkeypatch, *extra):
 
 
 def _complete(capsys, *argv):
-    from scratchvae import cli
+    from scratchvae.run import cli
     capsys.readouterr()
     code = cli.main(["complete", *map(str, argv)])
     return code, *capsys.readouterr()
@@ -171,7 +171,7 @@ def test_complete_refuses_what_it_cannot_do(tmp_path, monkeypatch, capsys):
 
 
 def test_a_bad_conditional_option_is_refused(capsys, tmp_path):
-    from scratchvae import cli
+    from scratchvae.run import cli
     assert cli.main(["train", "--conditional", "mask:left", "--out", str(tmp_path / "r"), "-q"]) == 1
     assert "unknown mask 'left'" in capsys.readouterr().err
     assert cli.main(["train", "--conditional", "labels", "--out", str(tmp_path / "r"), "-q"]) == 1

@@ -7,6 +7,7 @@ import scratchvae as sv
 from scratchvae.data.datasets import one_hot
 
 
+@pytest.mark.usefixtures("backend")
 @pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian_pixel"])
 @pytest.mark.parametrize("hidden", [[], [7], [8, 6]])
 def test_conditional_gradients_match_finite_differences(likelihood, hidden):
@@ -19,6 +20,7 @@ def test_conditional_gradients_match_finite_differences(likelihood, hidden):
     sv.gradcheck(lambda: model.loss(x, eps=eps, beta=0.7, c=c)["total"], model.params, grads).raise_if_failed()
 
 
+@pytest.mark.usefixtures("backend")
 def test_conditional_importance_weighted_gradients_match_finite_differences():
     rng = np.random.default_rng(6)
     model = sv.VAE(10, [7], 3, activation="tanh", seed=1, dtype=np.float64, context_dim=2)
@@ -29,6 +31,7 @@ def test_conditional_importance_weighted_gradients_match_finite_differences():
                  grads).raise_if_failed()
 
 
+@pytest.mark.usefixtures("backend")
 def test_context_enters_the_first_layer_of_encoder_and_decoder():
     model = sv.VAE(12, [9], 3, context_dim=5)
     assert model.params["enc.0.W"].shape == (12 + 5, 9)
@@ -78,7 +81,7 @@ def test_a_trained_conditional_vae_draws_the_class_it_is_asked_for():
 
 @pytest.fixture
 def conditional_run(tmp_path, monkeypatch):
-    from scratchvae import cli
+    from scratchvae.run import cli
     from scratchvae.data import datasets as ds
     monkeypatch.setattr(ds, "SYNTHETIC_SIZES", (300, 50))
     out = tmp_path / "run"
@@ -88,7 +91,7 @@ def conditional_run(tmp_path, monkeypatch):
 
 
 def test_conditional_run_stores_its_context_and_evaluates(conditional_run, capsys):
-    from scratchvae import checkpoint as ckpt, cli
+    from scratchvae.run import checkpoint as ckpt, cli
     header, _ = ckpt.read(conditional_run)
     assert header["model"]["context_dim"] == 10 and header["train"]["config"]["conditional"] == "label"
     assert sv.load(conditional_run).context_dim == 10
@@ -98,7 +101,7 @@ def test_conditional_run_stores_its_context_and_evaluates(conditional_run, capsy
 
 
 def test_sample_draws_one_label_or_one_row_per_class(conditional_run, tmp_path, capsys):
-    from scratchvae import cli
+    from scratchvae.run import cli
     assert cli.main(["sample", str(conditional_run), "--label", "3", "-n", "4", "-o", str(tmp_path / "a.npy")]) == 0
     assert np.load(tmp_path / "a.npy").shape == (4, 784)
     assert cli.main(["sample", str(conditional_run), "-n", "2", "-o", str(tmp_path / "b.npy")]) == 0
@@ -111,19 +114,19 @@ def test_sample_draws_one_label_or_one_row_per_class(conditional_run, tmp_path, 
 
 
 def test_label_is_refused_where_it_makes_no_sense(conditional_run, tmp_path, capsys):
-    from scratchvae import cli
+    from scratchvae.run import cli
     assert cli.main(["sample", str(conditional_run), "--label", "10", "-o", str(tmp_path / "a.npy")]) == 1
     assert "--label must lie in [0, 9]" in capsys.readouterr().err
     plain = sv.VAE(784, [8], 2)
-    from scratchvae import checkpoint as ckpt
+    from scratchvae.run import checkpoint as ckpt
     ckpt.save(tmp_path / "plain.npz", plain)
     assert cli.main(["sample", str(tmp_path / "plain.npz"), "--label", "1", "-o", str(tmp_path / "b.npy")]) == 1
     assert "--label needs a conditional model" in capsys.readouterr().err
 
 
 def test_conditional_training_needs_labels(tmp_path):
-    from scratchvae.train import TrainConfig, Trainer
     from scratchvae.data.datasets import Dataset
+    from scratchvae.run import Run, TrainConfig
     x = np.random.default_rng(0).random((20, 4)).astype(np.float32)
     with pytest.raises(ValueError, match="needs labels"):
-        Trainer(TrainConfig(conditional="label"), Dataset("plain", x, None, x, None), tmp_path)
+        Run(TrainConfig(conditional="label"), Dataset("plain", x, None, x, None), tmp_path)

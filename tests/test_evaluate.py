@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import scratchvae as sv
-from scratchvae.evaluate import active_units, elbo, log_likelihood
+from scratchvae.inference.evaluate import active_units, elbo, log_likelihood
 
 D, K, SIGMA = 6, 2, 0.5
 

@@ -1,4 +1,5 @@
-"""Choosing the backend, Numba's on-disk cache and its fallbacks, and parity of a whole step."""
+"""The Numba backend: choosing it, its on-disk cache and fallbacks, parity of a whole step,
+and the hand-written GEMM serving the step."""
 import os
 import subprocess
 import sys
@@ -51,9 +52,9 @@ def test_kernels_compile_in_memory_when_no_cache_location_is_writable():
             raise PermissionError("read-only file system")
         caching._CacheLocator.ensure_cache_path = refuse
         import numpy as np
-        from scratchvae.kernels import jit
-        z, kl = jit.gaussian_latent(*(np.ones((3, 2), np.float32) for _ in range(3)))
-        print(jit.CACHE_ENABLED, float(kl[0]))
+        from scratchvae.kernels import numba as backend
+        z, kl, _ = backend.gaussian_latent(*(np.ones((3, 2), np.float32) for _ in range(3)))
+        print(backend.CACHE_ENABLED, float(kl[0]))
     """)
     assert out.returncode == 0, out.stderr
     enabled, kl = out.stdout.split()
@@ -68,9 +69,9 @@ def test_a_read_only_package_falls_back_to_the_user_cache(tmp_path):
             raise PermissionError("read-only package directory")
         caching.InTreeCacheLocator.ensure_cache_path = refuse
         import numpy as np
-        from scratchvae.kernels import jit
-        jit.gaussian_latent(*(np.ones((3, 2)) for _ in range(3)))
-        print(jit.CACHE_ENABLED)
+        from scratchvae.kernels import numba as backend
+        backend.gaussian_latent(*(np.ones((3, 2)) for _ in range(3)))
+        print(backend.CACHE_ENABLED)
     """, HOME=str(tmp_path), XDG_CACHE_HOME=str(tmp_path / ".cache"), NUMBA_CACHE_DIR="")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "True"
@@ -125,8 +126,21 @@ def test_the_numba_gemm_can_serve_the_training_step():
     ours = _run(code, SCRATCHVAE_GEMM="numba")
     blas = _run(code, SCRATCHVAE_GEMM="blas")
     assert ours.returncode == 0 and blas.returncode == 0, ours.stderr + blas.stderr
-    assert "gemm_jit" in ours.stdout and "BLAS" in blas.stdout
+    assert "gemm_numba" in ours.stdout and "BLAS" in blas.stdout
     np.testing.assert_allclose([float(v) for v in ours.stdout.split()[-2:]],
                                [float(v) for v in blas.stdout.split()[-2:]], rtol=1e-4)
     bad = _run(code, SCRATCHVAE_GEMM="mkl")
-    assert "SCRATCHVAE_GEMM must be blas or numba" in bad.stderr
+    assert "unknown GEMM 'mkl'; choose one of blas, numba, reference" in bad.stderr
+
+
+def test_the_gemm_is_chosen_when_the_backend_is_set_not_at_import(monkeypatch):
+    before = kernels.get_backend()
+    try:
+        monkeypatch.setenv("SCRATCHVAE_GEMM", "numba")
+        kernels.set_backend("numba")
+        assert "gemm_numba" in sv.describe()["gemm"]
+        monkeypatch.delenv("SCRATCHVAE_GEMM")
+        kernels.set_backend("numba")
+        assert "BLAS" in sv.describe()["gemm"]
+    finally:
+        kernels.set_backend(before)

@@ -7,6 +7,8 @@ import pytest
 import scratchvae as sv
 from scratchvae.optim import global_grad_norm
 
+pytestmark = pytest.mark.usefixtures("backend")
+
 
 def _problem():
     params = {"w": np.array([1.0, -2.0, 0.5]), "b": np.array([[0.3]])}

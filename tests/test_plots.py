@@ -19,7 +19,7 @@ import pytest
 from blockers import block_imports
 
 import scratchvae as sv
-from scratchvae import plots
+from scratchvae.run import plots
 from scratchvae.data.datasets import Dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,7 +89,7 @@ def test_without_matplotlib_every_picture_asks_for_it(tmp_path):
     script = block_imports("matplotlib") + textwrap.dedent("""
         import numpy as np
         import scratchvae as sv
-        from scratchvae import plots
+        from scratchvae.run import plots
         from scratchvae.data.datasets import Dataset
         rng = np.random.default_rng(0)
         x = rng.random((20, 4), dtype=np.float32)

@@ -6,8 +6,12 @@ import numpy as np
 import pytest
 
 import scratchvae as sv
-from scratchvae.semisupervised import M2, log_softmax, split_labels, train_m2, train_supervised_only
 from scratchvae.data.datasets import Dataset
+from scratchvae.model.m2 import M2, split_labels, train_supervised_only
+from scratchvae.run import Run, TrainConfig, Trainer
+from scratchvae.run import checkpoint as ckpt
+
+pytestmark = pytest.mark.usefixtures("backend")
 
 
 def _instance(seed=0, K=3, b_l=4, b_u=5, d=8, latent=2):
@@ -70,11 +74,6 @@ def test_bad_labels_are_refused():
         model.loss(x_l, np.full(len(x_l), 3), x_u, eps=eps)
 
 
-def test_log_softmax_is_stable():
-    out = log_softmax(np.array([[1000.0, 0.0], [-1000.0, -1000.0]]))
-    np.testing.assert_allclose(out, [[0.0, -1000.0], [-math.log(2), -math.log(2)]])
-
-
 def _tiny_problem(n=600, seed=0):
     """Two well-separated classes of 6x6 images; the labels follow the pattern."""
     rng = np.random.default_rng(seed)
@@ -84,17 +83,20 @@ def _tiny_problem(n=600, seed=0):
     return Dataset("tiny", x[:n // 2], y[:n // 2].astype(np.int64), x[n // 2:], y[n // 2:].astype(np.int64), (6, 6))
 
 
-def test_m2_learns_a_separable_problem_from_two_labels_per_class():
+def test_m2_learns_a_separable_problem_from_two_labels_per_class(tmp_path):
     data = _tiny_problem()
-    model, history = train_m2(data, per_class=2, epochs=4, batch_size=50, labelled_batch=4, lr=3e-3, seed=0,
-                              log=lambda line: None, hidden=[16], latent_dim=2, classifier_hidden=[16])
+    config = TrainConfig(semi_supervised=True, labels_per_class=2, epochs=4, batch_size=50, labelled_batch=4,
+                         lr=3e-3, seed=0, hidden=[16], latent_dim=2)
+    run = Run(config, data, tmp_path)
+    Trainer(run, quiet=True).fit()
+    history = run.history
     assert history[0]["epoch"] == 1 and len(history) == 4
     assert history[-1]["test_accuracy"] > 0.95
     assert train_supervised_only(data, per_class=2, steps=100, batch_size=4, classifier_hidden=[16]) > 0.95
 
 
 def test_semi_supervised_from_the_command_line(tmp_path, monkeypatch, capsys):
-    from scratchvae import cli, semisupervised
+    from scratchvae.run import cli
     from scratchvae.data import datasets as ds
     monkeypatch.setattr(ds, "SYNTHETIC_SIZES", (300, 50))
     out = tmp_path / "m2"
@@ -103,10 +105,14 @@ def test_semi_supervised_from_the_command_line(tmp_path, monkeypatch, capsys):
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "5 labels per class, the other 250 training examples unlabelled" in captured.err
-    assert "M2 epoch 1/1" in captured.err and "test accuracy of q(y|x)" in captured.out
-    model = semisupervised.load(out)
+    assert "epoch   1/1" in captured.err and "test accuracy" in captured.err
+    assert "test accuracy of q(y|x)" in captured.out
+    model = ckpt.load_m2(out)
     assert model.n_classes == 10 and model.predict(np.zeros((3, 784), np.float32)).shape == (3,)
     assert sv.load(out).context_dim == 10          # the CVAE part loads as a plain checkpoint
     assert cli.main(["sample", str(out), "--label", "2", "-n", "3", "-o", str(tmp_path / "s.npy")]) == 0
     assert cli.main(["train", "--semi-supervised", "--iw-samples", "3", "--out", str(tmp_path / "x")]) == 1
-    assert "--semi-supervised does not take --iw-samples" in capsys.readouterr().err
+    assert "semi-supervised (M2) training" in capsys.readouterr().err
+    # and it resumes: one more epoch continues the stored run
+    assert cli.main(["train", "--resume", str(out), "--epochs", "2", "--no-plots", "-q"]) == 0
+    assert ckpt.read(out)[0]["train"]["epoch"] == 2

@@ -7,15 +7,31 @@ import numpy as np
 import pytest
 
 import scratchvae as sv
-from scratchvae import checkpoint as ckpt
-from scratchvae.train import TrainConfig, Trainer, TrainingDiverged, load_data
+from scratchvae.run import checkpoint as ckpt
+from scratchvae.run import Run, TrainConfig, Trainer, TrainingDiverged
+from scratchvae.run.run import load_data
 
 SMALL = dict(dataset="tiny", epochs=3, batch_size=64, hidden=[16], latent_dim=2, lr=3e-3)
 
 
+def new(config, data, out_dir, **kwargs):
+    """A trainer of a new run."""
+    return Trainer(Run(config, data, out_dir), **kwargs)
+
+
+def resumed(path, data, epochs=None, **kwargs):
+    """A trainer that continues the run saved in ``path`` (up to ``epochs`` in all)."""
+    run = Run.open(path, data=data)
+    if epochs is not None:
+        run.config.epochs = epochs
+    return Trainer(run, **kwargs)
+
+
 def _final_state(trainer):
-    return ({k: v.copy() for k, v in trainer.model.params.items()},
-            trainer.optimizer.state_dict(), [r["test_total"] for r in trainer.history])
+    run = trainer.run
+    last = "test_accuracy" if run.config.semi_supervised else "test_total"
+    return ({k: v.copy() for k, v in run.model.params.items()},
+            run.optimizer.state_dict(), [r[last] for r in run.history])
 
 
 def _assert_same(a, b):
@@ -29,48 +45,48 @@ def _assert_same(a, b):
 @pytest.mark.parametrize("extra", [{}, {"binarize": "dynamic", "warmup_epochs": 2.0}])
 def test_resume_at_an_epoch_boundary_is_bit_for_bit(tiny_data, tmp_path, extra):
     config = TrainConfig(**SMALL, **extra)
-    whole = Trainer(config, tiny_data, tmp_path / "whole", quiet=True)
+    whole = new(config, tiny_data, tmp_path / "whole", quiet=True)
     assert whole.fit() == "done"
 
-    first = Trainer(TrainConfig(**{**SMALL, **extra, "epochs": 1}), tiny_data, tmp_path / "split", quiet=True)
+    first = new(TrainConfig(**{**SMALL, **extra, "epochs": 1}), tiny_data, tmp_path / "split", quiet=True)
     first.fit()
-    rest = Trainer.resume(tmp_path / "split", tiny_data, epochs=3, quiet=True)
-    assert rest.epoch == 1 and rest.fit() == "done"
+    rest = resumed(tmp_path / "split", tiny_data, epochs=3, quiet=True)
+    assert rest.run.epoch == 1 and rest.fit() == "done"
     _assert_same(_final_state(whole), _final_state(rest))
 
 
 def test_ctrl_c_mid_epoch_saves_and_resume_is_bit_for_bit(tiny_data, tmp_path):
     config = TrainConfig(**SMALL)
-    whole = Trainer(config, tiny_data, tmp_path / "whole", quiet=True)
+    whole = new(config, tiny_data, tmp_path / "whole", quiet=True)
     whole.fit()
 
     def interrupt(trainer):
-        if trainer.epoch == 1 and trainer.batch == 4:
+        if trainer.run.epoch == 1 and trainer.run.batch == 4:
             os.kill(os.getpid(), signal.SIGINT)      # a real Ctrl-C, delivered to the handler
 
-    stopped = Trainer(config, tiny_data, tmp_path / "cut", quiet=True, on_batch=interrupt)
+    stopped = new(config, tiny_data, tmp_path / "cut", quiet=True, on_batch=interrupt)
     assert stopped.fit() == "interrupted"
     header, groups = ckpt.read(tmp_path / "cut")
     assert (header["train"]["epoch"], header["train"]["batch"]) == (1, 4)
     assert "perm" in groups["train"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler     # handler restored
 
-    rest = Trainer.resume(tmp_path / "cut", tiny_data, quiet=True)
+    rest = resumed(tmp_path / "cut", tiny_data, quiet=True)
     assert rest.fit() == "done"
     _assert_same(_final_state(whole), _final_state(rest))
-    assert len(rest.history) == 3
+    assert len(rest.run.history) == 3
 
 
 def test_divergence_stops_with_a_message_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path):
     saved = {}
 
     def poison(trainer):
-        if trainer.epoch == 1 and trainer.batch == 1:
+        if trainer.run.epoch == 1 and trainer.run.batch == 1:
             saved["bytes"] = (tmp_path / "checkpoint.npz").read_bytes()   # written after epoch 1
-        if trainer.epoch == 1 and trainer.batch == 2:
-            trainer.model.params["enc.logvar.b"][:] = 1e4               # exp overflows next step
+        if trainer.run.epoch == 1 and trainer.run.batch == 2:
+            trainer.run.model.params["enc.logvar.b"][:] = 1e4               # exp overflows next step
 
-    trainer = Trainer(TrainConfig(**SMALL), tiny_data, tmp_path, quiet=True, on_batch=poison)
+    trainer = new(TrainConfig(**SMALL), tiny_data, tmp_path, quiet=True, on_batch=poison)
     with np.errstate(over="ignore", invalid="ignore"):
         with pytest.raises(TrainingDiverged, match=r"epoch 2, batch 3.*last good checkpoint \(epoch 1\)"):
             trainer.fit()
@@ -81,16 +97,16 @@ def test_divergence_stops_with_a_message_and_keeps_the_last_good_checkpoint(tiny
 
 
 def test_kl_warmup_is_linear_in_steps_then_constant(tiny_data, tmp_path):
-    trainer = Trainer(TrainConfig(**{**SMALL, "beta": 2.0, "warmup_epochs": 0.5}), tiny_data, tmp_path)
+    trainer = new(TrainConfig(**{**SMALL, "beta": 2.0, "warmup_epochs": 0.5}), tiny_data, tmp_path)
     per_epoch = trainer.batches_per_epoch           # 600 / 64 -> 10
     assert per_epoch == 10
     assert [trainer.beta_at(s) for s in range(6)] == pytest.approx([0.4, 0.8, 1.2, 1.6, 2.0, 2.0])
-    no_warmup = Trainer(TrainConfig(**SMALL), tiny_data, tmp_path / "b")
+    no_warmup = new(TrainConfig(**SMALL), tiny_data, tmp_path / "b")
     assert no_warmup.beta_at(0) == 1.0
 
 
 def test_history_files_and_learning(tiny_data, tmp_path):
-    trainer = Trainer(TrainConfig(**{**SMALL, "epochs": 4}), tiny_data, tmp_path, quiet=True)
+    trainer = new(TrainConfig(**{**SMALL, "epochs": 4}), tiny_data, tmp_path, quiet=True)
     trainer.fit()
     history = json.loads((tmp_path / "history.json").read_text())
     assert [r["epoch"] for r in history] == [1, 2, 3, 4]
@@ -106,11 +122,11 @@ def test_history_files_and_learning(tiny_data, tmp_path):
 def test_progress_and_summary_lines_unless_quiet(tiny_data, tmp_path):
     import io
     out = io.StringIO()
-    Trainer(TrainConfig(**{**SMALL, "epochs": 2}), tiny_data, tmp_path, stream=out).fit()
+    new(TrainConfig(**{**SMALL, "epochs": 2}), tiny_data, tmp_path, stream=out).fit()
     lines = out.getvalue().splitlines()
     assert len(lines) == 2 and lines[0].startswith("epoch   1/2") and "ex/s" in lines[0]
     quiet = io.StringIO()
-    Trainer(TrainConfig(**{**SMALL, "epochs": 1}), tiny_data, tmp_path / "q", stream=quiet, quiet=True).fit()
+    new(TrainConfig(**{**SMALL, "epochs": 1}), tiny_data, tmp_path / "q", stream=quiet, quiet=True).fit()
     assert quiet.getvalue() == ""
 
 
@@ -126,10 +142,48 @@ def test_bad_configuration_is_refused(kwargs, match):
         TrainConfig(**kwargs)
 
 
-def test_resume_refuses_a_model_only_checkpoint(tiny_data, tmp_path):
+def test_a_model_only_checkpoint_opens_without_a_configuration(tiny_data, tmp_path):
     ckpt.save(tmp_path / "m.npz", sv.VAE(36, [16], 2))
-    with pytest.raises(ckpt.CheckpointError, match="model only"):
-        Trainer.resume(tmp_path / "m.npz", tiny_data)
+    run = Run.open(tmp_path / "m.npz")
+    assert run.config is None and not run.resumable
+    assert run.vae.sample(2, np.random.default_rng(0)).shape == (2, 36)
+    with pytest.raises(ValueError, match="model only"):
+        run.data
+
+
+M2_SMALL = dict(SMALL, semi_supervised=True, labels_per_class=5, labelled_batch=10, alpha=5.0, epochs=2)
+
+
+def test_m2_trains_in_the_one_loop_with_checkpoints_ctrl_c_and_bit_for_bit_resume(tiny_data, tmp_path):
+    whole = new(TrainConfig(**M2_SMALL), tiny_data, tmp_path / "whole", quiet=True)
+    assert whole.fit() == "done"
+    history = whole.run.history
+    assert [r["epoch"] for r in history] == [1, 2]
+    assert set(history[0]) >= {"train_total", "train_labelled", "train_unlabelled", "train_ce", "test_accuracy"}
+    # an epoch is one pass over the unlabelled examples: 600 - 4 classes x 5 labels = 580, batches of 64
+    assert history[0]["step"] == 10
+
+    def interrupt(trainer):
+        if trainer.run.epoch == 1 and trainer.run.batch == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    cut = new(TrainConfig(**M2_SMALL), tiny_data, tmp_path / "cut", quiet=True, on_batch=interrupt)
+    assert cut.fit() == "interrupted"
+    header, _ = ckpt.read(tmp_path / "cut")
+    assert (header["train"]["epoch"], header["train"]["batch"]) == (1, 3) and "m2" in header["train"]
+    rest = resumed(tmp_path / "cut", tiny_data, quiet=True)
+    assert rest.fit() == "done"
+    _assert_same(_final_state(whole), _final_state(rest))
+    # the checkpoint holds the whole model: the VAE for sv.load, the classifier beside it
+    m2 = ckpt.load_m2(tmp_path / "cut")
+    assert m2.predict(tiny_data.x_test).shape == (200,)
+    np.testing.assert_array_equal(sv.load(tmp_path / "cut").params["dec.0.W"], m2.vae.params["dec.0.W"])
+
+
+def test_m2_needs_labels(tiny_data, tmp_path):
+    unlabelled = type(tiny_data)("unlabelled", tiny_data.x_train, None, tiny_data.x_test, None, (6, 6))
+    with pytest.raises(ValueError, match="needs labels"):
+        new(TrainConfig(**M2_SMALL), unlabelled, tmp_path)
 
 
 def test_plain_array_files_get_a_held_out_test_split(tmp_path):

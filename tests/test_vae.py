@@ -3,6 +3,9 @@ import numpy as np
 import pytest
 
 import scratchvae as sv
+from scratchvae.model.latent import diag_gaussian_log_prob
+
+pytestmark = pytest.mark.usefixtures("backend")
 
 LIKELIHOODS = ["bernoulli", "continuous_bernoulli", "gaussian_fixed", "gaussian_scalar", "gaussian_pixel"]
 
@@ -161,10 +164,14 @@ def test_noise_arguments_are_checked():
         model.loss_and_grads(x)
     with pytest.raises(ValueError, match="exactly one of rng"):
         model.loss_and_grads(x, rng=np.random.default_rng(0), eps=np.zeros((3, 2)))
-    with pytest.raises(ValueError, match="eps has 2 rows but x has 3"):
+    with pytest.raises(ValueError, match=r"eps must have shape \(3, 2\) or \(samples, 3, 2\), got \(2, 2\)"):
         model.loss_and_grads(x, eps=np.zeros((2, 2)))
-    with pytest.raises(ValueError, match=r"eps must have shape \(batch, 2\)"):
+    with pytest.raises(ValueError, match=r"eps must have shape \(3, 2\)"):
         model.loss_and_grads(x, eps=np.zeros((3, 5)))
+    with pytest.raises(ValueError, match="eps has 4 samples per example, expected 1"):
+        model.loss_and_grads(x, eps=np.zeros((4, 3, 2)))
+    with pytest.raises(ValueError, match="NaN"):
+        model.loss_and_grads(x, eps=np.full((3, 2), np.nan))
     with pytest.raises(ValueError, match="beta must be"):
         model.loss_and_grads(x, rng=np.random.default_rng(0), beta=-1.0)
 
@@ -193,16 +200,59 @@ def test_diverged_weights_raise_instead_of_returning_nan():
             model.loss_and_grads(np.full((2, 10), 0.5), rng=np.random.default_rng(0))
 
 
-@pytest.mark.parametrize("likelihood", ["bernoulli", "continuous_bernoulli", "gaussian_fixed"])
-@pytest.mark.parametrize("hidden,k", [([7], 1), ([6, 5], 5)])
-def test_importance_weighted_gradients_match_finite_differences(likelihood, hidden, k):
+@pytest.mark.parametrize("likelihood", LIKELIHOODS)
+@pytest.mark.parametrize("hidden,k,context_dim", [([7], 1, 0), ([6, 5], 5, 0), ([6], 3, 2), ([], 4, 0)])
+def test_importance_weighted_gradients_match_finite_differences(likelihood, hidden, k, context_dim):
     rng = np.random.default_rng(11)
-    model = sv.VAE(10, hidden, 3, likelihood=likelihood, activation="tanh", seed=2, dtype=np.float64)
+    model = sv.VAE(10, hidden, 3, likelihood=likelihood, activation="tanh", seed=2, dtype=np.float64,
+                   sigma=0.8, context_dim=context_dim)
     x, eps = _batch(model, rng, 4), rng.standard_normal((k, 4, 3))
-    losses, grads = model.iw_loss_and_grads(x, k, eps=eps)
+    c = rng.standard_normal((4, context_dim)) if context_dim else None
+    losses, grads = model.iw_loss_and_grads(x, k, eps=eps, c=c)
     grads = {name: g.copy() for name, g in grads.items()}    # the FD calls below reuse model.grads
-    report = sv.gradcheck(lambda: model.iw_loss_and_grads(x, k, eps=eps)[0]["total"], model.params, grads)
+    report = sv.gradcheck(lambda: model.iw_loss_and_grads(x, k, eps=eps, c=c)[0]["total"], model.params, grads)
     report.raise_if_failed()
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian_pixel"])
+@pytest.mark.parametrize("samples,context_dim", [(1, 0), (3, 0), (2, 3)])
+def test_the_one_backward_is_the_gradient_of_any_weighting_of_the_forward(likelihood, samples, context_dim):
+    """sum_r a_r nll_r + sum_i b_i kl_i + sum_r c_r kl_sample_r, every weight different."""
+    rng = np.random.default_rng(21)
+    model = sv.VAE(9, [6], 2, likelihood=likelihood, activation="elu", seed=5, dtype=np.float64,
+                   context_dim=context_dim)
+    n = 4
+    x, eps = _batch(model, rng, n), rng.standard_normal((samples, n, 2))
+    c = rng.standard_normal((n, context_dim)) if context_dim else None
+    a, b, w_s = rng.random(samples * n), rng.random(n), rng.random(samples * n)
+
+    def objective():
+        terms, _ = model.forward(x, eps, c)
+        return float(a @ terms.nll + b @ terms.kl + w_s @ terms.kl_sample)
+
+    _, cache = model.forward(x, eps, c)
+    grads = {k: g.copy() for k, g in model.backward(cache, a, b, w_s).items()}
+    sv.gradcheck(objective, model.params, grads).raise_if_failed()
+
+
+def test_the_forward_terms_agree_with_their_definitions():
+    rng = np.random.default_rng(22)
+    model = sv.VAE(8, [5], 3, seed=1, dtype=np.float64)
+    x = rng.random((3, 8))
+    eps = rng.standard_normal((4000, 3, 3))
+    terms, _ = model.forward(x, eps)
+    # kl_sample = log q(z|x) - log p(z) at each z, whose mean over eps is the analytic KL
+    mu, logvar = model.encode(x)
+    log_q, _ = diag_gaussian_log_prob(terms.z, np.tile(mu, (4000, 1)), np.tile(logvar, (4000, 1)))
+    log_p, _ = diag_gaussian_log_prob(terms.z, np.zeros_like(terms.z), np.zeros_like(terms.z))
+    np.testing.assert_allclose(terms.kl_sample, log_q - log_p, rtol=1e-12, atol=1e-12)
+    per_example = terms.kl_sample.reshape(4000, 3)
+    se = per_example.std(axis=0) / np.sqrt(4000)
+    assert np.all(np.abs(per_example.mean(axis=0) - terms.kl) < 4 * se)
+    # log w = log p(x, z) - log q(z|x), with log p(x, z) from the decoder half alone
+    log_joint, _ = model.log_joint(terms.z[:3], x)
+    np.testing.assert_allclose(terms.log_weight[0], log_joint - log_q[:3], rtol=1e-12)
+    np.testing.assert_allclose(terms.mu, mu, rtol=1e-15)
 
 
 def test_importance_weighted_bound_tightens_with_k_and_matches_the_elbo_at_k_1():
@@ -216,10 +266,7 @@ def test_importance_weighted_bound_tightens_with_k_and_matches_the_elbo_at_k_1()
     assert l20 < l1 - 0.05                                 # more samples, tighter bound
 
 
-def test_importance_weighted_training_refuses_learned_sigma_and_bad_k():
-    model = sv.VAE(10, [4], 2, likelihood="gaussian_pixel")
-    with pytest.raises(ValueError, match="without learned parameters"):
-        model.iw_loss_and_grads(np.zeros((2, 10)), 5, rng=np.random.default_rng(0))
+def test_importance_weighted_training_refuses_bad_k_and_noise():
     model = sv.VAE(10, [4], 2)
     with pytest.raises(ValueError, match="k .* must be an integer >= 1"):
         model.iw_loss_and_grads(np.zeros((2, 10)), 0, rng=np.random.default_rng(0))
@@ -228,9 +275,11 @@ def test_importance_weighted_training_refuses_learned_sigma_and_bad_k():
 
 
 @pytest.mark.parametrize("context_dim", [0, 3])
-def test_weighted_losses_and_their_gradients(context_dim):
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian_scalar", "gaussian_pixel"])
+def test_weighted_losses_and_their_gradients(context_dim, likelihood):
     rng = np.random.default_rng(12)
-    model = sv.VAE(10, [7], 2, activation="tanh", seed=4, dtype=np.float64, context_dim=context_dim)
+    model = sv.VAE(10, [7], 2, activation="tanh", seed=4, dtype=np.float64, context_dim=context_dim,
+                   likelihood=likelihood)
     x, eps, w = rng.random((6, 10)), rng.standard_normal((6, 2)), rng.random(6)
     c = rng.standard_normal((6, 3)) if context_dim else None
     per_example, grads = model.weighted_loss_and_grads(x, w, eps=eps, beta=0.8, c=c)

@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 
-from scratchvae import special, vi
+from scratchvae.lessons import special, vi
 from scratchvae.gradcheck import numerical_gradient
 
 def fd_jacobian(f, theta):

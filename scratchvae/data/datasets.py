@@ -265,7 +265,7 @@ class Dataset:
 # ---------------------------------------------------------------------------
 
 
-def _canonical_name(name: str) -> str:
+def canonical_name(name: str) -> str:
     """Normalise spelling: ``Fashion_MNIST`` -> ``fashion-mnist``."""
     key = str(name).strip().lower().replace("_", "-")
     if key == "fashionmnist":
@@ -274,7 +274,7 @@ def _canonical_name(name: str) -> str:
 
 
 def _spec(name: str) -> DatasetSpec:
-    key = _canonical_name(name)
+    key = canonical_name(name)
     if key not in DATASETS:
         if key == SYNTHETIC:
             raise ValueError(f"{SYNTHETIC!r} is generated in memory and has no files; "
@@ -285,7 +285,7 @@ def _spec(name: str) -> DatasetSpec:
 
 def default_cache_dir(name: str) -> Path:
     """``~/.cache/scratchvae/<name>``: where downloads go by default."""
-    return Path.home() / ".cache" / "scratchvae" / _canonical_name(name)
+    return Path.home() / ".cache" / "scratchvae" / canonical_name(name)
 
 
 def _locate_files(folder: Path) -> Tuple[Optional[Dict[str, Path]], str]:
@@ -454,7 +454,7 @@ def load_dataset(name: str, data_dir: Optional[os.PathLike] = None, *, seed: int
     IDXError
         A file is truncated or corrupt, or the images and labels disagree.
     """
-    key = _canonical_name(name)
+    key = canonical_name(name)
     if key == SYNTHETIC:
         return _load_synthetic(seed)
     _, files = _find_files(key, data_dir)

@@ -23,8 +23,9 @@ import urllib.request
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
-from .datasets import DATASETS, _canonical_name, default_cache_dir
+from .._version import __version__
 from ..atomic import atomic_write
+from .datasets import DATASETS, canonical_name, default_cache_dir
 
 ProgressFn = Optional[Callable[[str], object]]
 _CHUNK = 1 << 20  # 1 MiB
@@ -48,10 +49,6 @@ def sha256_file(path: Union[str, os.PathLike]) -> str:
 
 
 def _user_agent() -> str:
-    try:
-        from .. import __version__
-    except ImportError:  # pragma: no cover
-        __version__ = "0"
     return f"scratchvae/{__version__} (python urllib)"
 
 
@@ -174,7 +171,7 @@ def download(
         HTTP error, network failure or a transfer shorter than announced.
         The message lists what was tried.
     """
-    key = _canonical_name(name)
+    key = canonical_name(name)
     spec = DATASETS.get(key)
     if spec is None and (files is None or base_url is None):
         raise ValueError(f"cannot download {name!r}: known data sets are {', '.join(DATASETS)}")

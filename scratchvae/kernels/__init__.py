@@ -1,21 +1,72 @@
-"""Kernels: the only place where array loops live, behind one contract.
+"""Kernels: the one way array work enters a training step, behind one open contract.
 
-Layer code never imports a backend module; it calls ``ops.NAME(...)``::
+Model code never imports a backend. It calls ``ops.NAME(...)``::
 
-    from .kernels import ops as K
+    from ..kernels import ops as K
     y = K.bias_activation(K.gemm(x, W), b, "relu", 0.0)
 
-``ops`` is rebound by :func:`set_backend`, so swapping the backend changes
-every layer at once. A backend is a module that defines every name in
-:data:`CONTRACT` with the signatures of ``kernels/reference.py`` (the NumPy
-specification). The default backend comes from ``$SCRATCHVAE_BACKEND``, or
-else is Numba when it imports and NumPy otherwise; it is chosen at the first
-kernel call, so importing scratchvae never imports Numba.
+and :func:`set_backend` rebinds ``ops``, so swapping the backend changes
+every layer at once. Three backends come with the library:
+
+``reference`` (``kernels/reference.py``)
+    the specification: each kernel as its textbook formula, one line per
+    formula. Slow, allocates freely, never tuned: read it next to the maths.
+``numpy`` (``kernels/numpy.py``)
+    the same contract in tuned, in-place NumPy that allocates nothing when the
+    caller passes its buffers; the default when Numba is missing.
+``numba`` (``kernels/numba.py``)
+    compiled and fused loops; the default when Numba imports.
+
+**The contract.** :data:`CONTRACT` names every kernel; a backend is any
+module that defines all of them with the signatures of ``reference.py``
+(checked by :func:`register_backend`). The conventions every kernel shares:
+
+* data arrays are batch-major ``(rows, features)``, float32 or float64, and a
+  kernel computes in the dtype of its inputs. Inputs may be any strided view;
+  ``out=``-style buffers are C-contiguous and, when given, receive the result
+  (they may alias an input where the docstring says so); when omitted a new
+  array is returned;
+* losses are per row, in nats summed over the features; weights are per row
+  too (``w``, ``row_scale``), so one kernel serves the ELBO (weights 1/n), the
+  importance-weighted bound and M2 alike;
+* ``scratch`` (a :class:`Scratch`, owned by the caller: a model's workspace,
+  an optimizer) lends a backend reusable temporaries; with ``scratch=None`` a
+  backend may allocate them.
+
+The contract covers every operation whose cost grows with the features
+(pixels, hidden units, parameters). Per-example scalars (a batch's vector of
+losses or weights) are combined by the objectives in NumPy.
+
+**Open.** :func:`register_backend` adds a backend by name (a module or its
+import path); ``SCRATCHVAE_BACKEND=package.module`` selects an out-of-tree
+backend in the API, the command line and subprocesses alike, and
+:func:`check_backend` runs every kernel of a backend against ``reference`` on
+awkward shapes and prints a report.
+
+**GEMM.** A backend brings its own ``gemm``; ``set_backend(name, gemm=G)``
+(or ``$SCRATCHVAE_GEMM``) takes the products from :data:`GEMMS` instead:
+``blas`` (NumPy's BLAS), ``numba`` (the hand-written ``kernels/gemm_numba.py``)
+or ``reference``.
+
+The default backend comes from ``$SCRATCHVAE_BACKEND``, or else is Numba when
+it imports and NumPy otherwise; it is chosen at the first kernel call, so
+``import scratchvae`` never imports Numba.
 """
 from __future__ import annotations
 
 import importlib
+import inspect
+import math
 import os
+import time
+import types
+from typing import Dict, Optional, Union
+
+import numpy as np
+
+# --------------------------------------------------------------------------
+# The contract: names and shared constants
+# --------------------------------------------------------------------------
 
 CONTRACT = (
     "gemm",
@@ -24,29 +75,150 @@ CONTRACT = (
     "bernoulli_nll",
     "continuous_bernoulli_nll",
     "gaussian_nll",
+    "gaussian_log_sigma_grad",
     "gaussian_latent",
     "gaussian_latent_backward",
+    "log_softmax",
+    "log_softmax_backward",
+    "repeat_rows",
+    "min_max",
+    "sum_squares",
     "adam_update",
     "sgd_update",
 )
 
-BACKENDS = {"numpy": "scratchvae.kernels.reference", "numba": "scratchvae.kernels.jit"}
+#: activations every backend implements, by name
+ACTIVATIONS = ("identity", "relu", "leaky_relu", "tanh", "sigmoid", "softplus", "elu")
+#: the ``alpha`` of the activations that take one (slope of leaky_relu, scale of elu)
+DEFAULT_ALPHA = {"leaky_relu": 0.01, "elu": 1.0}
+#: log(2 pi) / 2, the constant of every Gaussian log-density, per dimension
+HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+#: Numba's fastmath flags, the same for every compiled kernel (tested): reassociation
+#: and contraction (vectorised sums, FMA) but never ``nnan``/``ninf`` or ``afn``, so NaN
+#: and infinity propagate as in NumPy and exp/log stay exact to the last bit
+FASTMATH = frozenset({"nsz", "arcp", "contract", "reassoc"})
 
+BUILTIN_BACKENDS = {"reference": "scratchvae.kernels.reference", "numpy": "scratchvae.kernels.numpy",
+                    "numba": "scratchvae.kernels.numba"}
+#: where each GEMM lives: a module whose ``gemm`` follows the contract
+GEMMS = {"blas": "scratchvae.kernels.numpy", "numba": "scratchvae.kernels.gemm_numba",
+         "reference": "scratchvae.kernels.reference"}
+
+
+def check_activation(name: str) -> str:
+    """``name`` if it is one of :data:`ACTIVATIONS`, else a ValueError naming the choices."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}")
+    return name
+
+
+class Scratch:
+    """Reusable temporaries, lent to kernels by the object that owns them.
+
+    ``scratch.arrays(tag, like, count)`` returns ``count`` arrays shaped like
+    ``like`` (same dtype), the same ones at every call with that tag, shape
+    and dtype. A model's workspace and an optimizer each own one, so a
+    training step allocates nothing and no temporaries hide in a module.
+    """
+
+    def __init__(self):
+        self._arrays: Dict[tuple, list] = {}
+
+    def arrays(self, tag: str, like: np.ndarray, count: int = 1) -> list:
+        key = (tag, like.shape, like.dtype.str, count)
+        found = self._arrays.get(key)
+        if found is None:
+            found = self._arrays[key] = [np.empty(like.shape, like.dtype) for _ in range(count)]
+        return found
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for arrays in self._arrays.values() for a in arrays)
+
+
+def temporaries(scratch: Optional[Scratch], tag: str, like: np.ndarray, count: int = 1) -> list:
+    """``count`` temporaries shaped like ``like``: the scratch's, or new ones without a scratch."""
+    if scratch is None:
+        return [np.empty_like(like) for _ in range(count)]
+    return scratch.arrays(tag, like, count)
+
+
+# --------------------------------------------------------------------------
+# The registry and the active backend
+# --------------------------------------------------------------------------
 
 class _Ops:
     """The active backend's kernels as attributes. Until a backend is chosen,
-    the first attribute lookup chooses the default (so ``import scratchvae``
-    never imports Numba)."""
+    the first lookup chooses the default (so ``import scratchvae`` never
+    imports Numba)."""
 
     def __getattr__(self, name):
-        if name in CONTRACT and _active is None:
+        if name in CONTRACT and _active["backend"] is None:
             set_backend(default_backend())
             return getattr(self, name)
         raise AttributeError(name)
 
 
 ops = _Ops()
-_active = None
+_registry: Dict[str, Union[str, types.ModuleType]] = dict(BUILTIN_BACKENDS)
+_active = {"backend": None, "gemm": None, "module": None}
+
+
+def register_backend(name: str, module: Union[str, types.ModuleType]) -> None:
+    """Make ``module`` (a module or its import path) selectable as backend ``name``.
+
+    The module must define every kernel of :data:`CONTRACT` with the
+    signature of ``kernels/reference.py``; :func:`check_backend` then tests
+    what the kernels compute. A module given by path is imported now.
+    """
+    if not (isinstance(name, str) and name):
+        raise ValueError(f"a backend name must be a non-empty string, got {name!r}")
+    mod = _import(module, name) if isinstance(module, str) else module
+    _check_signatures(mod, name)
+    _registry[name] = mod
+
+
+def backends() -> tuple:
+    """The names :func:`set_backend` accepts (a dotted module path works too)."""
+    return tuple(_registry)
+
+
+def _import(path: str, name: str) -> types.ModuleType:
+    try:
+        return importlib.import_module(path)
+    except ImportError as e:
+        hint = ("install it (pip install 'scratchvae[fast]') or use the numpy backend"
+                if name == "numba" else "check the module path and that its package is installed")
+        raise ImportError(f"kernel backend {name!r} needs a module that does not import ({e}); {hint}") from None
+
+
+def _check_signatures(module, name, kernels=CONTRACT) -> None:
+    from . import reference
+    missing = [k for k in kernels if not callable(getattr(module, k, None))]
+    if missing:
+        raise ImportError(f"backend {name!r} does not implement {', '.join(missing)}")
+    wrong = [k for k in kernels if inspect.signature(getattr(module, k)) != inspect.signature(getattr(reference, k))]
+    if wrong:
+        k = wrong[0]
+        raise ImportError(f"backend {name!r}: {k}{inspect.signature(getattr(module, k))} differs from the "
+                          f"contract {k}{inspect.signature(getattr(reference, k))}"
+                          + (f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""))
+
+
+def _module(name: str) -> types.ModuleType:
+    """The module of the backend ``name``: a registered name, or a dotted import path."""
+    entry = _registry.get(name)
+    if entry is None:
+        if "." not in name:
+            raise ValueError(f"unknown kernel backend {name!r}; available: {', '.join(_registry)}, "
+                             "or a module path such as mypackage.mybackend")
+        register_backend(name, name)
+        entry = _registry[name]
+    if isinstance(entry, str):
+        entry = _import(entry, name)
+        _check_signatures(entry, name)
+        _registry[name] = entry
+    return entry
 
 
 def default_backend() -> str:
@@ -61,22 +233,36 @@ def default_backend() -> str:
     return "numba"
 
 
-def set_backend(name: str) -> None:
-    """Route every kernel call to the backend ``name`` (one of :data:`BACKENDS`)."""
-    global _active
-    if name not in BACKENDS:
-        raise ValueError(f"unknown kernel backend {name!r}; available: {', '.join(BACKENDS)}")
-    try:
-        module = importlib.import_module(BACKENDS[name])
-    except ImportError as e:
-        raise ImportError(f"kernel backend {name!r} needs a package that is missing ({e}); "
-                          f"install it (pip install 'scratchvae[fast]') or use the numpy backend") from None
-    missing = [k for k in CONTRACT if not callable(getattr(module, k, None))]
-    if missing:
-        raise ImportError(f"backend {name!r} does not implement {missing}")
+def set_backend(name: str, gemm: Optional[str] = None) -> None:
+    """Route every kernel call to the backend ``name``.
+
+    ``name``: one of :func:`backends` or a module path (``package.module``),
+    registered on first use. ``gemm``: one of :data:`GEMMS` to take the
+    matrix products from instead of the backend's own (default:
+    ``$SCRATCHVAE_GEMM``, else the backend's).
+    """
+    module = _module(name)
+    gemm = gemm or os.environ.get("SCRATCHVAE_GEMM") or None
+    if gemm is not None and gemm not in GEMMS:
+        raise ValueError(f"unknown GEMM {gemm!r}; choose one of {', '.join(GEMMS)}")
+    gemm_fn = module.gemm if gemm is None else _import(GEMMS[gemm], f"gemm {gemm}").gemm
     for k in CONTRACT:
         setattr(ops, k, getattr(module, k))
-    _active = name
+    ops.gemm = gemm_fn
+    _active.update(backend=name, gemm=gemm, module=module)
+
+
+def get_backend() -> str:
+    """The name of the backend ``ops`` routes to (choosing the default if none was set)."""
+    if _active["backend"] is None:
+        set_backend(default_backend())
+    return _active["backend"]
+
+
+def active_module() -> types.ModuleType:
+    """The module of the active backend."""
+    get_backend()
+    return _active["module"]
 
 
 def warmup() -> float:
@@ -85,26 +271,52 @@ def warmup() -> float:
     With Numba the first call of each kernel otherwise pays its compilation
     (or its load from the on-disk cache) in the middle of the first step.
     """
-    import time
     start = time.perf_counter()
-    module = importlib.import_module(BACKENDS[get_backend()])
+    module = active_module()
     if hasattr(module, "warmup"):
         module.warmup()
+    if _active["gemm"] is not None:
+        gemm_module = _import(GEMMS[_active["gemm"]], "gemm")
+        if hasattr(gemm_module, "warmup"):
+            gemm_module.warmup()
     return time.perf_counter() - start
 
 
 def describe() -> dict:
-    """The active backend and its settings (versions, threads, cache, GEMM)."""
-    import numpy as np
-    module = importlib.import_module(BACKENDS[get_backend()])
-    info = module.describe() if hasattr(module, "describe") else {
-        "backend": get_backend(), "gemm": "numpy.matmul (BLAS)"}
+    """The active backend and its settings: versions, threads, cache, which GEMM runs."""
+    module = active_module()
+    info = {"backend": get_backend()}
+    if hasattr(module, "describe"):
+        info.update(module.describe())
+    if _active["gemm"] is not None:
+        info["gemm"] = {"blas": "numpy.matmul (BLAS)", "numba": "scratchvae gemm_numba (Numba)",
+                        "reference": "reference (numpy.einsum)"}[_active["gemm"]]
+    info.setdefault("gemm", "the backend's own")
     info["numpy"] = np.__version__
     return info
 
 
-def get_backend() -> str:
-    """The name of the backend ``ops`` routes to (choosing the default if none was set)."""
-    if _active is None:
-        set_backend(default_backend())
-    return _active
+def check_backend(backend, verbose: bool = True, quick: bool = False, kernels=None):
+    """Run every kernel of ``backend`` against ``reference`` and return a
+    :class:`~scratchvae.kernels.conformance.Report` (``report.ok``).
+
+    ``backend``: a backend name, a module path or a module. Awkward shapes
+    (1 row or column, odd, prime, large), float32 and float64, contiguous
+    and strided inputs, every ``gemm`` layout, outputs given and allocated.
+    ``verbose`` prints the report, one line per kernel; ``quick`` runs the
+    small shapes only; ``kernels`` checks those names only (a GEMM module of
+    :data:`GEMMS`: ``check_backend("scratchvae.kernels.gemm_numba", kernels=["gemm"])``).
+    """
+    from .conformance import check
+    kernels = tuple(kernels or CONTRACT)
+    if isinstance(backend, types.ModuleType):
+        module = backend
+    elif kernels == CONTRACT:
+        module = _module(backend)
+    else:
+        module = _import(backend, backend)
+    _check_signatures(module, getattr(module, "__name__", str(backend)), kernels)
+    report = check(module, quick=quick, kernels=kernels)
+    if verbose:
+        print(report)
+    return report

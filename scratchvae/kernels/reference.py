@@ -1,20 +1,10 @@
-"""NumPy reference kernels: the specification every backend implements.
+"""The reference backend: the specification of every kernel, as its textbook formula.
 
-Every array op of the training step goes through one of the functions named
-in ``scratchvae.kernels.CONTRACT``. They are written for clarity first; a
-faster backend (``kernels/jit.py``) implements the same names and signatures
-and is tested against these.
-
-Conventions shared by all kernels:
-
-* arrays are batch-major ``(batch, features)`` and C-contiguous, float32 or
-  float64; a kernel computes in the dtype of its inputs;
-* an ``out=`` argument, when given, receives the result (it may alias an
-  input where the docstring says so) and is returned; when omitted a new array
-  is allocated;
-* losses are returned per example (nats, summed over features) and their
-  gradients are multiplied by ``scale`` (the caller passes ``1 / batch`` to get
-  the gradient of the batch mean).
+One formula per line, no tuning, temporaries allowed: this is what the fast
+backends (``numpy.py``, ``numba.py``) are tested against, and what to read
+next to the maths. Its signatures are the contract (``kernels.CONTRACT``);
+the conventions are in ``kernels/__init__.py``. ``scratch`` is accepted and
+ignored.
 """
 from __future__ import annotations
 
@@ -22,309 +12,275 @@ import math
 
 import numpy as np
 
-HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
-
-ACTIVATIONS = ("identity", "relu", "leaky_relu", "tanh", "sigmoid", "softplus", "elu")
+from . import HALF_LOG_2PI, check_activation
 
 
-def _result(out, like):
-    return np.empty_like(like) if out is None else out
+def _into(out, value):
+    """``value`` written into ``out`` (returned), or ``value`` itself when ``out`` is None."""
+    if out is None:
+        return np.ascontiguousarray(value)
+    out[...] = value
+    return out
+
+
+def _rows(w, n, dtype):
+    """Per-row weights as a column (n, 1) that broadcasts over the features."""
+    return np.asarray(w, dtype).reshape(n, 1)
 
 
 # --------------------------------------------------------------------------
 # GEMM
 # --------------------------------------------------------------------------
 
-def gemm(a, b, out=None, trans_a=False, trans_b=False):
-    """``out = op(a) @ op(b)`` where ``op`` transposes when asked.
+def gemm(a, b, out=None, trans_a=False, trans_b=False, accumulate=False, scratch=None):
+    """``C = op(a) @ op(b)`` (``C += ...`` with ``accumulate``), ``op`` transposing when asked.
 
-    Shapes: ``op(a)`` is (m, k), ``op(b)`` is (k, n), ``out`` is (m, n).
-    The layouts the model needs: ``x @ W`` (forward), ``d_y @ W.T``
-    (input gradient, ``trans_b``) and ``x.T @ d_y`` (weight gradient,
-    ``trans_a``). NumPy hands the transposed views to BLAS without copying.
+    ``C_ij = sum_k op(a)_ik op(b)_kj``; op(a) (m, k), op(b) (k, n), out (m, n).
+    The model needs ``x @ W`` (forward), ``d_y @ W.T`` (input gradient,
+    ``trans_b``) and ``x.T @ d_y`` (weight gradient, ``trans_a``). Written as
+    an einsum, which does not call BLAS: an independent check of it.
     """
-    a = a.T if trans_a else a
-    b = b.T if trans_b else b
-    return np.matmul(a, b, out=out)
+    A = a.T if trans_a else a
+    B = b.T if trans_b else b
+    C = np.einsum("ik,kj->ij", A, B)
+    if accumulate:
+        out[...] += C
+        return out
+    return _into(out, C)
 
 
 # --------------------------------------------------------------------------
-# Activations: forward from the pre-activation, backward from the output
+# Activations: forward from the pre-activation a, backward from the output y
 # --------------------------------------------------------------------------
-# Every activation here has a derivative that can be written with its output
-# y alone, so a layer caches y and never the pre-activation a.
+
+def _f(a, activation, alpha):
+    if activation == "identity":
+        return a
+    if activation == "relu":
+        return np.maximum(a, 0)                                   # max(a, 0)
+    if activation == "leaky_relu":
+        return np.where(a > 0, a, alpha * a)                      # a if a > 0 else alpha a
+    if activation == "tanh":
+        return np.tanh(a)
+    if activation == "sigmoid":
+        return np.exp(-np.logaddexp(0, -a))                       # 1 / (1 + e^-a)
+    if activation == "softplus":
+        return np.logaddexp(0, a)                                 # log(1 + e^a)
+    if activation == "elu":
+        return np.where(a > 0, a, alpha * np.expm1(np.minimum(a, 0)))   # alpha (e^a - 1) below 0
+    check_activation(activation)
+
+
+def _f_prime(y, activation, alpha):
+    """f'(a) written with y = f(a) alone, so a layer caches y and never a."""
+    if activation == "identity":
+        return np.ones_like(y)                                    # 1
+    if activation == "relu":
+        return (y > 0).astype(y.dtype)                            # [a > 0] = [y > 0]
+    if activation == "leaky_relu":
+        return np.where(y > 0, 1, alpha).astype(y.dtype)          # 1 or alpha
+    if activation == "tanh":
+        return 1 - y * y                                          # 1 - tanh^2
+    if activation == "sigmoid":
+        return y * (1 - y)                                        # s (1 - s)
+    if activation == "softplus":
+        return -np.expm1(-y)                                      # sigmoid(a) = 1 - e^-y
+    if activation == "elu":
+        return np.where(y > 0, 1, y + alpha).astype(y.dtype)      # alpha e^a = y + alpha below 0
+    check_activation(activation)
+
 
 def bias_activation(a, b, activation, alpha, out=None):
-    """``y = f(a + b)``: bias add and activation in one pass.
+    """``y = f(a + b)``. a: (rows, n); b: (n,); ``out`` may be ``a`` (in place).
 
-    a: (batch, n); b: (n,); ``out`` may be ``a`` itself (in place).
-    ``alpha`` is the negative slope of ``leaky_relu`` and the scale of
-    ``elu``; the other activations ignore it.
+    ``alpha``: the negative slope of ``leaky_relu``, the scale of ``elu``
+    (ignored by the others).
     """
-    y = np.add(a, b, out=out)
-    if activation == "identity":
-        pass
-    elif activation == "relu":
-        np.maximum(y, 0, out=y)
-    elif activation == "leaky_relu":
-        np.multiply(y, np.where(y > 0, 1.0, alpha).astype(y.dtype), out=y)
-    elif activation == "tanh":
-        np.tanh(y, out=y)
-    elif activation == "sigmoid":
-        # sigmoid(a) = (1 + tanh(a/2)) / 2: no overflow for any a
-        np.multiply(y, 0.5, out=y)
-        np.tanh(y, out=y)
-        np.multiply(y, 0.5, out=y)
-        np.add(y, 0.5, out=y)
-    elif activation == "softplus":
-        np.logaddexp(0, y, out=y)              # log(1 + e^a), stable
-    elif activation == "elu":
-        neg = y <= 0
-        y[neg] = alpha * np.expm1(y[neg])
-    else:
-        raise ValueError(f"unknown activation {activation!r}; choose one of {ACTIVATIONS}")
-    return y
+    return _into(out, _f(a + b, activation, alpha))
 
 
-def activation_backward(y, d_y, activation, alpha, out=None, d_b=None):
-    """``d_a = d_y * f'(a)``, with ``f'(a)`` written in terms of ``y = f(a)``.
+def activation_backward(y, d_y, activation, alpha, out=None, d_b=None, row_scale=None):
+    """``d_a = row_scale_i * d_y * f'(a)`` from the output ``y = f(a)``.
 
-    y, d_y: (batch, n). ``out`` may be ``d_y`` (in place). When ``d_b`` (n,)
-    is given it also receives the bias gradient ``sum over batch of d_a``
-    (a fast backend fuses that sum into the same pass).
+    y, d_y: (rows, n); ``row_scale`` (rows,) weights each row (None: 1).
+    ``out`` may be ``d_y`` (in place). ``d_b`` (n,), when given, receives the
+    bias gradient, the column sums of ``d_a``.
     """
-    d_a = _result(out, d_y)
-    if activation == "identity":           # f' = 1
-        np.copyto(d_a, d_y)
-    elif activation == "relu":             # f' = [a > 0] = [y > 0]
-        np.multiply(d_y, y > 0, out=d_a)
-    elif activation == "leaky_relu":       # f' = 1 if y > 0 else alpha
-        np.multiply(d_y, np.where(y > 0, 1.0, alpha).astype(y.dtype), out=d_a)
-    elif activation == "tanh":             # f' = 1 - y^2
-        np.multiply(d_y, 1 - y * y, out=d_a)
-    elif activation == "sigmoid":          # f' = y (1 - y)
-        np.multiply(d_y, y * (1 - y), out=d_a)
-    elif activation == "softplus":         # f' = sigmoid(a) = 1 - e^-y
-        np.multiply(d_y, -np.expm1(-y), out=d_a)
-    elif activation == "elu":              # f' = 1 if y > 0 else alpha e^a = y + alpha
-        np.multiply(d_y, np.where(y > 0, 1, y + alpha), out=d_a)
-    else:
-        raise ValueError(f"unknown activation {activation!r}; choose one of {ACTIVATIONS}")
+    d_a = d_y * _f_prime(y, activation, alpha)
+    if row_scale is not None:
+        d_a = d_a * _rows(row_scale, len(y), y.dtype)
     if d_b is not None:
-        np.sum(d_a, axis=0, out=d_b)
-    return d_a
+        d_b[...] = d_a.sum(axis=0)
+    return _into(out, d_a)
 
 
 # --------------------------------------------------------------------------
-# Likelihoods: negative log-likelihood per example and its gradient
+# Likelihoods: -log p(x | out) per row and its gradient dnll/dout (unweighted)
 # --------------------------------------------------------------------------
 
-def bernoulli_nll(logits, x, scale, d_logits=None, nll=None):
-    """Bernoulli on logits ``l``: ``-log p(x|l) = softplus(l) - x l``.
+def bernoulli_nll(logits, x, nll=None, grad=None, with_grad=True, scratch=None):
+    """Bernoulli on logits ``l``: ``-log p(x|l) = sum_j softplus(l_j) - x_j l_j``.
 
-    logits, x: (batch, d); x in [0, 1] (grey levels are allowed, as in
-    binary cross-entropy). Returns ``(nll, d_logits)``: nll (batch,) in nats,
-    ``d_logits = scale * (sigmoid(l) - x)``; ``nll`` and ``d_logits`` may be
-    given as outputs.
-
-    Both terms share ``e = exp(-|l|)``, which never overflows:
-    ``softplus(l) = max(l, 0) + log1p(e)`` and
-    ``sigmoid(l) = 1 / (1 + e)`` for l >= 0, ``e / (1 + e)`` below.
-    Written in place in reused scratch arrays: at batch 1024 NumPy's
-    temporaries cost more than the arithmetic.
+    logits, x: (rows, d), x in [0, 1] (grey levels give the binary
+    cross-entropy). Returns ``(nll (rows,), grad)`` with
+    ``grad = sigmoid(l) - x`` (None without ``with_grad``).
     """
-    e, u, t = _scratch(logits, 3)        # reused between calls: no large temporaries
-    np.negative(np.abs(logits, out=e), out=e)
-    np.exp(e, out=e)                      # e = exp(-|l|)
-    np.add(e, 1, out=u)                   # u = 1 + e
-    # log1p(e) from log(u), exact to rounding: log1p(e) = log(u) - ((u - 1) - e) / u
-    # (NumPy's log is vectorised, its log1p is not)
-    np.subtract(u, 1, out=t)
-    t -= e
-    t /= u
-    np.log(u, out=u)
-    np.subtract(u, t, out=t)              # t = log1p(e)
-    t += np.maximum(logits, 0, out=u)     # t = softplus(l)
-    t -= np.multiply(x, logits, out=u)
-    nll = np.sum(t, axis=1, out=nll)
-    # sigmoid(l) = 1 - s for l >= 0 and s below, s = e / (1 + e) = sigmoid(-|l|):
-    # that is [sign bit of l clear] - copysign(s, l), with no masked (slow) ufunc
-    d = _result(d_logits, logits)
-    np.add(e, 1, out=u)
-    np.divide(e, u, out=d)
-    np.copysign(d, logits, out=d)
-    np.subtract(1, d, out=d)
-    d -= np.signbit(logits)
-    d -= x
-    d *= scale
-    return nll, d
+    nll = _into(nll, np.sum(np.logaddexp(0, logits) - x * logits, axis=1))
+    if not with_grad:
+        return nll, None
+    return nll, _into(grad, np.exp(-np.logaddexp(0, -logits)) - x)
 
 
 def cb_log_normalizer(logits):
-    """log C(lambda) of the continuous Bernoulli, as a function of the logit.
-
-    With ``lambda = sigmoid(l)``, ``C = 2 artanh(1 - 2 lambda) / (1 - 2 lambda)``
-    simplifies to ``C(l) = l / tanh(l / 2)``: even in ``l``, equal to 2 at
-    ``l = 0``. For ``|l| >= 0.1`` it is evaluated as
-    ``log|l| - log(1 - e^-|l|) + log(1 + e^-|l|)``; below, where that
-    difference of logs cancels, by its Taylor series (the integral of the
-    series of :func:`cb_log_normalizer_grad`)
-    ``log 2 + l^2/12 - 7 l^4/1440 + 31 l^6/90720 - 127 l^8/4838400 + 73 l^10/34214400``,
-    whose next term is below 1e-18 at the switch.
-    """
-    a = np.abs(logits)
-    small = a < 0.1
-    safe = np.where(small, 1.0, a)
-    direct = np.log(safe) - np.log(-np.expm1(-safe)) + np.log1p(np.exp(-safe))
-    a2 = a * a
-    series = math.log(2.0) + a2 * (1 / 12 - a2 * (7 / 1440 - a2 * (
-        31 / 90720 - a2 * (127 / 4838400 - a2 * (73 / 34214400)))))
-    return np.where(small, series, direct).astype(logits.dtype, copy=False)
+    """``log C(l)`` of the continuous Bernoulli: ``C(l) = l / tanh(l/2)``, 2 at l = 0."""
+    safe = np.where(logits == 0, 1, logits)
+    return np.where(logits == 0, math.log(2.0), np.log(safe / np.tanh(safe / 2))).astype(logits.dtype)
 
 
 def cb_log_normalizer_grad(logits):
-    """d log C / d l = ``1/l - 1/sinh(l)`` (odd in l, 0 at l = 0).
+    """``d log C / dl = 1/l - 1/sinh(l)``; below |l| = 0.1, where the two
+    terms cancel, its series ``l/6 - 7l^3/360 + 31l^5/15120 - 127l^7/604800 + 73l^9/3421440``."""
+    l2 = logits * logits
+    series = logits * (1 / 6 - l2 * (7 / 360 - l2 * (31 / 15120 - l2 * (127 / 604800 - l2 * (73 / 3421440)))))
+    safe = np.where(np.abs(logits) < 0.1, 1, logits)
+    return np.where(np.abs(logits) < 0.1, series, 1 / safe - 1 / np.sinh(safe)).astype(logits.dtype)
 
-    For ``|l| < 0.1`` the series
-    ``l/6 - 7 l^3/360 + 31 l^5/15120 - 127 l^7/604800 + 73 l^9/3421440``
-    (from the Laurent series of ``1/sinh``) avoids the cancellation of
-    ``1/l`` against ``1/sinh(l)``.
+
+def continuous_bernoulli_nll(logits, x, nll=None, grad=None, with_grad=True, scratch=None):
+    """Continuous Bernoulli (Loaiza-Ganem and Cunningham 2019) on logits:
+    ``-log p(x|l) = sum_j softplus(l_j) - x_j l_j - log C(l_j)``;
+    ``grad = sigmoid(l) - x - dlogC/dl``. Shapes as :func:`bernoulli_nll`.
     """
-    a = np.abs(logits)
-    small = a < 0.1
-    safe = np.where(small, 1.0, a)
-    e = np.exp(-safe)
-    direct = 1.0 / safe - 2.0 * e / (1.0 - e * e)      # 1/sinh(a) = 2e^-a / (1 - e^-2a)
-    a2 = a * a
-    series = a * (1 / 6 - a2 * (7 / 360 - a2 * (31 / 15120 - a2 * (127 / 604800 - a2 * (73 / 3421440)))))
-    return (np.sign(logits) * np.where(small, series, direct)).astype(logits.dtype, copy=False)
+    nll = _into(nll, np.sum(np.logaddexp(0, logits) - x * logits - cb_log_normalizer(logits), axis=1))
+    if not with_grad:
+        return nll, None
+    return nll, _into(grad, np.exp(-np.logaddexp(0, -logits)) - x - cb_log_normalizer_grad(logits))
 
 
-def continuous_bernoulli_nll(logits, x, scale, d_logits=None, nll=None):
-    """Continuous Bernoulli on logits (Loaiza-Ganem and Cunningham 2019).
+def gaussian_nll(mean, x, log_sigma, nll=None, grad=None, with_grad=True, scratch=None):
+    """Gaussian ``N(x; mean, sigma^2)``, ``sigma = exp(log_sigma)``:
+    ``-log p(x|mean) = sum_j log(2 pi)/2 + log sigma_j + (x_j - mean_j)^2 / (2 sigma_j^2)``.
 
-    ``-log p(x|l) = softplus(l) - x l - log C(l)``; the gradient is
-    ``scale * (sigmoid(l) - x - dlogC/dl)``. Shapes as ``bernoulli_nll``.
+    mean, x: (rows, d); log_sigma: (1,) (one sigma) or (d,) (per pixel).
+    Returns ``(nll (rows,), grad = (mean - x) / sigma^2)``.
     """
-    nll, d = bernoulli_nll(logits, x, scale, d_logits, nll)
-    nll -= cb_log_normalizer(logits).sum(axis=1)
-    d -= scale * cb_log_normalizer_grad(logits)
-    return nll, d
+    sigma2 = np.exp(2 * log_sigma)
+    per_pixel = HALF_LOG_2PI + log_sigma + (x - mean) ** 2 / (2 * sigma2)
+    nll = _into(nll, per_pixel.sum(axis=1))
+    if not with_grad:
+        return nll, None
+    return nll, _into(grad, (mean - x) / sigma2)
 
 
-def gaussian_nll(mean, x, log_sigma, scale, d_mean=None, nll=None, d_log_sigma=None):
-    """Gaussian with standard deviation ``sigma = exp(log_sigma)``.
-
-    ``-log p(x|mean) = sum_j log(2 pi)/2 + log_sigma_j + (x_j - mean_j)^2 / (2 sigma_j^2)``.
-    mean, x: (batch, d); log_sigma: (1,) (one sigma) or (d,) (per pixel).
-    Returns ``(nll, d_mean, d_log_sigma)``, with
-    ``d_mean = scale (mean - x) / sigma^2`` and
-    ``d_log_sigma = scale * sum over batch (and pixels for a scalar) of 1 - r^2``
-    where ``r = (x - mean) / sigma``; each may be given as an output.
-    """
-    inv_sigma = np.exp(-log_sigma)
-    r = (x - mean) * inv_sigma                          # standardised residual
-    d = x.shape[1]
-    log_sigma_sum = log_sigma.sum() * (d if log_sigma.size == 1 else 1)
-    nll = _result(nll, mean[:, 0])
-    nll[:] = 0.5 * np.einsum("ij,ij->i", r, r) + (d * HALF_LOG_2PI + log_sigma_sum)
-    d_ls = scale * (1 - r * r).sum(axis=0)
-    d_log_sigma = _result(d_log_sigma, log_sigma)
-    d_log_sigma[:] = d_ls.sum(keepdims=True) if log_sigma.size == 1 else d_ls
-    out = _result(d_mean, mean)
-    np.multiply(r, -scale * inv_sigma, out=out)
-    return nll, out, d_log_sigma
+def gaussian_log_sigma_grad(mean, x, log_sigma, w, out=None):
+    """``d/dlog sigma`` of ``sum_i w_i nll_i`` for :func:`gaussian_nll`:
+    ``sum_i w_i (1 - r_ij^2)`` with ``r = (x - mean) / sigma``, per pixel for
+    log_sigma (d,), summed over the pixels too for (1,)."""
+    r2 = (x - mean) ** 2 / np.exp(2 * log_sigma)
+    per_pixel = np.sum(_rows(w, len(x), x.dtype) * (1 - r2), axis=0)
+    return _into(out, per_pixel if log_sigma.size > 1 else per_pixel.sum(keepdims=True))
 
 
 # --------------------------------------------------------------------------
-# Latent layer: reparameterization and KL to N(0, I), fused
+# Latent layer: the reparameterization of q(z|x) = N(mu, diag(exp(logvar))), its KL
+# --------------------------------------------------------------------------
+# mu, logvar: (n, k), one posterior per example; eps: (s n, k), s samples per
+# example, sample-major (row t n + i is sample t of example i).
+
+def gaussian_latent(mu, logvar, eps, z=None, kl=None, kl_sample=None):
+    """``z = mu + exp(logvar/2) eps``, the analytic KL and its one-sample estimate.
+
+    ``kl`` (n,) = ``KL(q || N(0, I)) = 1/2 sum_j (mu_j^2 + exp(logvar_j) - 1 - logvar_j)``;
+    ``kl_sample`` (s n,) = ``log q(z|x) - log N(z; 0, I) = 1/2 sum_j (z_j^2 - logvar_j - eps_j^2)``
+    (the log 2 pi terms cancel). Returns ``(z, kl, kl_sample)``.
+    """
+    s = len(eps) // len(mu)
+    mu_s, logvar_s = np.tile(mu, (s, 1)), np.tile(logvar, (s, 1))
+    z_new = mu_s + np.exp(logvar_s / 2) * eps
+    kl_new = 0.5 * np.sum(mu ** 2 + np.exp(logvar) - 1 - logvar, axis=1)
+    kl_sample_new = 0.5 * np.sum(z_new ** 2 - logvar_s - eps ** 2, axis=1)
+    return _into(z, z_new), _into(kl, kl_new), _into(kl_sample, kl_sample_new)
+
+
+def gaussian_latent_backward(mu, logvar, eps, z, d_z, w_kl, w_kl_sample, d_mu=None, d_logvar=None):
+    """Gradients with respect to mu and logvar of
+    ``sum_r d_z_r . z_r + sum_i w_kl_i kl_i + sum_r w_kl_sample_r kl_sample_r``.
+
+    ``dz/dmu = 1``, ``dz/dlogvar = eps exp(logvar/2) / 2``;
+    ``dKL/dmu = mu``, ``dKL/dlogvar = (exp(logvar) - 1) / 2``;
+    ``kl_sample`` through z (``d/dz = z``) and directly (``d/dlogvar = -1/2``).
+    Each example's gradient sums its s samples. ``w_kl`` (n,) and
+    ``w_kl_sample`` (s n,) may be None (weight 0).
+    """
+    n = len(mu)
+    s = len(eps) // n
+    std_s = np.tile(np.exp(logvar / 2), (s, 1))
+    g_z = d_z if w_kl_sample is None else d_z + _rows(w_kl_sample, s * n, mu.dtype) * z
+    d_mu_new = g_z.reshape(s, n, -1).sum(axis=0)
+    d_logvar_new = (0.5 * g_z * eps * std_s).reshape(s, n, -1).sum(axis=0)
+    if w_kl_sample is not None:
+        d_logvar_new = d_logvar_new - 0.5 * np.asarray(w_kl_sample, mu.dtype).reshape(s, n, 1).sum(axis=0)
+    if w_kl is not None:
+        d_mu_new = d_mu_new + _rows(w_kl, n, mu.dtype) * mu
+        d_logvar_new = d_logvar_new + _rows(w_kl, n, mu.dtype) * 0.5 * np.expm1(logvar)
+    return _into(d_mu, d_mu_new), _into(d_logvar, d_logvar_new)
+
+
+# --------------------------------------------------------------------------
+# Softmax (the classifier q(y|x) of M2)
 # --------------------------------------------------------------------------
 
-def gaussian_latent(mu, logvar, eps, z=None, kl=None):
-    """Sample ``z = mu + exp(logvar/2) eps`` and ``KL(q || N(0, I))``.
-
-    mu, logvar, eps: (batch, k). Returns ``(z, kl)`` with kl (batch,) in nats:
-    ``KL = 1/2 sum_j (mu_j^2 + exp(logvar_j) - 1 - logvar_j)``.
-    """
-    std = np.exp(0.5 * logvar)
-    z = np.multiply(std, eps, out=z)
-    z += mu
-    kl = np.sum(mu * mu + std * std - 1 - logvar, axis=1, out=kl)
-    kl *= 0.5
-    return z, kl
+def log_softmax(logits, out=None):
+    """``log p_y = l_y - log sum_j exp(l_j)`` per row, the max subtracted first. logits: (rows, K)."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    return _into(out, shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True)))
 
 
-def gaussian_latent_backward(mu, logvar, eps, d_z, kl_weight, d_mu=None, d_logvar=None):
-    """Gradients of ``L(z) + kl_weight * sum(KL)`` with respect to mu and logvar.
+def log_softmax_backward(log_p, d_log_p, out=None):
+    """``d_l = d_log_p - p * sum_y d_log_p_y`` per row, with ``p = exp(log_p)``."""
+    return _into(out, d_log_p - np.exp(log_p) * d_log_p.sum(axis=1, keepdims=True))
 
-    ``d_mu = d_z + kl_weight * mu``;
-    ``d_logvar = d_z * eps * exp(logvar/2) / 2 + kl_weight * (exp(logvar) - 1) / 2``.
-    """
-    std = np.exp(0.5 * logvar)
-    d_mu = np.multiply(mu, kl_weight, out=d_mu)
-    d_mu += d_z
-    d_logvar = np.multiply(d_z * eps + kl_weight * std, 0.5 * std, out=d_logvar)
-    d_logvar -= 0.5 * kl_weight
-    return d_mu, d_logvar
+
+# --------------------------------------------------------------------------
+# Rows, ranges and norms
+# --------------------------------------------------------------------------
+
+def repeat_rows(x, times, out=None):
+    """``times`` copies of x (n, d) stacked: (times n, d), row ``t n + i`` = ``x[i]``."""
+    return _into(out, np.tile(x, (times, 1)))
+
+
+def min_max(x):
+    """``(min, max)`` of x as floats; NaN anywhere gives ``(nan, nan)``."""
+    return float(np.min(x)), float(np.max(x))
+
+
+def sum_squares(a):
+    """``sum_i a_i^2`` over every element, as a float."""
+    return float(np.sum(a.astype(np.float64) ** 2))
 
 
 # --------------------------------------------------------------------------
 # Optimizer updates, in place
 # --------------------------------------------------------------------------
 
-def adam_update(p, g, m, v, lr, beta1, beta2, eps, step, weight_decay, grad_scale):
-    """One Adam step on ``p`` in place (Kingma and Ba 2015, algorithm 1).
+def adam_update(p, g, m, v, lr, beta1, beta2, eps, step, weight_decay, grad_scale, scratch=None):
+    """One Adam step on ``p`` in place (Kingma and Ba 2015, algorithm 1); step counts from 1.
 
-    ``g' = grad_scale * g``; ``m = b1 m + (1 - b1) g'``;
-    ``v = b2 v + (1 - b2) g'^2``;
-    ``p -= lr * m_hat / (sqrt(v_hat) + eps)`` with the bias corrections
-    ``m_hat = m / (1 - b1^step)``, ``v_hat = v / (1 - b2^step)``.
-    ``weight_decay`` is decoupled (AdamW): ``p *= 1 - lr * weight_decay`` first.
-
-    Written in place around one scratch array: on a 650k-parameter model
-    each temporary NumPy would otherwise make costs more than the arithmetic.
+    ``weight_decay`` is decoupled (AdamW): p shrinks before the update.
+    ``grad_scale`` multiplies g (gradient clipping).
     """
-    s = _scratch(g, 1)[0]
-    if weight_decay:
-        p *= 1 - lr * weight_decay
-    np.multiply(g, grad_scale, out=s)           # s = g'
-    m -= s                                      # m = b1 (m - g') + g' = b1 m + (1 - b1) g'
-    m *= beta1
-    m += s
-    np.multiply(s, s, out=s)                    # s = g'^2, the same update for v
-    v -= s
-    v *= beta2
-    v += s
-    np.sqrt(v, out=s)                           # s = sqrt(v_hat) + eps
-    s *= 1 / math.sqrt(1 - beta2 ** step)
-    s += eps
-    np.divide(m, s, out=s)                      # p -= lr m_hat / s
-    s *= lr / (1 - beta1 ** step)
-    p -= s
+    g = grad_scale * g
+    p *= 1 - lr * weight_decay
+    m[...] = beta1 * m + (1 - beta1) * g                     # first moment
+    v[...] = beta2 * v + (1 - beta2) * g * g                 # second moment
+    m_hat = m / (1 - beta1 ** step)                          # bias corrections
+    v_hat = v / (1 - beta2 ** step)
+    p -= lr * m_hat / (np.sqrt(v_hat) + eps)
 
 
-def _scratch(like, count):
-    """``count`` arrays shaped like ``like``, kept between calls (one set per shape and dtype)."""
-    key = (like.shape, like.dtype.str, count)
-    if key not in _SCRATCH:
-        if len(_SCRATCH) > 16:
-            _SCRATCH.clear()
-        _SCRATCH[key] = [np.empty_like(like) for _ in range(count)]
-    return _SCRATCH[key]
-
-
-_SCRATCH = {}
-
-
-def sgd_update(p, g, buf, lr, momentum, weight_decay, grad_scale):
-    """One SGD step with heavy-ball momentum on ``p`` in place.
-
-    ``g' = grad_scale * g + weight_decay * p``; ``buf = momentum * buf + g'``;
-    ``p -= lr * buf`` (with ``momentum = 0`` this is plain gradient descent).
-    """
-    d = grad_scale * g
-    if weight_decay:
-        d += weight_decay * p
-    buf *= momentum
-    buf += d
+def sgd_update(p, g, buf, lr, momentum, weight_decay, grad_scale, scratch=None):
+    """One SGD step with heavy-ball momentum on ``p`` in place:
+    ``buf = momentum buf + grad_scale g + weight_decay p``; ``p -= lr buf``."""
+    buf[...] = momentum * buf + grad_scale * g + weight_decay * p
     p -= lr * buf

@@ -81,7 +81,7 @@ def samples(model, rng, image_shape, path, n: int = 64):
 
 def class_samples(model, rng, image_shape, path, per_class: int = 10):
     """A conditional model's samples, one row per class: z ~ N(0, I), c = one-hot(row)."""
-    from .data.datasets import one_hot
+    from ..data.datasets import one_hot
     n_classes = model.context_dim
     labels = np.repeat(np.arange(n_classes), per_class)
     x = model.sample(len(labels), rng, c=one_hot(labels, n_classes, model.dtype))
@@ -139,28 +139,34 @@ def manifold(model, image_shape, path, n: int = 20):
 
 
 def curves(history: Sequence[dict], path):
-    """Training and test loss parts (nats per example) by epoch."""
+    """Training and test losses (nats per example) by epoch: -ELBO, reconstruction
+    and KL for a VAE; the loss and the test accuracy of q(y|x) for M2."""
     plt = pyplot()
     epochs = [r["epoch"] for r in history]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
-    for ax, part, title in zip(axes, ("total", "nll", "kl"),
-                               ("-ELBO (total)", "reconstruction (nll)", "KL")):
-        ax.plot(epochs, [r[f"train_{part}"] for r in history], "o-", label="train")
-        ax.plot(epochs, [r[f"test_{part}"] for r in history], "s-", label="test")
+    if "train_nll" in history[0]:
+        panels = [(part, title) for part, title in (("total", "-ELBO (total)"), ("nll", "reconstruction (nll)"),
+                                                    ("kl", "KL"))]
+    else:
+        panels = [("total", "M2 loss"), ("accuracy", "accuracy of q(y|x)")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.5))
+    for ax, (part, title) in zip(axes, panels):
+        for split, marker in (("train", "o-"), ("test", "s-")):
+            if f"{split}_{part}" in history[0]:
+                ax.plot(epochs, [r[f"{split}_{part}"] for r in history], marker, label=split)
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.set_ylabel("nats per example")
+        ax.set_ylabel("fraction of the test set" if part == "accuracy" else "nats per example")
         ax.legend()
     return save(fig, path)
 
 
-def all_pictures(model, data, history, out_dir, rng, c_test=None, conditional: str = "none") -> list:
+def all_pictures(model, data, history, out_dir, rng, c_test=None, context: str = "none") -> list:
     """Every picture that applies to this model, written into ``out_dir``.
 
-    A conditional model needs the test set's contexts ``c_test`` and how it
-    was trained (``conditional``, see ``train.contexts``): with labels its
-    samples are drawn one row per class; a completion model
+    A conditional model needs the test set's contexts ``c_test`` and what it
+    is conditioned on (``context``, a run's ``config.context``): with labels
+    its samples are drawn one row per class; a completion model
     (``mask:KIND``) has no samples picture (``scratchvae complete`` draws its
     completions).
     """
@@ -169,7 +175,7 @@ def all_pictures(model, data, history, out_dir, rng, c_test=None, conditional: s
     written = []
     if shape is not None:
         written.append(reconstructions(model, data.x_test, shape, out_dir / "reconstructions.png", c=c_test))
-        if conditional == "label":
+        if context == "label":
             written.append(class_samples(model, rng, shape, out_dir / "samples.png"))
         elif not model.context_dim:
             written.append(samples(model, rng, shape, out_dir / "samples.png"))

@@ -12,6 +12,11 @@ The header holds ``format`` ("scratchvae-checkpoint"), ``format_version``,
 checkpoints, ``optimizer`` (:meth:`Optimizer.config`) and ``train`` (loop
 state: configuration, position, RNG state, history).
 
+An M2 model is stored as its label-conditional VAE (so ``sv.load``,
+``scratchvae sample --label`` and ``evaluate`` work on it) with its
+classifier's parameters as ``train/cls.*`` and its configuration as
+``train.m2`` in the header.
+
 Files are written atomically (temporary file, fsync, rename), so a crash or
 Ctrl-C during a save leaves the previous checkpoint intact.
 """
@@ -20,13 +25,13 @@ from __future__ import annotations
 import json
 import zipfile
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple, Union
 
 import numpy as np
 
-from . import __version__
-from .atomic import atomic_write
-from .vae import VAE
+from .._version import __version__
+from ..model import M2, VAE
+from ..atomic import atomic_write
 
 FORMAT = "scratchvae-checkpoint"
 FORMAT_VERSION = 1
@@ -37,10 +42,15 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit: the message says why."""
 
 
-def save(path, model: VAE, optimizer=None, train_state: Optional[dict] = None,
+def save(path, model: Union[VAE, M2], optimizer=None, train_state: Optional[dict] = None,
          train_arrays: Optional[Dict[str, np.ndarray]] = None) -> Path:
-    """Write ``model`` (and optionally optimizer and loop state) to ``path`` atomically."""
+    """Write ``model`` (a VAE or M2, and optionally optimizer and loop state) to ``path`` atomically."""
     path = Path(path)
+    train_arrays = dict(train_arrays or {})
+    if isinstance(model, M2):
+        train_state = {**(train_state or {}), "m2": model.config()}
+        train_arrays.update(model.cls_params)
+        model = model.vae
     header = {"format": FORMAT, "format_version": FORMAT_VERSION, "library_version": __version__,
               "model": model.config()}
     arrays = {f"param/{k}": v for k, v in model.params.items()}
@@ -49,7 +59,7 @@ def save(path, model: VAE, optimizer=None, train_state: Optional[dict] = None,
         arrays.update({f"optim/{k}": v for k, v in optimizer.state_dict().items()})
     if train_state is not None:
         header["train"] = train_state
-    arrays.update({f"train/{k}": v for k, v in (train_arrays or {}).items()})
+    arrays.update({f"train/{k}": v for k, v in train_arrays.items()})
     arrays[HEADER_KEY] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
     with atomic_write(path) as f:
         np.savez(f, **arrays)
@@ -97,19 +107,33 @@ def read(path) -> Tuple[dict, Dict[str, Dict[str, np.ndarray]]]:
     return header, groups
 
 
-def model_from(header: dict, params: Dict[str, np.ndarray], source="checkpoint") -> VAE:
-    """Build the model the header describes and fill in ``params`` (names and shapes checked)."""
+def model_from(header: dict, groups: Dict[str, Dict[str, np.ndarray]], source="checkpoint",
+               m2: bool = False) -> Union[VAE, M2]:
+    """Build the model the header describes and fill in its parameters (names and
+    shapes checked): the VAE, or with ``m2`` the whole M2 model of an M2 checkpoint."""
+    m2_config = header.get("train", {}).get("m2") if m2 else None
+    if m2 and m2_config is None:
+        raise CheckpointError(f"{source}: not a semi-supervised (M2) checkpoint")
     try:
-        model = VAE.from_config(header["model"])
+        model = M2(**m2_config) if m2 else VAE.from_config(header["model"])
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{source}: bad model description in the header ({e})") from None
-    load_params(model, params, source)
+    load_params(model, groups, source)
     return model
 
 
-def load_params(model: VAE, params: Dict[str, np.ndarray], source="checkpoint") -> None:
-    """Copy ``params`` into ``model.params``, refusing any other architecture."""
-    want = {k: v.shape for k, v in model.params.items()}
+def load_params(model: Union[VAE, M2], groups: Dict[str, Dict[str, np.ndarray]], source="checkpoint") -> None:
+    """Copy a checkpoint's parameters into ``model``, refusing any other architecture."""
+    if isinstance(model, M2):
+        _copy(model.vae.params, groups["param"], model.vae, source)
+        cls = {k: v for k, v in groups["train"].items() if k.startswith("cls.")}
+        _copy(model.cls_params, cls, model, source)
+    else:
+        _copy(model.params, groups["param"], model, source)
+
+
+def _copy(into: Dict[str, np.ndarray], params: Dict[str, np.ndarray], model, source) -> None:
+    want = {k: v.shape for k, v in into.items()}
     got = {k: v.shape for k, v in params.items()}
     if want != got:
         diff = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
@@ -117,7 +141,7 @@ def load_params(model: VAE, params: Dict[str, np.ndarray], source="checkpoint") 
             f"{source}: its parameters do not fit this architecture ({model!r}); differing: "
             + ", ".join(f"{k} {got.get(k)} vs {want.get(k)}" for k in diff[:4]))
     for k, v in params.items():
-        model.params[k][...] = v
+        into[k][...] = v
 
 
 def load(path) -> VAE:
@@ -127,4 +151,10 @@ def load(path) -> VAE:
     without Numba or Matplotlib. This is how a trained model is shipped.
     """
     header, groups = read(path)
-    return model_from(header, groups["param"], str(path))
+    return model_from(header, groups, str(path))
+
+
+def load_m2(path) -> M2:
+    """The whole M2 model (VAE and classifier) of a semi-supervised checkpoint (NumPy only)."""
+    header, groups = read(path)
+    return model_from(header, groups, str(path), m2=True)

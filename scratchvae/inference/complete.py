@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .distributions import diag_gaussian_log_prob
+from ..model.latent import diag_gaussian_log_prob
 
 MASK_KINDS = ("bottom-half", "block", "random:P")
 _EPS = 1e-6
@@ -78,7 +78,7 @@ def observed_context(x: np.ndarray, missing: np.ndarray) -> np.ndarray:
 
 
 def _check(model, x, missing):
-    x = model._check_x(x)
+    x = model.check_x(x)
     missing = np.asarray(missing, bool)
     if missing.shape != x.shape:
         raise ValueError(f"the mask must have the shape of x {x.shape}, got {missing.shape}")
@@ -105,27 +105,27 @@ def gibbs_complete(model, x, missing, rng: np.random.Generator, steps: int = 200
         raise ValueError(f"need 0 <= burn_in < steps, got burn_in={burn_in}, steps={steps}")
     x, missing = _check(model, x, missing)
     x_hat = np.where(missing, np.asarray(init, model.dtype), x).astype(model.dtype)
-    lik = model._likelihood_params
+    lik = model.likelihood_params
     mu, logvar = model.encode(x_hat)
     z = (mu + np.exp(0.5 * logvar) * rng.standard_normal(mu.shape, dtype=model.dtype)).astype(model.dtype)
     total = np.zeros(x.shape)
     accepted, proposed = 0, 0
     for t in range(steps):
-        mu, logvar = model.encode(x_hat)
-        proposal = (mu + np.exp(0.5 * logvar) * rng.standard_normal(mu.shape, dtype=model.dtype)).astype(model.dtype)
+        # encode x_hat and decode a proposal z~ = mu + exp(logvar/2) eps, in one forward
+        eps = rng.standard_normal(mu.shape, dtype=model.dtype)
+        terms, _ = model.forward(x_hat, eps, with_grad=False)
         if metropolis and t >= burn_in // 2:
-            log_joint_new, out_new = model._log_joint(proposal, x_hat)
-            log_joint_old, out_old = model._log_joint(z, x_hat)
-            log_q_new, _ = diag_gaussian_log_prob(proposal, mu, logvar)
-            log_q_old, _ = diag_gaussian_log_prob(z, mu, logvar)
-            log_rho = log_joint_new - log_joint_old + log_q_old - log_q_new
+            # q proposes independently of the state, so the ratio is one of
+            # importance weights: rho = w(z~) / w(z), log w = log p(x, z) - log q(z|x)
+            log_joint_old, out_old = model.log_joint(z, x_hat)
+            log_q_old, _ = diag_gaussian_log_prob(z, terms.mu, terms.logvar)
+            log_rho = terms.log_weight[0] - (log_joint_old - log_q_old)
             accept = np.log(rng.random(len(z))) < log_rho
-            z = np.where(accept[:, None], proposal, z)
-            out = np.where(accept[:, None], out_new, out_old)
+            z = np.where(accept[:, None], terms.z, z)
+            out = np.where(accept[:, None], terms.out, out_old)
             accepted, proposed = accepted + int(accept.sum()), proposed + len(z)
         else:
-            z = proposal
-            out, _ = model.decoder.forward(model.params, z)
+            z, out = terms.z, terms.out
         x_hat = np.where(missing, model.likelihood.sample(out, lik, rng).astype(model.dtype), x)
         if t >= burn_in:
             total += model.likelihood.mean(out, lik)

@@ -18,28 +18,25 @@ of L over a labelled batch plus the mean of U over an unlabelled one.
 
 Gradients by hand: the CVAE's come from one weighted pass over the labelled
 rows (weight 1/B_l) and K copies of every unlabelled row (copy y weighted
-q(y|x)/B_u); the classifier's from ``dU/dq(y|x) = L(x, y) + log q(y|x) + 1``
-through the softmax, plus alpha times the cross-entropy's ``q - one-hot(y)``.
+q(y|x)/B_u); the classifier's from ``dU/dlog q(y|x) = q(y|x) (L(x, y) + log q(y|x) + 1)``
+and the cross-entropy's ``-alpha`` at the label, back through the log-softmax.
 """
 from __future__ import annotations
 
 import math
-import time
 from typing import Optional, Sequence
 
 import numpy as np
 
-from . import checkpoint, flat, nn
-from .data.datasets import one_hot
-from .optim import Adam
+from ..data.datasets import one_hot
+from ..kernels import ops as K
+from . import flat, layers
 from .vae import VAE
 
 
-def log_softmax(logits):
-    """Row-wise ``log softmax``, computed in float64 with the max subtracted."""
-    a = logits.astype(np.float64)
-    a = a - a.max(axis=1, keepdims=True)
-    return a - np.log(np.exp(a).sum(axis=1, keepdims=True))
+def classifier(input_dim: int, hidden: Sequence[int], n_classes: int, activation: str) -> layers.MLP:
+    """The classifier network ``cls``: input_dim - hidden... - n_classes logits."""
+    return layers.MLP("cls", [input_dim, *hidden, n_classes], [activation] * len(hidden) + ["identity"])
 
 
 def classify(mlp, params, x, batch_size: int = 1000):
@@ -78,26 +75,28 @@ class M2:
                         "dtype": np.dtype(dtype).name}
         self.vae = VAE(input_dim, hidden, latent_dim, likelihood=likelihood, activation=activation, init=init,
                        seed=seed, dtype=dtype, context_dim=n_classes)
-        self.classifier = nn.MLP("cls", [input_dim, *classifier_hidden, n_classes],
-                                 [activation] * len(classifier_hidden) + ["identity"])
-        cls_params = self.classifier.init(np.random.default_rng([seed, 1]), init, self.vae.dtype)
-        self.cls_flat, self.cls_params = flat.pack(cls_params)
-        self.cls_grads = flat.zeros_like(cls_params)[1]
+        self.classifier = classifier(input_dim, classifier_hidden, n_classes, activation)
+        self.cls_params = flat.pack(self.classifier.init(np.random.default_rng([seed, 1]), init, self.vae.dtype))
+        self.cls_grads = flat.zeros_like(self.cls_params)
         self.params = {**self.vae.params, **self.cls_params}
         self.grads = {**self.vae.grads, **self.cls_grads}
 
     def config(self) -> dict:
-        """The constructor arguments (JSON-ready), for :func:`save` and :func:`load`."""
+        """The constructor arguments (JSON-ready), stored in its checkpoints."""
         return dict(self._config)
+
+    def __repr__(self):
+        sizes = "-".join(map(str, [self._config["input_dim"], *self._config["classifier_hidden"], self.n_classes]))
+        return f"M2({self.vae!r}, classifier {sizes}, alpha={self.alpha:g})"
 
     def log_proba(self, x):
         """``log q(y | x)``, (n, K) float64."""
-        logits, _ = self.classifier.forward(self.cls_params, self.vae._check_x(x))
-        return log_softmax(logits)
+        logits, _ = self.classifier.forward(self.cls_params, self.vae.check_x(x))
+        return K.log_softmax(logits).astype(np.float64)
 
     def predict(self, x):
         """The most probable class under q(y|x), (n,) int64."""
-        return classify(self.classifier, self.cls_params, self.vae._check_x(x))
+        return classify(self.classifier, self.cls_params, self.vae.check_x(x))
 
     def loss(self, x_l, y_l, x_u, rng=None, eps=None):
         """The batch loss without gradients (as :meth:`loss_and_grads`; the gradients are discarded)."""
@@ -113,31 +112,34 @@ class M2:
         = labelled + unlabelled``, with ``labelled`` the mean of L(x, y)
         including alpha times ``ce`` (the mean cross-entropy).
         """
-        K, vae = self.n_classes, self.vae
-        x_l, x_u = vae._check_x(x_l), vae._check_x(x_u)
+        n_classes, vae = self.n_classes, self.vae
+        x_l, x_u = vae.check_x(x_l), vae.check_x(x_u)
         y_l = np.asarray(y_l)
         if y_l.shape != (len(x_l),):
             raise ValueError(f"y_l must hold one label per labelled example, shape ({len(x_l)},), got {y_l.shape}")
         b_l, b_u = len(x_l), len(x_u)
-        logits, cls_caches = self.classifier.forward(self.cls_params, np.concatenate([x_l, x_u]))
-        log_q = log_softmax(logits)
-        q = np.exp(log_q)
+        c_rows = one_hot(np.concatenate([y_l, np.repeat(np.arange(n_classes), b_u)]), n_classes, vae.dtype)
         # the CVAE's rows: the labelled examples, then every unlabelled one once per class
-        x_rows = np.concatenate([x_l, np.tile(x_u, (K, 1))])
-        y_rows = np.concatenate([y_l, np.repeat(np.arange(K), b_u)])
+        x_rows = np.empty((b_l + n_classes * b_u, vae.input_dim), vae.dtype)
+        x_rows[:b_l] = x_l
+        K.repeat_rows(x_u, n_classes, out=x_rows[b_l:])
+        logits, cls_caches = self.classifier.forward(self.cls_params, x_rows[:b_l + b_u])
+        log_q = K.log_softmax(logits).astype(np.float64)
+        q = np.exp(log_q)
         weights = np.concatenate([np.full(b_l, 1.0 / b_l), (q[b_l:].T / b_u).reshape(-1)])
-        per_row, _ = vae.weighted_loss_and_grads(x_rows, weights, rng, eps, c=one_hot(y_rows, K, vae.dtype))
-        per_row = per_row + math.log(K)                        # -log p(y)
-        L_l, L_u = per_row[:b_l], per_row[b_l:].reshape(K, b_u).T     # (B_l,), (B_u, K)
+        per_row, _ = vae.weighted_loss_and_grads(x_rows, weights, rng, eps, c=c_rows)
+        per_row = per_row + math.log(n_classes)                # -log p(y)
+        L_l, L_u = per_row[:b_l], per_row[b_l:].reshape(n_classes, b_u).T     # (B_l,), (B_u, K)
         ce = -log_q[np.arange(b_l), y_l]
         q_u, log_q_u = q[b_l:], log_q[b_l:]
         U = (q_u * (L_u + log_q_u)).sum(axis=1)
-        # the classifier: alpha * cross-entropy on the labelled rows; through the softmax on the others,
-        # with dU/dq_y = L(x, y) + log q_y + 1 (the 1 cancels: sum_y dq_y = 0)
-        g = L_u + log_q_u
-        d_logits = np.concatenate([self.alpha / b_l * (q[:b_l] - one_hot(y_l, K, np.float64)),
-                                   q_u * (g - (q_u * g).sum(axis=1, keepdims=True)) / b_u])
-        self.classifier.backward(cls_caches, d_logits.astype(vae.dtype), self.cls_grads, need_d_x=False)
+        # the classifier through log q: alpha * cross-entropy on the labelled rows
+        # (d/dlog q_y = -alpha/B_l at the label), and on the unlabelled ones
+        # dU/dlog q_y = q_y (L(x, y) + log q_y + 1) / B_u
+        d_log_q = np.concatenate([-self.alpha / b_l * one_hot(y_l, n_classes, np.float64),
+                                  q_u * (L_u + log_q_u + 1) / b_u]).astype(vae.dtype)
+        d_logits = K.log_softmax_backward(log_q.astype(vae.dtype), d_log_q)
+        self.classifier.backward(cls_caches, d_logits, self.cls_grads, need_d_x=False)
         losses = {"labelled": float(L_l.mean() + self.alpha * ce.mean()), "unlabelled": float(U.mean()),
                   "ce": float(ce.mean())}
         losses["total"] = losses["labelled"] + losses["unlabelled"]
@@ -165,86 +167,27 @@ def accuracy(predict, x, y) -> float:
     return float((predict(x) == y).mean())
 
 
-def train_m2(data, per_class: int = 100, epochs: int = 10, batch_size: int = 128, labelled_batch: int = 100,
-             lr: float = 1e-3, seed: int = 0, log=print, **model_kwargs):
-    """Train M2 on ``data`` (a labelled Dataset) with ``per_class`` labels per class.
-
-    One epoch is one pass over the unlabelled examples in batches of
-    ``batch_size``, each step paired with ``labelled_batch`` labelled
-    examples drawn with replacement. Returns ``(model, history)``; history
-    rows hold the epoch's losses and the test accuracy of q(y|x).
-    """
-    if data.y_train is None or data.y_test is None:
-        raise ValueError(f"semi-supervised training needs labels to choose from, and {data.name} has none")
-    labelled, unlabelled = split_labels(data.y_train, per_class, seed)
-    n_classes = int(data.y_train.max()) + 1
-    model = M2(data.n_features, n_classes, seed=seed, **model_kwargs)
-    opt = Adam(model.params, lr=lr)
-    rng = np.random.default_rng([seed, 8])
-    x_l, y_l, x_u = data.x_train[labelled], data.y_train[labelled], data.x_train[unlabelled]
-    history = []
-    for epoch in range(1, epochs + 1):
-        start, sums, steps = time.perf_counter(), {"total": 0.0, "ce": 0.0}, 0
-        order = rng.permutation(len(x_u))
-        for s in range(0, len(order), batch_size):
-            pick = rng.integers(0, len(x_l), labelled_batch)
-            losses, grads = model.loss_and_grads(x_l[pick], y_l[pick], x_u[order[s:s + batch_size]], rng=rng)
-            opt.step(grads)
-            steps += 1
-            for k in sums:
-                sums[k] += losses[k]
-        row = {"epoch": epoch, "loss": sums["total"] / steps, "labelled_ce": sums["ce"] / steps,
-               "test_accuracy": accuracy(model.predict, data.x_test, data.y_test),
-               "seconds": time.perf_counter() - start}
-        history.append(row)
-        log(f"M2 epoch {epoch}/{epochs}: loss {row['loss']:.2f}, labelled cross-entropy {row['labelled_ce']:.3f}, "
-            f"test accuracy {row['test_accuracy']:.4f} ({row['seconds']:.0f} s)")
-    return model, history
-
-
 def train_supervised_only(data, per_class: int = 100, steps: int = 4690, batch_size: int = 100,
                           lr: float = 1e-3, seed: int = 0, classifier_hidden=(400,), activation="relu",
                           init="torch"):
-    """The baseline: M2's classifier network alone, trained by cross-entropy
-    on the same labelled examples for ``steps`` Adam steps. Returns the test accuracy."""
+    """The baseline M2 is measured against: its classifier network alone, trained
+    by cross-entropy on the same labelled examples for ``steps`` Adam steps.
+    Returns the test accuracy."""
+    from ..optim import Adam
+
     labelled, _ = split_labels(data.y_train, per_class, seed)
     n_classes = int(data.y_train.max()) + 1
-    mlp = nn.MLP("cls", [data.n_features, *classifier_hidden, n_classes],
-                 [activation] * len(classifier_hidden) + ["identity"])
-    params = mlp.init(np.random.default_rng([seed, 1]), init, np.float32)
-    grads = {k: np.zeros_like(v) for k, v in params.items()}
+    mlp = classifier(data.n_features, classifier_hidden, n_classes, activation)
+    params = flat.pack(mlp.init(np.random.default_rng([seed, 1]), init, np.float32))
+    grads = flat.zeros_like(params)
     opt = Adam(params, lr=lr)
     rng = np.random.default_rng([seed, 9])
     x_l, y_l = data.x_train[labelled], data.y_train[labelled]
     for _ in range(steps):
         pick = rng.integers(0, len(x_l), batch_size)
         logits, caches = mlp.forward(params, x_l[pick])
-        d_logits = (np.exp(log_softmax(logits)) - one_hot(y_l[pick], n_classes, np.float64)) / batch_size
-        mlp.backward(caches, d_logits.astype(np.float32), grads, need_d_x=False)
+        # mean cross-entropy: d/dlog q_y = -1/B at the label
+        d_log_q = -one_hot(y_l[pick], n_classes, np.float32) / batch_size
+        mlp.backward(caches, K.log_softmax_backward(K.log_softmax(logits), d_log_q), grads, need_d_x=False)
         opt.step(grads)
     return accuracy(lambda x: classify(mlp, params, x), data.x_test, data.y_test)
-
-
-def save(path, model: M2, train_state: dict):
-    """Write an M2 model atomically as a scratchvae checkpoint: the label-
-    conditional VAE as its model (so ``scratchvae sample --label``,
-    ``evaluate`` and ``sv.load`` work on it), the classifier's parameters and
-    the M2 configuration beside it."""
-    state = {**train_state, "m2": model.config()}
-    return checkpoint.save(path, model.vae, train_state=state, train_arrays=dict(model.cls_params))
-
-
-def load(path) -> M2:
-    """The M2 model :func:`save` wrote (NumPy only)."""
-    header, groups = checkpoint.read(path)
-    config = header.get("train", {}).get("m2")
-    if config is None:
-        raise checkpoint.CheckpointError(f"{path}: not a semi-supervised (M2) checkpoint")
-    model = M2(**config)
-    checkpoint.load_params(model.vae, groups["param"], str(path))
-    cls = {k: v for k, v in groups["train"].items() if k.startswith("cls.")}
-    if {k: v.shape for k, v in cls.items()} != {k: v.shape for k, v in model.cls_params.items()}:
-        raise checkpoint.CheckpointError(f"{path}: its classifier does not match its M2 configuration")
-    for k, v in cls.items():
-        model.cls_params[k][...] = v
-    return model

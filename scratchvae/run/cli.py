@@ -14,14 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from .._version import __version__
 
 EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
 
 # train options that define the run; on --resume they must agree with the checkpoint
 RUN_OPTIONS = ("dataset", "batch_size", "lr", "hidden", "latent_dim", "activation", "likelihood",
                "sigma", "init", "beta", "warmup_epochs", "binarize", "seed", "max_grad_norm", "iw_samples",
-               "conditional")
+               "conditional", "semi_supervised", "labels_per_class", "alpha", "labelled_batch")
 # those whose command-line flag is not "--" + the name with dashes
 FLAGS = {"latent_dim": "--latent", "warmup_epochs": "--warmup"}
 
@@ -58,11 +58,11 @@ _seed, _nonneg_float = _number(int, strict=False), _number(float, strict=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .data.datasets import DATASET_NAMES
-    from .distributions import LIKELIHOODS
-    from .kernels.reference import ACTIVATIONS
-    from .nn import INITS
-    from .train import BINARIZE, CONDITIONAL, TrainConfig
+    from ..data.datasets import DATASET_NAMES
+    from ..kernels import ACTIVATIONS
+    from ..model.layers import INITS
+    from ..model.likelihoods import LIKELIHOODS
+    from .run import BINARIZE, CONDITIONAL, TrainConfig
 
     d = TrainConfig()
     parser = argparse.ArgumentParser(
@@ -106,15 +106,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "data set needs labels; sample with --label). mask:KIND: c is the observed part "
                         "of the image and the mask, for completion (scratchvae complete); KIND is "
                         "bottom-half, block or random:P [none]")
-    t.add_argument("--semi-supervised", action="store_true",
+    t.add_argument("--semi-supervised", action="store_true", default=None,
                    help="train the M2 model of Kingma et al. (2014) instead: a label-conditional VAE and "
                         "a classifier q(y|x), from --labels-per-class labels per class (chosen with "
-                        "--seed) and the rest of the training set unlabelled; prints the test accuracy "
-                        "of q(y|x) after every epoch")
-    t.add_argument("--labels-per-class", type=_positive_int, default=100,
-                   help="with --semi-supervised: labelled examples per class [100]")
-    t.add_argument("--alpha", type=_nonneg_float, default=10.0,
-                   help="with --semi-supervised: weight of the labelled examples' cross-entropy [10]")
+                        "--seed) and the rest of the training set unlabelled; an epoch is one pass over "
+                        "the unlabelled examples; prints the test accuracy of q(y|x) after every epoch")
+    t.add_argument("--labels-per-class", type=_positive_int,
+                   help=f"with --semi-supervised: labelled examples per class [{d.labels_per_class}]")
+    t.add_argument("--alpha", type=_nonneg_float,
+                   help=f"with --semi-supervised: weight of the labelled examples' cross-entropy [{d.alpha:g}]")
+    t.add_argument("--labelled-batch", type=_positive_int, metavar="N",
+                   help="with --semi-supervised: labelled examples drawn (with replacement) to go with each "
+                        f"batch of unlabelled ones [{d.labelled_batch}]")
     t.add_argument("--out", help="run directory [runs/<dataset>-<date>-<time>]")
     t.add_argument("--resume", metavar="CKPT", help="continue the run in this checkpoint or run directory "
                                                     "(--epochs may extend it)")
@@ -188,98 +191,63 @@ def build_parser() -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------
 
 def cmd_train(args) -> int:
-    from .train import TrainConfig, Trainer, default_run_dir, load_data, read_config_from
+    from .run import Run, TrainConfig
+    from .train import Trainer, default_run_dir
 
     given = {k: getattr(args, k) for k in RUN_OPTIONS if getattr(args, k) is not None}
-    if args.semi_supervised:
-        return _train_semi_supervised(args, given)
     if args.resume:
         if args.out:
             raise ValueError("--out cannot be combined with --resume: a run continues in its own directory")
-        config = read_config_from(args.resume)
-        stored = dataclasses.asdict(config)
+        run = Run.open(args.resume, args.data_dir)
+        if run.config is None:
+            raise ValueError(f"{args.resume}: holds a model only, not a training run to resume")
+        stored = dataclasses.asdict(run.config)
         clash = {k: (v, stored[k]) for k, v in given.items() if stored[k] != v}
         if clash:
             raise ValueError("--resume continues the stored run, but " + "; ".join(
                 f"{FLAGS.get(k, '--' + k.replace('_', '-'))} {v!r} differs from its {s!r}"
                 for k, (v, s) in clash.items()))
-        if args.data_dir:
-            config.data_dir = args.data_dir
-        data = load_data(config)
-        trainer = Trainer.resume(args.resume, data, epochs=args.epochs, quiet=args.quiet)
+        if args.epochs is not None:
+            run.config.epochs = args.epochs
     else:
         if args.epochs is not None:
             given["epochs"] = args.epochs
         if args.data_dir:
             given["data_dir"] = args.data_dir
         config = TrainConfig(**given)
-        data = load_data(config)
-        out = Path(args.out) if args.out else default_run_dir(config.dataset)
-        trainer = Trainer(config, data, out, quiet=args.quiet)
+        run = Run(config, out_dir=Path(args.out) if args.out else default_run_dir(config.dataset))
+    trainer = Trainer(run, quiet=args.quiet)
+    cfg, data = run.config, run.data
     if not args.quiet:
-        print(f"training {trainer.model!r} on {data.name} ({len(data.x_train):,} train / "
-              f"{len(data.x_test):,} test), {trainer.config.epochs} epochs, batch {trainer.config.batch_size}, "
-              f"kernels: {_backend()}", file=sys.stderr)
+        what = (f"{cfg.labels_per_class} labels per class, the other {len(run.labels[1]):,} training examples "
+                "unlabelled, " if cfg.semi_supervised else "")
+        print(f"training {run.model!r} on {data.name} ({len(data.x_train):,} train / {len(data.x_test):,} test), "
+              f"{what}{cfg.epochs} epochs, batch {cfg.batch_size}, kernels: {_kernels()}", file=sys.stderr)
     status = trainer.fit()
     if status == "interrupted":
         print(f"interrupted: checkpoint saved; continue with "
-              f"scratchvae train --resume {trainer.out_dir}", file=sys.stderr)
+              f"scratchvae train --resume {run.out_dir}", file=sys.stderr)
         return EXIT_INTERRUPTED
     if not args.no_plots:
-        _pictures(trainer.model, data, trainer.history, trainer.out_dir, args.quiet, c_test=trainer.c_test,
-                  conditional=trainer.config.conditional)
-    print(f"run directory: {trainer.out_dir}")
+        _pictures(run, run.out_dir, args.quiet)
+    if cfg.semi_supervised:
+        print(f"test accuracy of q(y|x): {run.history[-1]['test_accuracy']:.4f}")
+    print(f"run directory: {run.out_dir}")
     return 0
 
 
-SEMI_SUPERVISED_OPTIONS = ("dataset", "data_dir", "epochs", "batch_size", "lr", "hidden", "latent_dim",
-                           "activation", "likelihood", "init", "seed")
+def _kernels():
+    from ..kernels import describe
+    info = describe()
+    return f"{info['backend']}, gemm {info['gemm']}"
 
 
-def _train_semi_supervised(args, given) -> int:
-    from . import semisupervised
-    from .train import TrainConfig, default_run_dir, load_data
-
-    other = sorted(k for k in given if k not in SEMI_SUPERVISED_OPTIONS)
-    if args.resume or other:
-        flags = (["--resume"] if args.resume else []) + [FLAGS.get(k, "--" + k.replace("_", "-")) for k in other]
-        raise ValueError(f"--semi-supervised does not take {', '.join(flags)}")
-    if args.epochs is not None:
-        given["epochs"] = args.epochs
-    if args.data_dir:
-        given["data_dir"] = args.data_dir
-    config = TrainConfig(**given, conditional="label")
-    data = load_data(config)
-    out = Path(args.out) if args.out else default_run_dir(config.dataset)
-    out.mkdir(parents=True, exist_ok=True)
-    log = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
-    log(f"training M2 on {data.name}: {args.labels_per_class} labels per class, the other "
-        f"{len(data.x_train) - args.labels_per_class * (int(data.y_train.max()) + 1):,} training examples "
-        f"unlabelled, {config.epochs} epochs, kernels: {_backend()}")
-    model, history = semisupervised.train_m2(
-        data, args.labels_per_class, config.epochs, config.batch_size, lr=config.lr, seed=config.seed, log=log,
-        hidden=config.hidden, latent_dim=config.latent_dim, classifier_hidden=config.hidden,
-        activation=config.activation, likelihood=config.likelihood, init=config.init, alpha=args.alpha)
-    state = {"config": dataclasses.asdict(config), "history": [],
-             "data": {"name": data.name, "image_shape": data.image_shape},
-             "semi_supervised": {"labels_per_class": args.labels_per_class, "history": history}}
-    semisupervised.save(out / "checkpoint.npz", model, state)
-    print(f"test accuracy of q(y|x): {history[-1]['test_accuracy']:.4f}")
-    print(f"run directory: {out}")
-    return 0
-
-
-def _backend():
-    from .kernels import get_backend
-    return get_backend()
-
-
-def _pictures(model, data, history, out_dir, quiet, seed=0, required=False, c_test=None, conditional="none"):
+def _pictures(run, out_dir, quiet, seed=0, required=False):
     """Write every picture; without Matplotlib, say so (and fail only if ``required``)."""
     from . import plots
     try:
-        written = plots.all_pictures(model, data, history, out_dir, np.random.default_rng(seed), c_test,
-                                     conditional)
+        written = plots.all_pictures(run.vae, run.data, run.history, out_dir, np.random.default_rng(seed),
+                                     run.c_test, run.config.context)
     except ImportError as e:
         if required:
             raise
@@ -289,35 +257,24 @@ def _pictures(model, data, history, out_dir, quiet, seed=0, required=False, c_te
         print("pictures: " + ", ".join(p.name for p in written), file=sys.stderr)
 
 
-def _load_run(checkpoint, data_dir):
-    """The model, its data set and its history from a training checkpoint."""
-    from . import checkpoint as ckpt
-    from .train import TrainConfig
-
-    header, groups = ckpt.read(checkpoint)
-    model = ckpt.model_from(header, groups["param"], str(checkpoint))
-    if "train" not in header:
-        return model, None, []
-    config = TrainConfig(**header["train"]["config"])
-    if data_dir:
-        config.data_dir = data_dir
-    return model, config, header["train"]["history"]
+def _open_run(checkpoint, data_dir):
+    """The run saved in ``checkpoint``, which must know its data set."""
+    from .run import Run
+    run = Run.open(checkpoint, data_dir)
+    if run.config is None:
+        raise ValueError(f"{checkpoint}: holds no training configuration, so its data set is unknown")
+    return run
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluate import active_units, elbo, log_likelihood
+    from ..inference.evaluate import active_units, elbo, log_likelihood
     from .progress import Progress
-    from .train import contexts, load_data, prepare_data
 
-    model, config, _ = _load_run(args.checkpoint, args.data_dir)
-    if config is None:
-        raise ValueError(f"{args.checkpoint}: holds no training configuration, so its data set is unknown")
-    data = load_data(config)
-    _, x_test = prepare_data(config, data)
-    _, c_test = contexts(config, data, x_test)
+    run = _open_run(args.checkpoint, args.data_dir)
+    model, x_test, c_test = run.vae, run.x_test, run.c_test
     rng = np.random.default_rng(args.seed)
     r = elbo(model, x_test, rng, n_samples=args.samples, c=c_test)
-    print(f"{data.name} test set ({len(x_test):,} examples), nats per example:")
+    print(f"{run.data.name} test set ({len(x_test):,} examples), nats per example:")
     print(f"  -ELBO {r['total']:.3f}   reconstruction {r['nll']:.3f}   KL {r['kl']:.3f}")
     count, _ = active_units(model, x_test, c=c_test)
     print(f"  active units {count} of {model.latent_dim} (variance of E[z|x] over the data > 0.01)")
@@ -331,14 +288,14 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    from . import checkpoint as ckpt
-    from .data.datasets import one_hot
+    from ..data.datasets import one_hot
+    from .run import Run
 
     out = Path(args.output)
     if out.suffix not in (".png", ".npy"):
         raise ValueError(f"-o must end in .png or .npy, got {out}")
-    header, groups = ckpt.read(args.checkpoint)
-    model = ckpt.model_from(header, groups["param"], str(args.checkpoint))
+    run = Run.open(args.checkpoint)
+    model = run.vae
     classes = model.context_dim
     if args.label is not None and not classes:
         raise ValueError("--label needs a conditional model (trained with --conditional label)")
@@ -352,54 +309,44 @@ def cmd_sample(args) -> int:
         np.save(out, x)
     else:
         from . import plots
-        shape = header.get("train", {}).get("data", {}).get("image_shape")
-        if shape is None:
+        if run.image_shape is None:
             raise ValueError("this model's data are not images; write .npy instead")
         what = "" if labels is None else f" of class {args.label}" if args.label is not None else \
             ", one row per class"
-        plots.image_grid(x, shape, out, f"{len(x)} samples{what} from {args.checkpoint}",
+        plots.image_grid(x, run.image_shape, out, f"{len(x)} samples{what} from {args.checkpoint}",
                          cols=args.n if classes and args.label is None else None)
     print(out)
     return 0
 
 
 def cmd_plot(args) -> int:
-    from .train import contexts, load_data, prepare_data
-
-    model, config, history = _load_run(args.checkpoint, args.data_dir)
-    if config is None:
-        raise ValueError(f"{args.checkpoint}: holds no training configuration, so its data set is unknown")
-    ck = Path(args.checkpoint)
-    out = Path(args.out) if args.out else (ck if ck.is_dir() else ck.parent)
+    run = _open_run(args.checkpoint, args.data_dir)
+    out = Path(args.out) if args.out else run.out_dir
     out.mkdir(parents=True, exist_ok=True)
-    data = load_data(config)
-    _pictures(model, data, history, out, False, args.seed, required=True,
-              c_test=contexts(config, data, prepare_data(config, data)[1])[1], conditional=config.conditional)
+    _pictures(run, out, False, args.seed, required=True)
     print(out)
     return 0
 
 
 def cmd_complete(args) -> int:
-    from .complete import Mask, compare
-    from .train import load_data, prepare_data
+    from ..inference.complete import Mask, compare
 
     out = Path(args.output)
     if out.suffix != ".png":
         raise ValueError(f"-o must end in .png, got {out}")
-    model, config, _ = _load_run(args.checkpoint, args.data_dir)
-    if config is None:
-        raise ValueError(f"{args.checkpoint}: holds no training configuration, so its data set is unknown")
-    trained_mask = config.conditional[5:] if config.conditional.startswith("mask:") else None
+    run = _open_run(args.checkpoint, args.data_dir)
+    model, context = run.vae, run.config.context
+    trained_mask = context[5:] if context.startswith("mask:") else None
     if model.context_dim and trained_mask is None:
         raise ValueError("this conditional model takes labels, not observed pixels: complete with a plain "
                          "VAE or one trained with --conditional mask:KIND")
     if not (args.mask or trained_mask):
         raise ValueError("give --mask bottom-half, block or random:P: a plain VAE completes any mask")
     mask = Mask.parse(args.mask or trained_mask)
-    data = load_data(config)
+    data = run.data
     if data.image_shape is None or len(data.image_shape) != 2:
         raise ValueError(f"completion masks need images; {data.name} has none")
-    x_train, x_test = prepare_data(config, data)
+    x_train, x_test = run.x_train, run.x_test
     rng = np.random.default_rng(args.seed)
     n = min(max(args.n, args.score), len(x_test))
     x = x_test[:n]
@@ -420,7 +367,7 @@ def cmd_complete(args) -> int:
 
 
 def cmd_download(args) -> int:
-    from .data.download import download
+    from ..data.download import download
     path = download(args.name, args.dest, base_url=args.base_url,
                     progress=lambda line: print(line, file=sys.stderr))
     print(path)
@@ -428,7 +375,7 @@ def cmd_download(args) -> int:
 
 
 def cmd_datasets(args) -> int:
-    from .data.datasets import DATASET_NAMES, SYNTHETIC, DatasetNotFoundError, find_dataset
+    from ..data.datasets import DATASET_NAMES, SYNTHETIC, DatasetNotFoundError, find_dataset
     for name in DATASET_NAMES:
         if name == SYNTHETIC:
             where = "built in (generated on demand)"

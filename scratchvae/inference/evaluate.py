@@ -1,11 +1,13 @@
-"""Evaluation: the test ELBO and its parts, in nats per example."""
+"""Evaluation: the test ELBO and its parts, the importance-weighted log p(x) and
+the active units, in nats per example."""
 from __future__ import annotations
 
 from typing import Dict
 
 import numpy as np
 
-from .vae import VAE
+from ..model import VAE
+from ..model.latent import importance_weights
 
 
 def elbo(model: VAE, x: np.ndarray, rng: np.random.Generator, batch_size: int = 1000,
@@ -37,44 +39,36 @@ def log_likelihood(model: VAE, x: np.ndarray, k: int, rng: np.random.Generator, 
                    chunk: int = 100, progress=None, c=None) -> np.ndarray:
     """Importance-weighted estimate of log p(x) per example (Burda et al. 2016), in nats.
 
-    ``log p(x) ~ log (1/k) sum_i p(x|z_i) p(z_i) / q(z_i|x)`` with
-    ``z_i ~ q(z|x)``. For k = 1 its expectation is the ELBO; it rises with k
-    towards log p(x). The k samples are drawn ``chunk`` at a time and
-    combined by a running log-sum-exp in float64, so memory stays at
-    ``batch_size * chunk`` decoded examples whatever k is.
+    ``log p(x) ~ log (1/k) sum_i w_i``, ``w_i = p(x|z_i) p(z_i) / q(z_i|x)``,
+    ``z_i ~ q(z|x)``: the model's forward with k samples per example gives
+    ``log w = -(nll + kl_sample)``. For k = 1 its expectation is the ELBO; it
+    rises with k towards log p(x). The k samples are drawn ``chunk`` at a
+    time and each chunk's ``log sum w`` is added to a running log-sum-exp in
+    float64, so memory stays at ``batch_size * chunk`` decoded examples
+    whatever k is.
 
     x: (n, d); c: (n, m) for a conditional model. Returns (n,) float64.
     ``progress``: a callable(done, total).
     """
-    from .distributions import diag_gaussian_log_prob
-
     if not (isinstance(k, (int, np.integer)) and k >= 1):
         raise ValueError(f"k (importance samples) must be an integer >= 1, got {k!r}")
-    x = model._check_x(x)
-    c = model._check_c(c, len(x))
+    x = model.check_x(x)
+    c = model.check_c(c, len(x))
     n, latent = len(x), model.latent_dim
     out = np.empty(n)
     for start in range(0, n, batch_size):
         xb = x[start:start + batch_size]
         cb = None if c is None else c[start:start + batch_size]
-        b = len(xb)
-        mu, logvar = model.encode(xb, cb)
-        run_max = np.full(b, -np.inf)
-        run_sum = np.zeros(b)
+        log_sum = np.full(len(xb), -np.inf)                       # log sum_i w_i so far
         for s0 in range(0, k, chunk):
             m = min(chunk, k - s0)
-            eps = rng.standard_normal((m, b, latent), dtype=model.dtype)
-            z = (mu + np.exp(0.5 * logvar) * eps).reshape(m * b, latent)
-            mu_rep, lv_rep = np.tile(mu, (m, 1)), np.tile(logvar, (m, 1))
-            log_joint, _ = model._log_joint(z, np.tile(xb, (m, 1)), None if cb is None else np.tile(cb, (m, 1)))
-            log_q, _ = diag_gaussian_log_prob(z, mu_rep, lv_rep)
-            log_w = (log_joint - log_q).reshape(m, b)
-            new_max = np.maximum(run_max, log_w.max(axis=0))
-            run_sum = run_sum * np.exp(run_max - new_max) + np.exp(log_w - new_max).sum(axis=0)
-            run_max = new_max
-        out[start:start + b] = run_max + np.log(run_sum) - np.log(k)
+            eps = rng.standard_normal((m, len(xb), latent), dtype=model.dtype)
+            terms, _ = model.forward(xb, eps, cb, with_grad=False)
+            log_mean, _ = importance_weights(terms.log_weight)
+            log_sum = np.logaddexp(log_sum, log_mean + np.log(m))
+        out[start:start + len(xb)] = log_sum - np.log(k)
         if progress is not None:
-            progress(start + b, n)
+            progress(start + len(xb), n)
     return out
 
 

@@ -1,4 +1,4 @@
-"""The hand-written Numba GEMM (kernels/gemm_jit.py) against np.matmul.
+"""The hand-written Numba GEMM (kernels/gemm_numba.py) against np.matmul.
 
 Every layout (NN, NT, TN, TT), both dtypes, shapes chosen to hit every edge
 of the blocking: 1, odd and prime sizes, the register tile (6 x 16 float32,
@@ -16,13 +16,7 @@ import pytest
 
 pytest.importorskip("numba")
 
-from scratchvae.kernels import gemm_jit as G  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def backend():
-    """Overrides the conftest fixture that runs every test once per kernel
-    backend: these tests call gemm_jit directly, so once is enough."""
+from scratchvae.kernels import gemm_numba as G  # noqa: E402
 
 
 LAYOUTS = [(False, False), (False, True), (True, False), (True, True)]

@@ -30,7 +30,7 @@ import math
 
 import numpy as np
 
-from .optim import Adam
+from ..optim import Adam
 from .special import digamma, log_gamma, log_norm_cdf, norm_logpdf, polygamma, trigamma
 
 LOG_2PI = math.log(2 * math.pi)

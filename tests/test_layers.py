@@ -4,9 +4,11 @@ import math
 import numpy as np
 import pytest
 
-from scratchvae import nn
 from scratchvae.gradcheck import check_op, gradcheck
-from scratchvae.kernels.reference import ACTIVATIONS
+from scratchvae.kernels import ACTIVATIONS
+from scratchvae.model import layers as nn
+
+pytestmark = pytest.mark.usefixtures("backend")
 
 
 def _away_from_kinks(a):
@@ -34,6 +36,33 @@ def test_linear_gradient(act):
 
     check_op(lambda x, W, b: nn.linear_forward(x, W, b, act), backward,
              {"x": x, "W": W, "b": b}).raise_if_failed()
+
+
+@pytest.mark.parametrize("act", ["identity", "relu", "tanh"])
+def test_linear_with_a_context_block_and_row_weights(act):
+    """y = f([x, c] @ W + b) without the concatenation; rows weighted in the backward."""
+    rng = np.random.default_rng(5)
+    x, c = rng.standard_normal((6, 4)), rng.standard_normal((6, 2))
+    W, b, rows = rng.standard_normal((6, 3)), rng.standard_normal(3), rng.random(6)
+    y, _ = nn.linear_forward(x, W, b, act, c=c)
+    np.testing.assert_allclose(y, nn.linear_forward(np.concatenate([x, c], axis=1), W, b, act)[0], rtol=1e-12)
+
+    def backward(cache, d):
+        d_x, g = nn.linear_backward(cache, d / rows[:, None], row_scale=rows)
+        return {"x": d_x, "W": g["W"], "b": g["b"]}
+
+    check_op(lambda x, W, b: nn.linear_forward(x, W, b, act, c=c), backward,
+             {"x": x, "W": W, "b": b}).raise_if_failed()
+
+
+def test_linear_accumulates_its_input_gradient_when_asked():
+    rng = np.random.default_rng(6)
+    x, W = rng.standard_normal((4, 3)), rng.standard_normal((3, 2))
+    y, cache = nn.linear_forward(x, W, np.zeros(2))
+    d_y, earlier = rng.standard_normal((4, 2)), rng.standard_normal((4, 3))
+    d_x = earlier.copy()
+    nn.linear_backward(cache, d_y, d_x=d_x, accumulate_d_x=True)
+    np.testing.assert_allclose(d_x, earlier + d_y @ W.T, rtol=1e-12)
 
 
 def test_linear_skips_the_input_gradient_when_not_needed():

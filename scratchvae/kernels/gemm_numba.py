@@ -77,11 +77,11 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from . import FASTMATH
+
 __all__ = ["gemm", "gemm_parallel", "gemm_serial", "kernel_asm", "tiling"]
 
-#: never "nnan"/"ninf": NaN and infinity must propagate as in NumPy
-FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
-_JIT = {"cache": True, "fastmath": FASTMATH, "boundscheck": False, "nogil": True, "error_model": "numpy"}
+_JIT = {"cache": True, "fastmath": set(FASTMATH), "boundscheck": False, "nogil": True, "error_model": "numpy"}
 
 #: rows of the register tile (both dtypes)
 MR = 6
@@ -745,7 +745,7 @@ def _run(a, b, out, trans_a, trans_b, accumulate, threads):
     return out
 
 
-def gemm(a, b, out=None, trans_a=False, trans_b=False, accumulate=False):
+def gemm(a, b, out=None, trans_a=False, trans_b=False, accumulate=False, scratch=None):
     """``out = op(a) @ op(b)``, or ``out += op(a) @ op(b)`` with ``accumulate``.
 
     ``op(x)`` is ``x.T`` when the matching ``trans_`` flag is set. Shapes:
@@ -759,7 +759,8 @@ def gemm(a, b, out=None, trans_a=False, trans_b=False, accumulate=False):
     Returns ``out``. All four layouts (NN, NT, TN, TT) are supported.
 
     Runs on all Numba threads when ``2*m*n*k >= PARALLEL_MIN_FLOP``, else on
-    the calling thread.
+    the calling thread. ``scratch`` is accepted for the contract; the packing
+    buffers are the calling thread's own (see the module's docstring).
     """
     return _run(a, b, out, trans_a, trans_b, accumulate, None)
 

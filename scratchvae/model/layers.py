@@ -9,6 +9,11 @@ Parameters live in a plain ``dict[str, ndarray]`` with dotted names
 (``"enc.0.W"``, ``"enc.0.b"``); a Linear layer named ``name`` owns
 ``name + ".W"`` of shape (fan_in, fan_out) and ``name + ".b"`` of shape
 (fan_out,), and computes ``y = f(x @ W + b)``.
+
+A layer may also take a context block c that needs no gradient (the label
+or observed pixels of a conditional VAE): its input is then ``[x, c]``,
+computed as ``x @ W[:k] + c @ W[k:]`` (k = x's width) without a
+concatenated copy.
 """
 from __future__ import annotations
 
@@ -18,19 +23,10 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from .kernels import ops as K
-from .kernels.reference import ACTIVATIONS
-
-#: alpha used by the activations that take one (slope of leaky_relu, scale of elu)
-DEFAULT_ALPHA = {"leaky_relu": 0.01, "elu": 1.0}
+from ..kernels import DEFAULT_ALPHA, check_activation
+from ..kernels import ops as K
 
 INITS = ("torch", "glorot_uniform", "glorot_normal", "he_uniform", "he_normal")
-
-
-def check_activation(name: str) -> str:
-    if name not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}")
-    return name
 
 
 # --------------------------------------------------------------------------
@@ -54,37 +50,60 @@ def activation_backward(cache, d_y):
 # Linear (+ activation): y = f(x @ W + b)
 # --------------------------------------------------------------------------
 
-def linear_forward(x, W, b, activation="identity", alpha=None, out=None):
-    """y = f(x @ W + b). x: (batch, fan_in), W: (fan_in, fan_out), b: (fan_out,).
+def linear_forward(x, W, b, activation="identity", alpha=None, out=None, c=None, scratch=None):
+    """y = f([x, c] @ W + b). x: (batch, k); c: (batch, fan_in - k) or None;
+    W: (fan_in, fan_out); b: (fan_out,).
 
     Returns ``(y, cache)`` with y: (batch, fan_out), written into ``out``
     when given (the training step passes workspace buffers).
     """
     alpha = DEFAULT_ALPHA.get(check_activation(activation), 0.0) if alpha is None else alpha
-    a = K.gemm(x, W, out=out)
+    W_x, W_c = _split(W, x, c)
+    a = K.gemm(x, W_x, out=out)
+    if c is not None:
+        K.gemm(c, W_c, out=a, accumulate=True, scratch=scratch)     # + c @ W[k:]
     y = K.bias_activation(a, b, activation, alpha, out=a)
-    return y, (x, W, y, activation, alpha)
+    return y, (x, c, W, y, activation, alpha)
 
 
-def linear_backward(cache, d_y, need_d_x=True, d_W=None, d_b=None, d_x=None, overwrite_d_y=False):
+def linear_backward(cache, d_y, need_d_x=True, d_W=None, d_b=None, d_x=None, overwrite_d_y=False,
+                    row_scale=None, accumulate_d_x=False, scratch=None):
     """Backward of :func:`linear_forward`.
 
-    ``d_a = d_y * f'(a)``; ``d_W = x.T @ d_a``; ``d_b = sum over batch of d_a``;
-    ``d_x = d_a @ W.T`` (skipped, returned as None, when ``need_d_x`` is false:
-    the first layer of an encoder has no use for it).
+    ``d_a = row_scale * d_y * f'(a)``; ``d_W = [x, c].T @ d_a``;
+    ``d_b = sum over batch of d_a``; ``d_x = d_a @ W[:k].T`` (skipped,
+    returned as None, when ``need_d_x`` is false: the first layer of an
+    encoder has no use for it; the context never needs one).
 
+    ``row_scale`` (batch,) weights each row's gradient (None: 1).
     ``d_W``, ``d_b``, ``d_x`` may be given as outputs; ``overwrite_d_y``
-    lets ``d_a`` reuse ``d_y``'s memory.
+    lets ``d_a`` reuse ``d_y``'s memory; ``accumulate_d_x`` adds to ``d_x``
+    (a layer whose input feeds two layers).
     Returns ``(d_x, {"W": d_W, "b": d_b})``.
     """
-    x, W, y, activation, alpha = cache
+    x, c, W, y, activation, alpha = cache
     if d_b is None:
         d_b = np.empty(W.shape[1], W.dtype)
-    d_a = K.activation_backward(y, d_y, activation, alpha, out=d_y if overwrite_d_y else None, d_b=d_b)
-    d_W = K.gemm(x, d_a, out=d_W, trans_a=True)
+    if d_W is None:
+        d_W = np.empty_like(W)
+    d_a = K.activation_backward(y, d_y, activation, alpha, out=d_y if overwrite_d_y else None, d_b=d_b,
+                                row_scale=row_scale)
+    W_x, W_c = _split(W, x, c)
+    d_W_x, d_W_c = _split(d_W, x, c)
+    K.gemm(x, d_a, out=d_W_x, trans_a=True)
+    if c is not None:
+        K.gemm(c, d_a, out=d_W_c, trans_a=True)
     if need_d_x:
-        d_x = K.gemm(d_a, W, out=d_x, trans_b=True)
+        d_x = K.gemm(d_a, W_x, out=d_x, trans_b=True, accumulate=accumulate_d_x, scratch=scratch)
     return (d_x if need_d_x else None), {"W": d_W, "b": d_b}
+
+
+def _split(W, x, c):
+    """``(W_x, W_c)``: the rows of W that multiply x and c (W and None without a context)."""
+    if c is None:
+        return W, None
+    k = x.shape[1]
+    return W[:k], W[k:]
 
 
 # --------------------------------------------------------------------------
@@ -164,27 +183,33 @@ class MLP:
                 rng, layer.fan_in, layer.fan_out, init, dtype)
         return params
 
-    def forward(self, params, x, outs=None) -> Tuple[np.ndarray, list]:
-        """x: (batch, d_0) -> (y: (batch, d_L), caches). ``outs``: a buffer per layer."""
+    def forward(self, params, x, outs=None, c=None, scratch=None) -> Tuple[np.ndarray, list]:
+        """x: (batch, d_0 - m) -> (y: (batch, d_L), caches); the first layer also
+        sees the context c (batch, m), if any. ``outs``: a buffer per layer."""
         caches = []
         for i, layer in enumerate(self.layers):
             x, cache = linear_forward(x, params[layer.name + ".W"], params[layer.name + ".b"],
-                                      layer.activation, self.alpha, out=None if outs is None else outs[i])
+                                      layer.activation, self.alpha, out=None if outs is None else outs[i],
+                                      c=c if i == 0 else None, scratch=scratch)
             caches.append(cache)
         return x, caches
 
-    def backward(self, caches, d_y, grads, need_d_x=True, d_ins=None, overwrite_d_y=False):
+    def backward(self, caches, d_y, grads, need_d_x=True, d_ins=None, overwrite_d_y=False, row_scale=None,
+                 scratch=None):
         """Write each layer's d_W, d_b into ``grads``; return d_x (or None).
 
         Arrays already in ``grads`` under a layer's names are filled in place
         (the model's flat gradient buffer); missing ones are created.
-        ``d_ins[i]`` is a buffer for the gradient of layer i's input.
+        ``d_ins[i]`` is a buffer for the gradient of layer i's input;
+        ``row_scale`` (batch,) weights the rows of ``d_y``.
         """
         for i in reversed(range(len(self.layers))):
             name = self.layers[i].name
+            last = i == len(self.layers) - 1
             d_y, d = linear_backward(caches[i], d_y, need_d_x=need_d_x or i > 0,
                                      d_W=grads.get(name + ".W"), d_b=grads.get(name + ".b"),
                                      d_x=None if d_ins is None else d_ins[i],
-                                     overwrite_d_y=overwrite_d_y or i < len(self.layers) - 1)
+                                     overwrite_d_y=overwrite_d_y or not last,
+                                     row_scale=row_scale if last else None, scratch=scratch)
             grads[name + ".W"], grads[name + ".b"] = d["W"], d["b"]
         return d_y

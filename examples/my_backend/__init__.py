@@ -1,0 +1,1 @@
+"""An out-of-tree kernel backend for scratchvae (see kernels.py)."""

@@ -1,0 +1,536 @@
+"""The numba backend: the contract of ``reference.py``, fused and compiled.
+
+Each public function has the signature of its reference twin; the loops
+live in ``_``-prefixed ``@njit`` functions. What is fused:
+
+* ``bias_activation``: bias add and activation in one pass;
+* ``activation_backward``: f'(a) from the cached output, the row weights and
+  the bias gradient (column sums) in the same pass;
+* the likelihoods: per-row loss and its gradient in one pass over the
+  pixels, with one ``exp`` per pixel shared by softplus and sigmoid;
+* ``gaussian_latent`` (+ backward): reparameterization, KL and its
+  one-sample estimate together;
+* ``adam_update``: one sweep over the flat parameter buffer.
+
+The products come from NumPy's BLAS (``gemm``); ``set_backend("numba",
+gemm="numba")`` takes them from the hand-written ``gemm_numba.py``.
+
+Compilation: ``cache=True`` (compiled code is kept on disk and reloaded in
+later processes). Numba writes the cache next to this file, or, where that
+is read-only, in a user cache directory; where neither can be written the
+kernels compile in memory instead of failing. Every kernel compiles with
+``kernels.FASTMATH``.
+
+Constants are float32 where they are exact (0, 0.5, 1, 2) so that float32
+kernels stay in float32; float64 inputs promote them losslessly.
+"""
+from __future__ import annotations
+
+import math
+
+import numba as nb
+import numpy as np
+
+from . import ACTIVATIONS, FASTMATH, HALF_LOG_2PI, check_activation, temporaries
+from . import numpy as numpy_backend
+
+ZERO, HALF, ONE, TWO = np.float32(0), np.float32(0.5), np.float32(1), np.float32(2)
+ACT_CODE = {name: i for i, name in enumerate(ACTIVATIONS)}
+IDENTITY, RELU, LEAKY_RELU, TANH, SIGMOID, SOFTPLUS, ELU = (ACT_CODE[a] for a in ACTIVATIONS)
+CACHE_ENABLED = True
+
+gemm = numpy_backend.gemm
+repeat_rows = numpy_backend.repeat_rows
+sum_squares = numpy_backend.sum_squares
+
+
+def _jit(inline=False):
+    """njit with the shared flags; without a writable cache location, compile in memory.
+
+    The kernels are serial on purpose: BLAS already runs the GEMMs on every
+    core, and a second thread pool spinning beside OpenBLAS's made a step
+    several times slower on a 2-core machine. ``inline`` marks loop bodies
+    that a dispatching kernel instantiates once per activation (see below).
+    """
+    def decorate(fn):
+        global CACHE_ENABLED
+        options = dict(fastmath=set(FASTMATH), nogil=True, error_model="numpy",
+                       inline="always" if inline else "never")
+        try:
+            return nb.njit(cache=CACHE_ENABLED, **options)(fn)
+        except RuntimeError:          # "cannot cache function ...: no locator available"
+            CACHE_ENABLED = False
+            return nb.njit(cache=False, **options)(fn)
+    return decorate
+
+
+#: what a kernel gets in place of per-row weights it was not given (a constant, never written)
+_NO_ROWS = {np.dtype(t): np.zeros(1, t) for t in (np.float32, np.float64)}
+
+
+def _rows(w, like):
+    """``(weights, given)``: per-row weights as a 1-D array in ``like``'s dtype, or a placeholder."""
+    if w is None:
+        return _NO_ROWS[like.dtype], False
+    return np.asarray(w, like.dtype), True
+
+
+# --------------------------------------------------------------------------
+# activations
+# --------------------------------------------------------------------------
+# A loop whose body branches on the activation code does not vectorise. So
+# each loop is written once, inlined (``_jit(inline=True)``) into a
+# dispatcher that calls it with a constant code per branch: LLVM folds the
+# branches away and vectorises each copy. Activations that need exp or tanh
+# per element run on NumPy's SIMD loops instead (the numpy backend), which
+# beat the scalar libm calls compiled code would make.
+
+@_jit(inline=True)
+def _act(v, code, alpha):
+    if code == RELU:
+        return ZERO if v <= ZERO else v        # NaN stays NaN, as np.maximum keeps it
+    if code == LEAKY_RELU:
+        return v if v > ZERO else alpha * v
+    return v
+
+
+@_jit(inline=True)
+def _act_grad(y, code, alpha):
+    """f'(a) from y = f(a)."""
+    if code == RELU:
+        return ONE if y > ZERO else ZERO
+    if code == LEAKY_RELU:
+        return ONE if y > ZERO else alpha
+    if code == TANH:
+        return ONE - y * y
+    if code == SIGMOID:
+        return y * (ONE - y)
+    if code == ELU:
+        return ONE if y > ZERO else y + alpha
+    return ONE
+
+
+@_jit(inline=True)
+def _bias_act_loop(a, b, code, alpha, out):
+    n, m = a.shape
+    for i in range(n):
+        for j in range(m):
+            out[i, j] = _act(a[i, j] + b[j], code, alpha)
+
+
+@_jit()
+def _bias_act(a, b, code, alpha, out):
+    if code == RELU:
+        _bias_act_loop(a, b, RELU, alpha, out)
+    elif code == LEAKY_RELU:
+        _bias_act_loop(a, b, LEAKY_RELU, alpha, out)
+    else:
+        _bias_act_loop(a, b, IDENTITY, alpha, out)
+
+
+@_jit(inline=True)
+def _act_backward_loop(y, d_y, code, alpha, out, d_b, want_d_b, row_scale, scaled):
+    n, m = y.shape
+    if want_d_b:
+        for j in range(m):
+            d_b[j] = ZERO
+    for i in range(n):
+        for j in range(m):
+            d = d_y[i, j] * _act_grad(y[i, j], code, alpha)
+            if scaled:
+                d *= row_scale[i]
+            out[i, j] = d
+            if want_d_b:
+                d_b[j] += d
+
+
+@_jit()
+def _act_backward(y, d_y, code, alpha, out, d_b, want_d_b, row_scale, scaled):
+    if code == RELU:
+        _act_backward_loop(y, d_y, RELU, alpha, out, d_b, want_d_b, row_scale, scaled)
+    elif code == LEAKY_RELU:
+        _act_backward_loop(y, d_y, LEAKY_RELU, alpha, out, d_b, want_d_b, row_scale, scaled)
+    elif code == TANH:
+        _act_backward_loop(y, d_y, TANH, alpha, out, d_b, want_d_b, row_scale, scaled)
+    elif code == SIGMOID:
+        _act_backward_loop(y, d_y, SIGMOID, alpha, out, d_b, want_d_b, row_scale, scaled)
+    elif code == ELU:
+        _act_backward_loop(y, d_y, ELU, alpha, out, d_b, want_d_b, row_scale, scaled)
+    else:
+        _act_backward_loop(y, d_y, IDENTITY, alpha, out, d_b, want_d_b, row_scale, scaled)
+
+
+def bias_activation(a, b, activation, alpha, out=None):
+    code = _code(activation)
+    if code not in (IDENTITY, RELU, LEAKY_RELU):
+        return numpy_backend.bias_activation(a, b, activation, alpha, out)
+    out = np.empty_like(a) if out is None else out
+    _bias_act(a, b, code, a.dtype.type(alpha), out)
+    return out
+
+
+def activation_backward(y, d_y, activation, alpha, out=None, d_b=None, row_scale=None):
+    code = _code(activation)
+    if code == SOFTPLUS:
+        return numpy_backend.activation_backward(y, d_y, activation, alpha, out, d_b, row_scale)
+    out = np.empty((len(y), y.shape[1]), y.dtype) if out is None else out
+    want = d_b is not None
+    scale, scaled = _rows(row_scale, y)
+    _act_backward(y, d_y, code, y.dtype.type(alpha), out, d_b if want else out[0], want, scale, scaled)
+    return out
+
+
+def _code(activation):
+    return ACT_CODE[check_activation(activation)]
+
+
+# --------------------------------------------------------------------------
+# likelihoods
+# --------------------------------------------------------------------------
+# softplus(l) = max(l, 0) + log1p(e) and sigmoid(l) = (1 if l >= 0 else e) / (1 + e)
+# share e = exp(-|l|), which NumPy computes with its SIMD exp (compiled code
+# would call the scalar libm exp per pixel). One compiled pass then writes the
+# gradient and sums the loss. The loss needs sum_j log1p(e_j): in float32 it
+# takes the log of products of 64 factors (1 + e_j) in [1, 2], one log call
+# per 64 pixels (each product < 2^64, rounding error about 64 ulp); in
+# float64, used for gradient checks, it calls log1p per pixel, exactly.
+
+@_jit()
+def _neg_abs(l, e):
+    n, m = l.shape
+    for i in range(n):
+        for j in range(m):
+            e[i, j] = -abs(l[i, j])
+
+
+@_jit()
+def _bernoulli(logits, x, e, chunk, d, nll):
+    n, m = logits.shape
+    for i in range(n):
+        s = ZERO * logits[i, 0]
+        for j in range(m):
+            l, ej = logits[i, j], e[i, j]
+            s += max(l, ZERO) - x[i, j] * l
+            d[i, j] = (ONE if l >= ZERO else ej) / (ONE + ej) - x[i, j]
+        if chunk == 1:
+            for j in range(m):
+                s += math.log1p(e[i, j])
+        else:
+            for j0 in range(0, m, chunk):
+                prod = ONE + ZERO * s
+                for j in range(j0, min(m, j0 + chunk)):
+                    prod *= ONE + e[i, j]
+                s += math.log(prod)
+        nll[i] = s
+
+
+@_jit()
+def _cb_log_norm_and_grad(l):
+    """log C(l) and its derivative for the continuous Bernoulli, in float64
+    (the formulas and series of the numpy backend)."""
+    a = abs(float(l))
+    if a < 0.1:
+        a2 = a * a
+        f = math.log(2.0) + a2 * (1 / 12 - a2 * (7 / 1440 - a2 * (
+            31 / 90720 - a2 * (127 / 4838400 - a2 * (73 / 34214400)))))
+        g = a * (1 / 6 - a2 * (7 / 360 - a2 * (31 / 15120 - a2 * (127 / 604800 - a2 * (73 / 3421440)))))
+    else:
+        e = math.exp(-a)        # one exp and one log: 1 - e >= 0.095 here, no cancellation
+        f = math.log(a * (1.0 + e) / (1.0 - e))
+        g = 1.0 / a - 2.0 * e / (1.0 - e * e)
+    return f, (g if l >= 0 else -g)
+
+
+@_jit()
+def _cb_correction(logits, d, nll):
+    """Continuous Bernoulli on top of _bernoulli: nll -= sum log C, d -= dlogC/dl."""
+    n, m = logits.shape
+    for i in range(n):
+        c = 0.0
+        for j in range(m):
+            f, g = _cb_log_norm_and_grad(logits[i, j])
+            c += f
+            d[i, j] -= g
+        nll[i] -= c
+
+
+def _loss_buffers(like, nll, grad, with_grad, scratch):
+    """The nll and gradient arrays a loss kernel writes: the caller's, else new or
+    (for a gradient nobody asked for) scratch ones, so one compiled loop serves both."""
+    nll = np.empty(len(like), like.dtype) if nll is None else nll
+    if grad is None:
+        grad = np.empty_like(like) if with_grad else temporaries(scratch, "no-grad", like, 1)[0]
+    return nll, grad
+
+
+def bernoulli_nll(logits, x, nll=None, grad=None, with_grad=True, scratch=None):
+    nll, d = _loss_buffers(logits, nll, grad, with_grad, scratch)
+    (e,) = temporaries(scratch, "bernoulli-e", logits, 1)
+    _neg_abs(logits, e)
+    np.exp(e, out=e)
+    _bernoulli(logits, x, e, 64 if logits.dtype == np.float32 else 1, d, nll)
+    return nll, (d if with_grad else None)
+
+
+def continuous_bernoulli_nll(logits, x, nll=None, grad=None, with_grad=True, scratch=None):
+    nll, d = _loss_buffers(logits, nll, grad, with_grad, scratch)
+    bernoulli_nll(logits, x, nll, d, True, scratch)
+    _cb_correction(logits, d, nll)
+    return nll, (d if with_grad else None)
+
+
+@_jit()
+def _gaussian(mean, x, inv_sigma, const, d_mean, nll):
+    n, m = mean.shape
+    per_pixel = inv_sigma.shape[0] == m
+    for i in range(n):
+        s = ZERO * mean[i, 0]
+        for j in range(m):
+            jj = j if per_pixel else 0
+            r = (x[i, j] - mean[i, j]) * inv_sigma[jj]
+            s += HALF * r * r
+            d_mean[i, j] = -r * inv_sigma[jj]
+        nll[i] = s + const
+
+
+@_jit()
+def _gaussian_log_sigma(mean, x, inv_sigma, w, d_log_sigma):
+    n, m = mean.shape
+    per_pixel = inv_sigma.shape[0] == m
+    for j in range(d_log_sigma.shape[0]):
+        d_log_sigma[j] = ZERO
+    for i in range(n):
+        for j in range(m):
+            jj = j if per_pixel else 0
+            r = (x[i, j] - mean[i, j]) * inv_sigma[jj]
+            d_log_sigma[jj] += w[i] * (ONE - r * r)
+
+
+def gaussian_nll(mean, x, log_sigma, nll=None, grad=None, with_grad=True, scratch=None):
+    nll, d = _loss_buffers(mean, nll, grad, with_grad, scratch)
+    m = mean.shape[1]
+    const = m * HALF_LOG_2PI + float(log_sigma.sum()) * (m if log_sigma.size == 1 else 1)
+    _gaussian(mean, x, np.exp(-log_sigma), mean.dtype.type(const), d, nll)
+    return nll, (d if with_grad else None)
+
+
+def gaussian_log_sigma_grad(mean, x, log_sigma, w, out=None):
+    out = np.empty_like(log_sigma) if out is None else out
+    _gaussian_log_sigma(mean, x, np.exp(-log_sigma), np.asarray(w, mean.dtype), out)
+    return out
+
+
+# --------------------------------------------------------------------------
+# latent layer
+# --------------------------------------------------------------------------
+
+@_jit()
+def _latent(mu, logvar, eps, z, kl, kl_sample):
+    n, k = mu.shape
+    s = eps.shape[0] // n
+    for i in range(n):
+        acc = ZERO * mu[i, 0]
+        for j in range(k):
+            var = math.exp(logvar[i, j])
+            z[i, j] = mu[i, j] + math.sqrt(var) * eps[i, j]
+            acc += mu[i, j] * mu[i, j] + var - ONE - logvar[i, j]
+        kl[i] = HALF * acc
+    for t in range(1, s):
+        for i in range(n):
+            r = t * n + i
+            for j in range(k):
+                z[r, j] = mu[i, j] + math.exp(HALF * logvar[i, j]) * eps[r, j]
+    for r in range(s * n):
+        i = r % n
+        acc = ZERO * mu[i, 0]
+        for j in range(k):
+            acc += z[r, j] * z[r, j] - logvar[i, j] - eps[r, j] * eps[r, j]
+        kl_sample[r] = HALF * acc
+
+
+@_jit()
+def _latent_backward(mu, logvar, eps, z, d_z, w_kl, has_kl, w_ks, has_ks, d_mu, d_logvar):
+    n, k = mu.shape
+    s = eps.shape[0] // n
+    if s == 1 and not has_ks:
+        # the ELBO's step, without the loop over samples: LLVM vectorises it over j
+        for i in range(n):
+            w = w_kl[i] if has_kl else ZERO * mu[i, 0]
+            for j in range(k):
+                std = math.exp(HALF * logvar[i, j])
+                d_mu[i, j] = d_z[i, j] + w * mu[i, j]
+                d_logvar[i, j] = HALF * (d_z[i, j] * eps[i, j] * std + w * (std * std - ONE))
+        return
+    for i in range(n):
+        w = w_kl[i] if has_kl else ZERO * mu[i, 0]
+        for j in range(k):
+            std = math.exp(HALF * logvar[i, j])
+            g_mu = ZERO * std
+            g_lv = ZERO * std
+            for t in range(s):
+                r = t * n + i
+                g = d_z[r, j] + w_ks[r] * z[r, j] if has_ks else d_z[r, j]
+                g_mu += g
+                g_lv += g * eps[r, j] * std
+                if has_ks:
+                    g_lv -= w_ks[r]
+            d_mu[i, j] = g_mu + w * mu[i, j]
+            d_logvar[i, j] = HALF * (g_lv + w * (std * std - ONE))
+
+
+def gaussian_latent(mu, logvar, eps, z=None, kl=None, kl_sample=None):
+    z = np.empty_like(eps) if z is None else z
+    kl = np.empty(mu.shape[0], mu.dtype) if kl is None else kl
+    kl_sample = np.empty(eps.shape[0], mu.dtype) if kl_sample is None else kl_sample
+    _latent(mu, logvar, eps, z, kl, kl_sample)
+    return z, kl, kl_sample
+
+
+def gaussian_latent_backward(mu, logvar, eps, z, d_z, w_kl, w_kl_sample, d_mu=None, d_logvar=None):
+    d_mu = np.empty_like(mu) if d_mu is None else d_mu
+    d_logvar = np.empty_like(mu) if d_logvar is None else d_logvar
+    w_kl, has_kl = _rows(w_kl, mu)
+    w_ks, has_ks = _rows(w_kl_sample, mu)
+    _latent_backward(mu, logvar, eps, z, d_z, w_kl, has_kl, w_ks, has_ks, d_mu, d_logvar)
+    return d_mu, d_logvar
+
+
+# --------------------------------------------------------------------------
+# softmax, ranges
+# --------------------------------------------------------------------------
+
+@_jit()
+def _log_softmax(logits, out):
+    n, m = logits.shape
+    for i in range(n):
+        top = logits[i, 0]
+        for j in range(1, m):
+            top = max(top, logits[i, j])
+        acc = ZERO * top
+        for j in range(m):
+            acc += math.exp(logits[i, j] - top)
+        shift = top + math.log(acc)
+        for j in range(m):
+            out[i, j] = logits[i, j] - shift
+
+
+@_jit()
+def _log_softmax_backward(log_p, d_log_p, out):
+    n, m = log_p.shape
+    for i in range(n):
+        total = ZERO * log_p[i, 0]
+        for j in range(m):
+            total += d_log_p[i, j]
+        for j in range(m):
+            out[i, j] = d_log_p[i, j] - math.exp(log_p[i, j]) * total
+
+
+def log_softmax(logits, out=None):
+    out = np.empty((len(logits), logits.shape[1]), logits.dtype) if out is None else out
+    _log_softmax(logits, out)
+    return out
+
+
+def log_softmax_backward(log_p, d_log_p, out=None):
+    out = np.empty((len(log_p), log_p.shape[1]), log_p.dtype) if out is None else out
+    _log_softmax_backward(log_p, d_log_p, out)
+    return out
+
+
+@_jit()
+def _min_max(x):
+    lo = x.flat[0]
+    hi = lo
+    nan = lo != lo
+    for v in x.flat:
+        lo = min(lo, v)
+        hi = max(hi, v)
+        nan |= v != v
+    return lo, hi, nan
+
+
+def min_max(x):
+    """One pass over x (NumPy makes two)."""
+    if x.size == 0:
+        return numpy_backend.min_max(x)
+    lo, hi, nan = _min_max(x)
+    return (math.nan, math.nan) if nan else (float(lo), float(hi))
+
+
+# --------------------------------------------------------------------------
+# optimizers: one sweep over (flat) buffers
+# --------------------------------------------------------------------------
+
+@_jit()
+def _adam(p, g, m, v, step_size, beta1, beta2, eps, inv_sqrt_bc2, decay, grad_scale):
+    n = p.shape[0]
+    for i in range(n):
+        gi = grad_scale * g[i]
+        mi = beta1 * m[i] + (ONE - beta1) * gi
+        vi = beta2 * v[i] + (ONE - beta2) * gi * gi
+        m[i] = mi
+        v[i] = vi
+        p[i] = p[i] * decay - step_size * mi / (math.sqrt(vi) * inv_sqrt_bc2 + eps)
+
+
+@_jit()
+def _sgd(p, g, buf, lr, momentum, weight_decay, grad_scale):
+    n = p.shape[0]
+    for i in range(n):
+        b = momentum * buf[i] + grad_scale * g[i] + weight_decay * p[i]
+        buf[i] = b
+        p[i] -= lr * b
+
+
+def adam_update(p, g, m, v, lr, beta1, beta2, eps, step, weight_decay, grad_scale, scratch=None):
+    t = p.dtype.type
+    bc1, bc2 = 1 - beta1 ** step, 1 - beta2 ** step
+    # lr * m_hat / (sqrt(v_hat) + eps) == (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps)
+    _adam(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), t(lr / bc1), t(beta1), t(beta2),
+          t(eps), t(1 / math.sqrt(bc2)), t(1 - lr * weight_decay), t(grad_scale))
+
+
+def sgd_update(p, g, buf, lr, momentum, weight_decay, grad_scale, scratch=None):
+    t = p.dtype.type
+    _sgd(p.reshape(-1), g.reshape(-1), buf.reshape(-1), t(lr), t(momentum), t(weight_decay), t(grad_scale))
+
+
+# --------------------------------------------------------------------------
+# compile ahead of use
+# --------------------------------------------------------------------------
+
+def warmup(dtypes=(np.float32, np.float64)) -> None:
+    """Compile (or load from the on-disk cache) every kernel for ``dtypes``."""
+    for dtype in dtypes:
+        a = np.full((2, 3), 0.5, dtype)
+        b = np.zeros(3, dtype)
+        w = np.ones(2, dtype)
+        y = bias_activation(a, b, "relu", 0.0)
+        activation_backward(y, a, "relu", 0.0, d_b=b.copy())
+        activation_backward(y, a, "identity", 0.0, d_b=b.copy(), row_scale=w)
+        activation_backward(y, a, "relu", 0.0)
+        continuous_bernoulli_nll(a, a)
+        gaussian_nll(a, a, np.zeros(1, dtype))
+        gaussian_log_sigma_grad(a, a, np.zeros(1, dtype), w)
+        z, _, _ = gaussian_latent(a, a, a)
+        gaussian_latent_backward(a, a, a, z, z, w, None)
+        gaussian_latent_backward(a, a, a, z, z, None, w)
+        log_softmax_backward(log_softmax(a), a)
+        min_max(a)
+        flat = np.ones(4, dtype)
+        adam_update(flat.copy(), flat, flat.copy(), flat.copy(), 1e-3, 0.9, 0.999, 1e-8, 1, 0.0, 1.0)
+        sgd_update(flat.copy(), flat, flat.copy(), 1e-3, 0.9, 0.0, 1.0)
+
+
+def describe() -> dict:
+    """What this backend runs with: versions, threads, cache state."""
+    return {"numba": nb.__version__, "numba_threads": nb.get_num_threads(),
+            "kernels_parallel": False, "cache": CACHE_ENABLED,
+            "gemm": "numpy.matmul (BLAS)", "threading_layer": _threading_layer()}
+
+
+def _threading_layer():
+    try:
+        return nb.threading_layer()
+    except ValueError:                   # no parallel kernel has run in this process
+        return f"not started (configured: {nb.config.THREADING_LAYER})"

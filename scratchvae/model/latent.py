@@ -1,0 +1,144 @@
+"""The latent layer: posterior q(z|x) = N(mu, diag(exp(logvar))), prior N(0, I).
+
+Forward and backward of the reparameterization with its KL, the Gaussian
+log-densities, the closed-form KL between full-covariance Gaussians, and the
+normalised importance weights that turn samples into the IWAE bound and the
+importance-weighted log p(x). Units are nats; a latent batch is (rows, k).
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import numpy as np
+
+from ..kernels import HALF_LOG_2PI
+from ..kernels import ops as K
+
+
+# --------------------------------------------------------------------------
+# Reparameterization and KL: the one latent op of every objective
+# --------------------------------------------------------------------------
+
+def reparameterize(mu, logvar, eps, z=None, kl=None, kl_sample=None):
+    """``z = mu + exp(logvar/2) * eps``, the KL and its one-sample estimate.
+
+    mu, logvar: (n, k); eps: (s n, k), s draws of N(0, I) per example,
+    sample-major (row ``t n + i`` is sample t of example i). Sampling through
+    eps makes z a differentiable function of mu and logvar (the
+    reparameterization trick). Returns ``(z, kl, kl_sample, cache)``:
+
+    * ``kl`` (n,) = ``KL(q(z|x) || N(0, I)) = 1/2 sum_j (mu_j^2 + exp(logvar_j) - 1 - logvar_j)``,
+      analytic: what the ELBO uses;
+    * ``kl_sample`` (s n,) = ``log q(z|x) - log p(z) = 1/2 sum_j (z_j^2 - logvar_j - eps_j^2)``
+      at each drawn z: what importance weights use (its mean over eps is kl).
+
+    ``z``, ``kl``, ``kl_sample`` may be given as outputs.
+    """
+    z, kl, kl_sample = K.gaussian_latent(mu, logvar, eps, z, kl, kl_sample)
+    return z, kl, kl_sample, (mu, logvar, eps, z)
+
+
+def reparameterize_backward(cache, d_z, w_kl=None, w_kl_sample=None, d_mu=None, d_logvar=None):
+    """Gradients of ``sum(d_z * z) + sum_i w_kl_i kl_i + sum_r w_kl_sample_r kl_sample_r``
+    with respect to mu and logvar.
+
+    dz/dmu = 1, dz/dlogvar = eps exp(logvar/2) / 2 (each example sums its samples);
+    dKL/dmu = mu, dKL/dlogvar = (exp(logvar) - 1) / 2;
+    d kl_sample/dz = z, and directly d kl_sample/dlogvar = -1/2.
+    ``w_kl`` (n,) and ``w_kl_sample`` (s n,): per-row weights, None for 0.
+    Returns ``(d_mu, d_logvar)``, written into the given outputs if any.
+    """
+    mu, logvar, eps, z = cache
+    return K.gaussian_latent_backward(mu, logvar, eps, z, d_z, w_kl, w_kl_sample, d_mu, d_logvar)
+
+
+# --------------------------------------------------------------------------
+# Log-densities
+# --------------------------------------------------------------------------
+
+def standard_normal_log_prob(z):
+    """``log N(z; 0, I)`` per row, float64: ``-1/2 sum_j (log 2 pi + z_j^2)``. z: (rows, k)."""
+    z = z.astype(np.float64)
+    return -(z.shape[1] * HALF_LOG_2PI) - 0.5 * np.einsum("ij,ij->i", z, z)
+
+
+def diag_gaussian_log_prob(z, mu, logvar):
+    """``log N(z; mu, diag(exp(logvar)))`` per row. z, mu, logvar: (rows, k).
+
+    Returns ``(logp, cache)``, logp (rows,) =
+    ``-1/2 sum_j (log 2pi + logvar_j + (z_j - mu_j)^2 exp(-logvar_j))``.
+    """
+    r2 = (z - mu) ** 2 * np.exp(-logvar)
+    logp = -(z.shape[1] * HALF_LOG_2PI) - 0.5 * (logvar + r2).sum(axis=1)
+    return logp, (z, mu, logvar)
+
+
+def diag_gaussian_log_prob_backward(cache, d_logp):
+    """Gradients of ``sum(d_logp * logp)``; d_logp: (rows,).
+
+    d/dz = -(z - mu) exp(-logvar); d/dmu = -d/dz;
+    d/dlogvar = ((z - mu)^2 exp(-logvar) - 1) / 2. Returns ``(d_z, d_mu, d_logvar)``.
+    """
+    z, mu, logvar = cache
+    w = d_logp[:, None]
+    prec = np.exp(-logvar)
+    d_z = -w * (z - mu) * prec
+    d_logvar = w * 0.5 * ((z - mu) ** 2 * prec - 1)
+    return d_z, -d_z, d_logvar
+
+
+def kl_mvn(mu0, cov0, mu1, cov1):
+    """Closed-form ``KL(N(mu0, cov0) || N(mu1, cov1))`` for full covariances.
+
+    ``1/2 [tr(cov1^-1 cov0) + (mu1 - mu0)^T cov1^-1 (mu1 - mu0) - k
+    + log det cov1 - log det cov0]``, in nats.
+
+    mu: (..., k); cov: (..., k, k), symmetric positive definite; leading
+    dimensions broadcast. Computed with Cholesky factors ``cov = L L^T``:
+    the trace is ``||L1^-1 L0||_F^2``, the Mahalanobis term
+    ``||L1^-1 (mu1 - mu0)||^2`` and ``log det cov = 2 sum log diag L``.
+    """
+    mu0, mu1 = np.asarray(mu0, float), np.asarray(mu1, float)
+    cov0, cov1 = np.asarray(cov0, float), np.asarray(cov1, float)
+    k = mu0.shape[-1]
+    for name, mu, cov in (("0", mu0, cov0), ("1", mu1, cov1)):
+        if mu.shape[-1:] != (k,) or cov.shape[-2:] != (k, k):
+            raise ValueError(f"kl_mvn: mu{name} must be (..., {k}) and cov{name} (..., {k}, {k}); "
+                             f"got {mu.shape} and {cov.shape}")
+        if not np.allclose(cov, np.swapaxes(cov, -1, -2)):
+            raise ValueError(f"kl_mvn: cov{name} is not symmetric")
+    L0, L1 = _cholesky(cov0, "cov0"), _cholesky(cov1, "cov1")
+    M = np.linalg.solve(L1, L0)
+    diff = np.linalg.solve(L1, (mu1 - mu0)[..., None])[..., 0]
+    trace = (M ** 2).sum(axis=(-2, -1))
+    maha = (diff ** 2).sum(axis=-1)
+    logdet = 2 * (np.log(np.diagonal(L1, axis1=-2, axis2=-1)).sum(-1)
+                  - np.log(np.diagonal(L0, axis1=-2, axis2=-1)).sum(-1))
+    return 0.5 * (trace + maha - k + logdet)
+
+
+def _cholesky(cov, name):
+    try:
+        return np.linalg.cholesky(cov)
+    except np.linalg.LinAlgError:
+        raise ValueError(f"kl_mvn: {name} is not positive definite") from None
+
+
+# --------------------------------------------------------------------------
+# Importance weights
+# --------------------------------------------------------------------------
+
+def importance_weights(log_w) -> Tuple[np.ndarray, np.ndarray]:
+    """From ``log w`` (s, n) (s samples of each of n examples) to
+    ``(log (1/s) sum_t w_t (n,), normalised weights w_t / sum_t w_t (s, n))``,
+    in float64, the largest log w subtracted first (log-sum-exp).
+
+    With ``log w = log p(x, z) - log q(z|x)`` the first is the importance-
+    weighted bound of Burda et al. (2016); the second is the gradient's
+    weighting of the samples (``softmax`` over t).
+    """
+    log_w = np.asarray(log_w, np.float64)
+    top = log_w.max(axis=0)
+    w = np.exp(log_w - top)
+    total = w.sum(axis=0)
+    return top + np.log(total) - np.log(len(log_w)), w / total

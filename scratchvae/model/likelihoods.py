@@ -1,0 +1,178 @@
+"""Likelihoods p(x | out), ``out`` being the decoder's output: the loss of the
+model's last step and its gradient, the mean and draws of x.
+
+Units are nats; a data batch is (rows, d). Each likelihood's loss kernel
+gives ``nll`` per row and the unweighted gradient ``dnll/dout``; the model
+applies the per-row weights of its objective in the decoder's backward pass.
+"""
+from __future__ import annotations
+
+import abc
+import math
+from typing import Dict, Tuple
+
+import numpy as np
+
+from ..kernels import ops as K
+
+# --------------------------------------------------------------------------
+# Likelihoods p(x|z): the decoder outputs one vector per example, ``out``
+# --------------------------------------------------------------------------
+
+
+class Likelihood(abc.ABC):
+    """Interface of a likelihood p(x | out), ``out`` being the decoder's output.
+
+    ``params`` holds the likelihood's own learned parameters, named in
+    :meth:`init_params` (the model stores them as ``dec.<name>``), possibly none.
+    """
+
+    name = "likelihood"
+    needs_unit_interval = False   # data must lie in [0, 1]
+
+    def init_params(self, dim: int, dtype) -> Dict[str, np.ndarray]:
+        """The likelihood's own parameters for d = ``dim`` pixels (none by default)."""
+        return {}
+
+    @abc.abstractmethod
+    def nll(self, out, x, params, nll=None, grad=None, with_grad=True,
+            scratch=None) -> Tuple[np.ndarray, np.ndarray]:
+        """``(nll (rows,), grad = dnll/dout (rows, d))``, grad None without ``with_grad``.
+
+        ``nll`` and ``grad`` may be given as outputs.
+        """
+
+    def params_backward(self, out, x, params, w, d_params) -> None:
+        """Write ``d/dparam`` of ``sum_i w_i nll_i`` into ``d_params`` (keyed like
+        ``params``); nothing to do for a likelihood without parameters."""
+
+    @abc.abstractmethod
+    def mean(self, out, params):
+        """E[x | out], shape (batch, d)."""
+
+    @abc.abstractmethod
+    def sample(self, out, params, rng):
+        """x ~ p(x | out), shape (batch, d)."""
+
+
+def sigmoid(l):
+    """1 / (1 + e^-l), computed as (1 + tanh(l/2)) / 2 so that it never overflows."""
+    return 0.5 + 0.5 * np.tanh(0.5 * l)
+
+
+class Bernoulli(Likelihood):
+    """Bernoulli on logits: ``-log p(x|l) = softplus(l) - x l`` per pixel.
+
+    x may hold grey levels in [0, 1]: the loss is then the binary
+    cross-entropy the PyTorch reference VAE uses (not a normalised density).
+    """
+
+    name = "bernoulli"
+    needs_unit_interval = True
+
+    def nll(self, out, x, params, nll=None, grad=None, with_grad=True, scratch=None):
+        return K.bernoulli_nll(out, x, nll, grad, with_grad, scratch)
+
+    def mean(self, out, params):
+        return sigmoid(out)
+
+    def sample(self, out, params, rng):
+        return (rng.random(out.shape) < self.mean(out, params)).astype(out.dtype)
+
+
+class ContinuousBernoulli(Likelihood):
+    """Continuous Bernoulli on logits (Loaiza-Ganem and Cunningham 2019).
+
+    ``p(x|l) = C(l) sigmoid(l)^x (1 - sigmoid(l))^(1-x)`` for x in [0, 1],
+    a proper density for grey levels; ``C(l) = l / tanh(l/2)``.
+    """
+
+    name = "continuous_bernoulli"
+    needs_unit_interval = True
+
+    def nll(self, out, x, params, nll=None, grad=None, with_grad=True, scratch=None):
+        return K.continuous_bernoulli_nll(out, x, nll, grad, with_grad, scratch)
+
+    def mean(self, out, params):
+        """E[x] = 1/(1 - e^-l) - 1/l; 1/2 + l/12 - l^3/720 near l = 0."""
+        small = np.abs(out) < 1e-2
+        safe = np.where(small, 1.0, out)
+        direct = -1.0 / np.expm1(-safe) - 1.0 / safe
+        series = 0.5 + out * (1 / 12 - out * out / 720)
+        return np.where(small, series, direct).astype(out.dtype, copy=False)
+
+    def sample(self, out, params, rng):
+        """Inverse CDF: x = log(1 + u (e^l - 1)) / l, written to never overflow."""
+        u = rng.random(out.shape)
+        small = np.abs(out) < 1e-6
+        safe = np.where(small, 1.0, out)
+        pos = 1 + np.log(u + (1 - u) * np.exp(-np.abs(safe))) / np.abs(safe)   # l > 0
+        neg = np.log1p(u * np.expm1(-np.abs(safe))) / -np.abs(safe)          # l < 0
+        x = np.where(small, u, np.where(out > 0, pos, neg))
+        return np.clip(x, 0, 1).astype(out.dtype)
+
+
+class Gaussian(Likelihood):
+    """Gaussian ``N(x; out, sigma^2)`` with the decoder output as the mean.
+
+    ``sigma`` is ``"fixed"`` (never trained), ``"scalar"`` (one learned
+    sigma) or ``"pixel"`` (one learned sigma per pixel). Learned sigmas are
+    stored as ``log_sigma`` so that they stay positive without a bound:
+    shape (1,) for a scalar, (d,) per pixel.
+    """
+
+    MODES = ("fixed", "scalar", "pixel")
+
+    def __init__(self, mode: str = "fixed", sigma: float = 1.0):
+        if mode not in self.MODES:
+            raise ValueError(f"unknown Gaussian sigma mode {mode!r}; choose one of {self.MODES}")
+        if not (sigma > 0 and math.isfinite(sigma)):
+            raise ValueError(f"sigma must be a positive finite number, got {sigma}")
+        self.mode, self.sigma = mode, float(sigma)
+        self.name = f"gaussian_{mode}"
+
+    def init_params(self, dim, dtype):
+        if self.mode == "fixed":
+            return {}
+        return {"log_sigma": np.full(1 if self.mode == "scalar" else dim, math.log(self.sigma), dtype)}
+
+    def log_sigma(self, params, dtype):
+        """log sigma as an array: the learned parameter, or the fixed value, shape (1,)."""
+        if self.mode == "fixed":
+            return np.full(1, math.log(self.sigma), dtype)
+        return params["log_sigma"]
+
+    def nll(self, out, x, params, nll=None, grad=None, with_grad=True, scratch=None):
+        return K.gaussian_nll(out, x, self.log_sigma(params, out.dtype), nll, grad, with_grad, scratch)
+
+    def params_backward(self, out, x, params, w, d_params):
+        if self.mode != "fixed":
+            K.gaussian_log_sigma_grad(out, x, params["log_sigma"], w, out=d_params["log_sigma"])
+
+    def mean(self, out, params):
+        return out
+
+    def sample(self, out, params, rng):
+        sigma = np.exp(self.log_sigma(params, out.dtype))
+        return (out + sigma * rng.standard_normal(out.shape)).astype(out.dtype)
+
+
+LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian_fixed", "gaussian_scalar", "gaussian_pixel")
+
+
+def make_likelihood(name, sigma: float = 1.0) -> Likelihood:
+    """A likelihood from its name (one of :data:`LIKELIHOODS`; ``-`` may stand for ``_``).
+
+    ``sigma`` is the fixed standard deviation of ``gaussian_fixed`` or the
+    starting value of the learned ones.
+    """
+    if isinstance(name, Likelihood):
+        return name
+    key = str(name).replace("-", "_")
+    if key == "bernoulli":
+        return Bernoulli()
+    if key == "continuous_bernoulli":
+        return ContinuousBernoulli()
+    if key in ("gaussian", "gaussian_fixed", "gaussian_scalar", "gaussian_pixel"):
+        return Gaussian(key.partition("_")[2] or "fixed", sigma)
+    raise ValueError(f"unknown likelihood {name!r}; choose one of {', '.join(LIKELIHOODS)}")

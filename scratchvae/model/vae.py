@@ -1,0 +1,510 @@
+"""The model: encoder -> (mu, logvar) -> reparameterization -> decoder -> likelihood.
+
+One forward gives, per example, the terms every objective is made of:
+
+    nll       = -log p(x | z),                z = mu(x) + exp(logvar(x)/2) * eps
+    kl        = KL(q(z|x) || N(0, I))          (analytic)
+    kl_sample = log q(z|x) - log p(z)          (at the drawn z)
+
+and one backward takes a weight per row for each of them and returns the
+gradient of ``sum_r w_nll_r nll_r + sum_i w_kl_i kl_i + sum_r w_kl_sample_r kl_sample_r``.
+The objectives are weightings of that one pair:
+
+    ELBO (loss_and_grads)           w_nll = 1/n, w_kl = beta/n
+    weighted (M2)                   w_nll = w, w_kl = beta w
+    IWAE (iw_loss_and_grads)        w_nll = w_kl_sample = normalised importance weights / n
+    log p(x) (inference.evaluate)   the forward's log w = -(nll + kl_sample), no backward
+
+A conditional VAE (``context_dim > 0``) takes a context vector c with every
+example (a one-hot label, an observed part of the image, any vector): the
+encoder sees ``[x, c]`` and models q(z|x, c), the decoder sees ``[z, c]`` and
+models p(x|z, c); the prior stays N(0, I). Every method then takes ``c``
+(batch, context_dim).
+
+Parameter names (``model.params``; gradients use the same keys):
+
+    enc.0.W, enc.0.b, ... enc.{L-1}.*   encoder hidden layers, f(x @ W + b)
+    enc.mu.W, enc.mu.b                   mean head (identity)
+    enc.logvar.W, enc.logvar.b           log-variance head (identity)
+    dec.0.W, ... dec.{L}.*               decoder layers; dec.{L} outputs the
+                                         likelihood's parameters (identity)
+    dec.log_sigma                        learned Gaussian sigma, if any
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+
+from ..kernels import Scratch
+from ..kernels import ops as K
+from . import flat, latent, layers
+from .likelihoods import make_likelihood
+
+
+@dataclass
+class Terms:
+    """What one forward computes, per row.
+
+    ``s`` samples of z per example; rows of the sampled quantities are
+    sample-major (row ``t n + i`` is sample t of example i).
+    """
+    nll: np.ndarray         # (s n,) -log p(x | z), nats
+    kl: np.ndarray          # (n,) analytic KL(q(z|x) || N(0, I)), nats
+    kl_sample: np.ndarray   # (s n,) log q(z|x) - log p(z) at each z, nats
+    mu: np.ndarray          # (n, k) posterior means
+    logvar: np.ndarray      # (n, k) posterior log-variances
+    z: np.ndarray           # (s n, k) the drawn codes
+    out: np.ndarray         # (s n, d) decoder outputs: the likelihood's parameters
+    samples: int            # s
+
+    @property
+    def log_weight(self) -> np.ndarray:
+        """``log w = log p(x, z) - log q(z|x) = -(nll + kl_sample)``, (s, n) float64."""
+        return -(self.nll.astype(np.float64) + self.kl_sample).reshape(self.samples, -1)
+
+
+class VAE:
+    """A variational autoencoder with MLP encoder and decoder.
+
+    Parameters
+    ----------
+    input_dim : size d of one flattened example.
+    hidden : widths of the encoder's hidden layers; the decoder mirrors them
+        (``hidden=[400]`` gives 784-400-(20, 20) and 20-400-784).
+    latent_dim : size k of z.
+    likelihood : ``bernoulli``, ``continuous_bernoulli``, ``gaussian_fixed``,
+        ``gaussian_scalar`` or ``gaussian_pixel`` (see ``likelihoods``).
+    activation : hidden-layer activation, one of ``kernels.ACTIVATIONS``.
+    init : initialiser, one of ``layers.INITS`` (``torch`` = PyTorch's default).
+    seed : seeds the initial weights.
+    dtype : float32 (training) or float64 (gradient checks).
+    sigma : fixed Gaussian sigma, or the starting value of a learned one.
+    context_dim : size m of the context c of a conditional VAE (0: none).
+
+    No value is clamped: a logvar that overflows ``exp`` makes the loss
+    non-finite, and :meth:`loss_and_grads` then raises ``FloatingPointError``.
+    """
+
+    def __init__(self, input_dim: int, hidden: Sequence[int] = (400,), latent_dim: int = 20,
+                 likelihood="bernoulli", activation: str = "relu", init: str = "torch",
+                 seed: int = 0, dtype=np.float32, sigma: float = 1.0, context_dim: int = 0):
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise TypeError(f"dtype must be float32 or float64, got {self.dtype}")
+        hidden = list(hidden)
+        if not (isinstance(context_dim, (int, np.integer)) and context_dim >= 0):
+            raise ValueError(f"context_dim must be an integer >= 0, got {context_dim!r}")
+        self.context_dim = int(context_dim)
+        self.activation = layers.check_activation(activation)
+        self.likelihood = make_likelihood(likelihood, sigma)
+        # the decoder's sizes include every size the model has: MLP validates them
+        self.decoder = layers.MLP("dec", [latent_dim + context_dim, *hidden[::-1], input_dim],
+                                  [activation] * len(hidden) + ["identity"])
+        self.encoder = layers.MLP("enc", [input_dim + context_dim, *hidden], [activation] * len(hidden))
+        self.input_dim, self.hidden, self.latent_dim = int(input_dim), [int(h) for h in hidden], int(latent_dim)
+        h_dim = self.hidden[-1] if hidden else self.input_dim + self.context_dim
+        self.init, self.sigma = init, float(sigma)
+        rng = np.random.default_rng(seed)
+        params = self.encoder.init(rng, init, self.dtype)
+        for head in ("mu", "logvar"):
+            params[f"enc.{head}.W"], params[f"enc.{head}.b"] = layers.init_linear(
+                rng, h_dim, latent_dim, init, self.dtype)
+        params.update(self.decoder.init(rng, init, self.dtype))
+        #: the likelihood's own parameters: their names for the likelihood -> keys of params
+        self.likelihood_keys = {}
+        for name, value in self.likelihood.init_params(input_dim, self.dtype).items():
+            self.likelihood_keys[name] = "dec." + name
+            params["dec." + name] = value
+        # params and grads: plain dicts whose arrays are views into one flat buffer
+        # each, so that an optimizer can update everything in one sweep
+        self.params = flat.pack(params)
+        self.grads = flat.zeros_like(params)
+        self._workspaces: Dict[tuple, _Workspace] = {}
+
+    @property
+    def flat_params(self) -> np.ndarray:
+        """Every parameter in one 1-D buffer (``params`` are views into it)."""
+        return self.params.buffer
+
+    @property
+    def flat_grads(self) -> np.ndarray:
+        """Every gradient in one 1-D buffer (``grads`` are views into it)."""
+        return self.grads.buffer
+
+    @property
+    def likelihood_params(self) -> Dict[str, np.ndarray]:
+        """The likelihood's own parameters, by the likelihood's names (``{"log_sigma": ...}``)."""
+        return {name: self.params[key] for name, key in self.likelihood_keys.items()}
+
+    def config(self) -> dict:
+        """The constructor arguments that fix the architecture (JSON-ready)."""
+        return {"input_dim": self.input_dim, "hidden": list(self.hidden), "latent_dim": self.latent_dim,
+                "likelihood": self.likelihood.name, "activation": self.activation, "init": self.init,
+                "sigma": self.sigma, "dtype": self.dtype.name, "context_dim": self.context_dim}
+
+    @classmethod
+    def from_config(cls, config: dict, seed: int = 0) -> "VAE":
+        """A new model from :meth:`config`'s output (weights drawn with ``seed``)."""
+        return cls(seed=seed, **config)
+
+    # ------------------------------------------------------------------
+    # checks
+    # ------------------------------------------------------------------
+
+    def _check_batch(self, x, name: str, dim: int, unit_interval: bool = False) -> np.ndarray:
+        x = np.asarray(x)
+        if x.dtype.kind != "f":
+            hint = " (for 8-bit images: x.astype(np.float32) / 255)" if x.dtype == np.uint8 else ""
+            raise TypeError(f"{name} must hold floats, got dtype {x.dtype}{hint}")
+        if x.ndim != 2 or x.shape[1] != dim:
+            hint = f"; flatten images with {name}.reshape(len({name}), -1)" if x.ndim > 2 else ""
+            raise ValueError(f"{name} must have shape (batch, {dim}), got {x.shape}{hint}")
+        if x.shape[0] == 0:
+            raise ValueError(f"{name} is an empty batch (shape {x.shape}); pass at least one example")
+        x = np.ascontiguousarray(x, dtype=self.dtype)
+        lo, hi = K.min_max(x)              # NaN propagates
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise ValueError(f"{name} contains NaN or inf; clean the data before training")
+        if unit_interval and (lo < 0 or hi > 1):
+            raise ValueError(f"{name} has values in [{lo:g}, {hi:g}] but the {self.likelihood.name} "
+                             f"likelihood needs [0, 1]; scale the data (e.g. x / 255)")
+        return x
+
+    def check_x(self, x) -> np.ndarray:
+        """x as the model computes with it: (batch, d) floats, C-contiguous, in the
+        model's dtype, finite (and in [0, 1] for the Bernoulli likelihoods), or a
+        ValueError/TypeError that says what is wrong."""
+        return self._check_batch(x, "x", self.input_dim, self.likelihood.needs_unit_interval)
+
+    def check_c(self, c, n: int) -> Optional[np.ndarray]:
+        """The context of n examples: None for a plain VAE, (n, m) floats for a conditional one."""
+        if self.context_dim == 0:
+            if c is not None:
+                raise ValueError("this VAE has no context (context_dim=0): do not pass c")
+            return None
+        if c is None:
+            raise ValueError(f"this conditional VAE needs its context c, shape (batch, {self.context_dim})")
+        c = self._check_batch(c, "c", self.context_dim)
+        if len(c) != n:
+            raise ValueError(f"c has {len(c)} rows but the batch has {n}")
+        return c
+
+    def check_eps(self, eps, n: int) -> np.ndarray:
+        """Fixed noise for n examples: (n, k) for one sample each or (s, n, k) for
+        s; returned as (s n, k), sample-major."""
+        shape = np.shape(eps)
+        if len(shape) == 3 and shape[1:] == (n, self.latent_dim):
+            eps = np.reshape(eps, (shape[0] * n, self.latent_dim))
+        elif shape != (n, self.latent_dim):
+            raise ValueError(f"eps must have shape ({n}, {self.latent_dim}) or (samples, {n}, "
+                             f"{self.latent_dim}), got {shape}")
+        return self._check_batch(eps, "eps", self.latent_dim)
+
+    def _noise(self, n, samples, rng, eps, ws):
+        if (rng is None) == (eps is None):
+            raise ValueError("pass exactly one of rng (to draw eps) or eps (fixed noise)")
+        if eps is None:
+            return rng.standard_normal(dtype=self.dtype, out=ws.eps)
+        eps = self.check_eps(eps, n)
+        if len(eps) != samples * n:
+            raise ValueError(f"eps has {len(eps) // n} samples per example, expected {samples}")
+        return eps
+
+    # ------------------------------------------------------------------
+    # the model's maps
+    # ------------------------------------------------------------------
+
+    def _encode(self, x, c, ws):
+        p, scratch = self.params, ws.scratch
+        h, enc_cache = self.encoder.forward(p, x, ws.enc, c=c, scratch=scratch)
+        if not self.encoder.layers:                   # no hidden layer: the heads see [x, c]
+            mu, mu_cache = layers.linear_forward(h, p["enc.mu.W"], p["enc.mu.b"], out=ws.mu, c=c, scratch=scratch)
+            logvar, lv_cache = layers.linear_forward(h, p["enc.logvar.W"], p["enc.logvar.b"], out=ws.logvar,
+                                                     c=c, scratch=scratch)
+        else:
+            mu, mu_cache = layers.linear_forward(h, p["enc.mu.W"], p["enc.mu.b"], out=ws.mu)
+            logvar, lv_cache = layers.linear_forward(h, p["enc.logvar.W"], p["enc.logvar.b"], out=ws.logvar)
+        return mu, logvar, (enc_cache, mu_cache, lv_cache)
+
+    def _decode(self, z, c, ws):
+        """Decoder output for the rows of z (and c repeated to as many rows)."""
+        return self.decoder.forward(self.params, z, ws.dec, c=c, scratch=ws.scratch)
+
+    def encode(self, x, c=None):
+        """x: (batch, d) -> (mu, logvar), each (batch, k): the posterior q(z|x) (or q(z|x, c))."""
+        x = self.check_x(x)
+        c = self.check_c(c, len(x))
+        mu, logvar, _ = self._encode(x, c, _Workspace(self, len(x), 1, allocate=False))
+        return mu, logvar
+
+    def decode(self, z, c=None):
+        """z: (batch, k) -> E[x | z] (or E[x | z, c]), (batch, d) (probabilities for Bernoulli)."""
+        z = self._check_batch(z, "z", self.latent_dim)
+        out, _ = self._decode(z, self.check_c(c, len(z)), _Workspace(self, len(z), 1, allocate=False))
+        return self.likelihood.mean(out, self.likelihood_params)
+
+    def sample(self, n: int, rng: np.random.Generator, mean: bool = True, c=None):
+        """Ancestral sampling: z ~ N(0, I), then the decoder (given c (n, m), if conditional).
+
+        Returns (n, d): the likelihood's mean for each z (``mean=True``, the
+        usual picture) or a draw x ~ p(x|z) (``mean=False``).
+        """
+        if not (isinstance(n, (int, np.integer)) and n > 0):
+            raise ValueError(f"n must be a positive integer, got {n!r}")
+        c = self.check_c(c, n)
+        z = rng.standard_normal((n, self.latent_dim), dtype=self.dtype)
+        out, _ = self._decode(z, c, _Workspace(self, n, 1, allocate=False))
+        lik = self.likelihood_params
+        return self.likelihood.mean(out, lik) if mean else self.likelihood.sample(out, lik, rng)
+
+    def log_joint(self, z, x, c=None):
+        """``log p(x, z) = log p(x | z, c) + log N(z; 0, I)`` per row, float64,
+        and the decoder's output (from which ``likelihood.mean``/``sample`` draw).
+
+        z: (n, k), x: (n, d), c: (n, m) if conditional. The decoder half of
+        :meth:`forward`, for a z that was not drawn from q (a Markov chain's state).
+        """
+        x = self.check_x(x)
+        z = self._check_batch(z, "z", self.latent_dim)
+        if len(z) != len(x):
+            raise ValueError(f"z has {len(z)} rows but x has {len(x)}")
+        ws = _Workspace(self, len(x), 1, allocate=False)
+        out, _ = self._decode(z, self.check_c(c, len(x)), ws)
+        nll, _ = self.likelihood.nll(out, x, self.likelihood_params, with_grad=False, scratch=ws.scratch)
+        return latent.standard_normal_log_prob(z) - nll.astype(np.float64), out
+
+    # ------------------------------------------------------------------
+    # the one loss path: forward and weighted backward
+    # ------------------------------------------------------------------
+
+    def forward(self, x, eps, c=None, workspace=None, with_grad: bool = True):
+        """Every per-example term of every objective, and what the backward needs.
+
+        x: (n, d); eps: (n, k), or (s, n, k) for s samples of z per example;
+        c: (n, m) if conditional. Returns ``(terms, cache)``: :class:`Terms`
+        (nll, kl, kl_sample, ...) and the cache for :meth:`backward`.
+        ``workspace``: buffers to compute in (a :meth:`workspace`); new
+        arrays without one. ``with_grad=False`` (evaluation) skips the
+        likelihood's gradient, which only the backward needs.
+        """
+        x = self.check_x(x)
+        c = self.check_c(c, len(x))
+        eps = self.check_eps(eps, len(x))
+        samples = len(eps) // len(x)
+        if workspace is None:
+            workspace = _Workspace(self, len(x), samples, allocate=False)
+        elif (workspace.n, workspace.samples) != (len(x), samples):
+            raise ValueError(f"the workspace is for {workspace.n} examples x {workspace.samples} samples, "
+                             f"not {len(x)} x {samples}")
+        return self._forward(x, c, eps, workspace, with_grad)
+
+    def _forward(self, x, c, eps, ws, with_grad=True):
+        """:meth:`forward` on checked arrays, in the buffers of ``ws``."""
+        samples = ws.samples
+        mu, logvar, enc_caches = self._encode(x, c, ws)
+        z, kl, kl_sample, lat_cache = latent.reparameterize(mu, logvar, eps, ws.z, ws.kl, ws.kl_sample)
+        if samples > 1:                               # every sample of an example sees its x and c
+            x = K.repeat_rows(x, samples, out=ws.x_rows)
+            c = None if c is None else K.repeat_rows(c, samples, out=ws.c_rows)
+        out, dec_caches = self._decode(z, c, ws)
+        nll, grad = self.likelihood.nll(out, x, self.likelihood_params, ws.nll, ws.grad, with_grad, ws.scratch)
+        terms = Terms(nll, kl, kl_sample, mu, logvar, z, out, samples)
+        return terms, (enc_caches, lat_cache, dec_caches, out, x, grad, ws)
+
+    def backward(self, cache, w_nll, w_kl=None, w_kl_sample=None):
+        """Gradient of ``sum_r w_nll_r nll_r + sum_i w_kl_i kl_i + sum_r w_kl_sample_r kl_sample_r``
+        for every parameter, into ``self.grads`` (returned).
+
+        ``cache`` from :meth:`forward`; ``w_nll`` (s n,), ``w_kl`` (n,),
+        ``w_kl_sample`` (s n,): per-row weights (None: 0). The weights of the
+        nll are applied in the decoder's output layer, in the pass that
+        computes its bias gradient.
+        """
+        enc_caches, lat_cache, dec_caches, out, x, grad, ws = cache
+        if grad is None:
+            raise ValueError("this forward ran with with_grad=False: it has no backward")
+        g = self.grads
+        if self.likelihood_keys:
+            self.likelihood.params_backward(out, x, self.likelihood_params, w_nll,
+                                            {name: g[key] for name, key in self.likelihood_keys.items()})
+        d_z = self.decoder.backward(dec_caches, grad, g, d_ins=ws.d_dec, overwrite_d_y=True,
+                                    row_scale=w_nll, scratch=ws.scratch)
+        d_mu, d_logvar = latent.reparameterize_backward(lat_cache, d_z, w_kl, w_kl_sample, ws.d_mu, ws.d_logvar)
+        self._encoder_backward(enc_caches, d_mu, d_logvar, ws)
+        return g
+
+    def _encoder_backward(self, enc_caches, d_mu, d_logvar, ws):
+        """From d_mu, d_logvar through both heads and the encoder into ``self.grads``."""
+        g = self.grads
+        enc_cache, mu_cache, lv_cache = enc_caches
+        need_d_h = bool(self.encoder.layers)        # without hidden layers h is x itself
+        d_h, _ = layers.linear_backward(mu_cache, d_mu, need_d_h, g["enc.mu.W"], g["enc.mu.b"], ws.d_h,
+                                        overwrite_d_y=True)
+        # h feeds both heads: the logvar head's gradient adds to the mu head's
+        layers.linear_backward(lv_cache, d_logvar, need_d_h, g["enc.logvar.W"], g["enc.logvar.b"], d_h,
+                               overwrite_d_y=True, accumulate_d_x=True, scratch=ws.scratch)
+        if need_d_h:
+            self.encoder.backward(enc_cache, d_h, g, need_d_x=False, d_ins=ws.d_enc, overwrite_d_y=True)
+
+    # ------------------------------------------------------------------
+    # objectives: weightings of forward and backward
+    # ------------------------------------------------------------------
+
+    def loss(self, x, rng: Optional[np.random.Generator] = None, eps=None, beta: float = 1.0, c=None):
+        """The batch loss without gradients; same arguments as :meth:`loss_and_grads`."""
+        terms, _, _ = self._elbo_forward(x, rng, eps, beta, c)
+        return _means(terms, beta)
+
+    def loss_and_grads(self, x, rng: Optional[np.random.Generator] = None, eps=None,
+                       beta: float = 1.0, c=None):
+        """Loss of one batch and the gradient of ``mean(nll + beta * kl)`` for every parameter.
+
+        x: (batch, d) floats (in [0, 1] for the Bernoulli likelihoods).
+        Pass ``rng`` to draw eps ~ N(0, I), or ``eps`` (batch, k) to fix it.
+        ``c``: (batch, m), the context of a conditional VAE.
+        Returns ``(losses, grads)``: ``losses`` has the per-example means
+        ``total``, ``nll`` and ``kl`` in nats (``total = nll + beta * kl``);
+        ``grads`` has the keys of ``self.params``. ``grads`` is
+        ``self.grads``: its arrays are overwritten by the next call (copy
+        them to keep them), as are the workspaces this step computes in.
+        """
+        terms, cache, ws = self._elbo_forward(x, rng, eps, beta, c)
+        losses = _means(terms, beta)
+        n = len(ws.w_nll)
+        ws.w_nll.fill(1.0 / n)                       # the ELBO: every example weighs 1/n
+        ws.w_kl.fill(beta / n)
+        return losses, self.backward(cache, ws.w_nll, ws.w_kl)
+
+    def weighted_loss_and_grads(self, x, weights, rng: Optional[np.random.Generator] = None, eps=None,
+                                beta: float = 1.0, c=None):
+        """Per-example losses ``l_i = nll_i + beta * kl_i`` and the gradient of
+        ``sum_i w_i l_i``, for objectives that weight examples unequally (the
+        semi-supervised M2 model weights each class's copy of an example by
+        q(y|x)). weights: (batch,); other arguments as :meth:`loss_and_grads`.
+
+        Returns ``(l, grads)`` with l (batch,) float64 in nats.
+        """
+        w = np.asarray(weights, dtype=self.dtype)
+        if w.shape != (len(x),) or not np.all(np.isfinite(w)):
+            raise ValueError(f"weights must be {len(x)} finite numbers, one per example, got shape {w.shape}")
+        terms, cache, ws = self._elbo_forward(x, rng, eps, beta, c)
+        per_row = terms.nll.astype(np.float64) + beta * terms.kl.astype(np.float64)
+        np.multiply(w, beta, out=ws.w_kl)
+        return per_row, self.backward(cache, w, ws.w_kl)
+
+    def iw_loss_and_grads(self, x, k: int, rng: Optional[np.random.Generator] = None, eps=None, c=None):
+        """The importance-weighted bound (IWAE, Burda et al. 2016) of one batch and its gradient.
+
+        ``L_k = log (1/k) sum_i w_i``, ``log w_i = log p(x|z_i) + log p(z_i) - log q(z_i|x)
+        = -(nll_i + kl_sample_i)``, ``z_i = mu + exp(logvar/2) eps_i``. Its gradient is
+        ``sum_i w~_i grad log w_i`` with the normalised weights ``w~ = softmax(log w)``:
+        the one backward with ``w_nll = w_kl_sample = w~ / batch``.
+
+        x: (batch, d); eps, if given: (k, batch, latent); c: (batch, m) if conditional.
+        Returns ``(losses, grads)``: ``losses["total"]`` is ``-L_k`` averaged over the
+        batch (nats); ``nll`` and ``kl`` are the single-sample ELBO parts of the first
+        sample, for reference.
+        """
+        if not (isinstance(k, (int, np.integer)) and k >= 1):
+            raise ValueError(f"k (importance samples) must be an integer >= 1, got {k!r}")
+        x = self.check_x(x)
+        b = len(x)
+        c = self.check_c(c, b)
+        if eps is not None and np.shape(eps) != (k, b, self.latent_dim):
+            raise ValueError(f"eps must have shape (k, batch, latent) = {(k, b, self.latent_dim)}, "
+                             f"got {np.shape(eps)}")
+        ws = self.workspace(b, k)
+        terms, cache = self._forward(x, c, self._noise(b, k, rng, eps, ws), ws)
+        bound, w = latent.importance_weights(terms.log_weight)
+        total = float(-bound.mean())
+        if not np.isfinite(total):
+            raise _diverged(f"-L_k = {total}")
+        np.divide(w.reshape(-1), b, out=ws.w_nll)    # w~ / batch, in the model's dtype
+        self.backward(cache, ws.w_nll, None, ws.w_nll)
+        return {"total": total, "nll": float(terms.nll[:b].mean()), "kl": float(terms.kl.mean())}, self.grads
+
+    def _elbo_forward(self, x, rng, eps, beta, c):
+        """The one-sample forward in this batch size's workspace; raises on a non-finite loss."""
+        if not (np.isfinite(beta) and beta >= 0):
+            raise ValueError(f"beta must be a finite number >= 0, got {beta}")
+        x = self.check_x(x)
+        c = self.check_c(c, len(x))
+        ws = self.workspace(len(x), 1)
+        terms, cache = self._forward(x, c, self._noise(len(x), 1, rng, eps, ws), ws)
+        nll, kl = float(terms.nll.mean()), float(terms.kl.mean())
+        if not np.isfinite(nll + beta * kl):
+            raise _diverged(f"nll={nll}, kl={kl}")
+        return terms, cache, ws
+
+    def workspace(self, n: int, samples: int = 1) -> "_Workspace":
+        """The buffers of a training step on n examples with ``samples`` draws of
+        z each: made once per shape and reused (a few shapes kept)."""
+        key = (n, samples)
+        ws = self._workspaces.get(key)
+        if ws is None:
+            if len(self._workspaces) >= 4:
+                self._workspaces.pop(next(iter(self._workspaces)))
+            ws = self._workspaces[key] = _Workspace(self, n, samples)
+        return ws
+
+    def __repr__(self):
+        sizes = "-".join(map(str, [self.input_dim, *self.hidden, self.latent_dim]))
+        if self.context_dim:
+            sizes += f", context_dim={self.context_dim}"
+        return (f"VAE({sizes}, likelihood={self.likelihood.name}, activation={self.activation}, "
+                f"dtype={self.dtype.name}, params={sum(v.size for v in self.params.values())})")
+
+
+def _means(terms: Terms, beta: float) -> dict:
+    """The batch's losses in nats per example: ``total = nll + beta * kl``."""
+    losses = {"nll": float(terms.nll.mean()), "kl": float(terms.kl.mean())}
+    losses["total"] = losses["nll"] + beta * losses["kl"]
+    return losses
+
+
+def _diverged(values: str) -> FloatingPointError:
+    return FloatingPointError(f"the loss is not finite ({values}): the weights have diverged; "
+                              "lower the learning rate or clip the gradient norm")
+
+
+class _Workspace:
+    """Every array one step on n examples with s samples of z each writes, allocated once.
+
+    Forward: encoder layer outputs, mu, logvar (n rows); eps, z, kl_sample,
+    decoder layer outputs, nll, the likelihood's gradient (s n rows); the
+    rows of x and c repeated per sample (s > 1). Backward: the gradients of
+    each decoder layer's input (``d_dec[0]`` is d_z), d_mu, d_logvar, d_h
+    (encoder output) and the encoder layers' input gradients; the per-row
+    weights of the objectives; the kernels' scratch. With ``allocate=False``
+    every buffer is None: the kernels then return new arrays (one-off calls).
+    """
+
+    def __init__(self, model: VAE, n: int, samples: int, allocate: bool = True):
+        self.n, self.samples = n, samples
+        if not allocate:
+            for name in ("scratch", "enc", "mu", "logvar", "eps", "z", "kl", "kl_sample", "nll", "x_rows",
+                         "c_rows", "dec", "grad", "d_dec", "d_mu", "d_logvar", "d_h", "d_enc", "w_nll", "w_kl"):
+                setattr(self, name, None)
+            return
+
+        def buf(*shape):
+            return np.empty(shape, model.dtype)
+
+        k, d, rows = model.latent_dim, model.input_dim, n * samples
+        enc, dec = model.encoder.layers, model.decoder.layers
+        self.scratch = Scratch()
+        self.enc = [buf(n, layer.fan_out) for layer in enc]
+        self.mu, self.logvar = buf(n, k), buf(n, k)
+        self.eps, self.z = buf(rows, k), buf(rows, k)
+        self.kl, self.kl_sample, self.nll = buf(n), buf(rows), buf(rows)
+        self.x_rows = buf(rows, d) if samples > 1 else None
+        self.c_rows = buf(rows, model.context_dim) if samples > 1 and model.context_dim else None
+        self.dec = [buf(rows, layer.fan_out) for layer in dec]
+        self.grad = buf(rows, d)
+        self.d_dec = [buf(rows, k)] + [buf(rows, layer.fan_in) for layer in dec[1:]]
+        self.d_mu, self.d_logvar = buf(n, k), buf(n, k)
+        self.d_h = buf(n, enc[-1].fan_out) if enc else None
+        self.d_enc = [None] + [buf(n, layer.fan_in) for layer in enc[1:]]
+        self.w_nll, self.w_kl = buf(rows), buf(n)

@@ -1,0 +1,347 @@
+"""A training run as one object: configuration, data, contexts, model, optimizer, loop state.
+
+    run = Run(TrainConfig(epochs=5), out_dir="runs/demo")   # a new run (loads its data)
+    run = Run.open("runs/demo")                             # a saved one (data loaded when asked for)
+
+``train``, ``evaluate``, ``sample``, ``plot`` and ``complete`` all start from
+a :class:`Run`, so the sequence data -> binarisation -> contexts -> model is
+written once, here.
+
+Randomness: the model's weights come from ``seed``; the training stream
+(shuffling, eps, dynamic binarisation, M2's labelled draws) from a generator
+seeded by ``seed`` and saved in every checkpoint, so a resumed run continues
+bit for bit as if it had never stopped. Evaluation uses its own generator
+per epoch and does not touch the training stream.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+
+from ..data.datasets import Dataset, binarize, load_array_file, load_dataset, one_hot
+from ..inference.complete import MASK_KINDS, Mask, observed_context
+from ..model import M2, VAE
+from ..model.m2 import split_labels
+from ..optim import Adam
+from . import checkpoint as ckpt
+
+BINARIZE = ("none", "dynamic", "static")
+CONDITIONAL = ("none", "label", "mask:KIND")
+CHECKPOINT = "checkpoint.npz"
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (stored in its checkpoints)."""
+    dataset: str = "synthetic-digits"
+    data_dir: Optional[str] = None
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    hidden: List[int] = field(default_factory=lambda: [400])
+    latent_dim: int = 20
+    activation: str = "relu"
+    likelihood: str = "bernoulli"
+    sigma: float = 1.0
+    init: str = "torch"
+    beta: float = 1.0
+    warmup_epochs: float = 0.0       # linear KL warm-up: beta grows from 0 over this many epochs
+    binarize: str = "none"           # none | dynamic (every batch) | static (once, seeded)
+    seed: int = 0
+    max_grad_norm: Optional[float] = None
+    iw_samples: int = 1              # > 1: train on the importance-weighted bound (IWAE) with k samples
+    conditional: str = "none"        # label | mask:KIND: a conditional VAE, see Run.contexts
+    semi_supervised: bool = False    # the M2 model: a label-conditional VAE and a classifier
+    labels_per_class: int = 100      # M2: labelled examples per class, the rest unlabelled
+    alpha: float = 10.0              # M2: weight of the labelled examples' cross-entropy
+    labelled_batch: int = 100        # M2: labelled examples drawn (with replacement) per step
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "latent_dim", "labels_per_class", "labelled_batch"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, np.integer)) and v > 0):
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        for name in ("lr", "sigma"):
+            if not (np.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise ValueError(f"{name} must be a positive number, got {getattr(self, name)!r}")
+        for name in ("beta", "warmup_epochs", "alpha"):
+            if not (np.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(f"{name} must be a number >= 0, got {getattr(self, name)!r}")
+        if self.binarize not in BINARIZE:
+            raise ValueError(f"binarize must be one of {', '.join(BINARIZE)}, got {self.binarize!r}")
+        if self.binarize != "none" and self.likelihood != "bernoulli":
+            raise ValueError(f"binarization makes 0/1 data for the bernoulli likelihood; "
+                             f"it makes no sense with {self.likelihood}")
+        if not (isinstance(self.iw_samples, (int, np.integer)) and self.iw_samples >= 1):
+            raise ValueError(f"iw_samples must be an integer >= 1, got {self.iw_samples!r}")
+        if self.iw_samples > 1 and (self.beta != 1 or self.warmup_epochs):
+            raise ValueError("the importance-weighted bound has no KL term to weight: "
+                             "use beta 1 and no warm-up with iw_samples > 1")
+        if self.conditional.startswith("mask:"):
+            Mask.parse(self.conditional[5:])
+        elif self.conditional not in CONDITIONAL:
+            raise ValueError(f"conditional must be none, label or mask:KIND (KIND: {', '.join(MASK_KINDS)}), "
+                             f"got {self.conditional!r}")
+        if self.semi_supervised and (self.conditional != "none" or self.iw_samples > 1 or self.beta != 1
+                                     or self.warmup_epochs):
+            raise ValueError("semi-supervised (M2) training conditions on the label itself and trains its "
+                             "own bound: it takes no conditional, iw_samples, beta or warm-up")
+        self.hidden = [int(h) for h in self.hidden]
+
+    @property
+    def context(self) -> str:
+        """What the run's VAE is conditioned on: ``none``, ``label`` (also M2) or ``mask:KIND``."""
+        return "label" if self.semi_supervised else self.conditional
+
+
+def stream(seed: int, key: int) -> np.random.Generator:
+    """An independent generator for one purpose (1 training, 2 binarisation,
+    3 test split of an array file, 4 test masks, 100+ evaluation of epoch e)."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(key,)))
+
+
+class Run:
+    """One training run. ``Run(config, data=None, out_dir=None)`` starts a new one
+    (``data`` defaults to the data set ``config`` names); :meth:`open` reads a saved one.
+
+    Attributes: ``config``, ``model`` (a :class:`VAE`, or :class:`M2` for a
+    semi-supervised run; ``vae`` is the VAE either way), ``optimizer``, the
+    loop state (``epoch``, ``batch``, ``step``, ``perm``, ``sums``,
+    ``history``, ``rng``), and, loaded when first used, ``data``,
+    ``x_train``/``x_test`` (binarised as the run says), ``c_test`` and the
+    training contexts.
+    """
+
+    def __init__(self, config: Optional[TrainConfig], data: Optional[Dataset] = None, out_dir=None, *,
+                 model=None):
+        self.config = config
+        self.out_dir = None if out_dir is None else Path(out_dir)
+        if data is not None:
+            self.data = data
+        self.model = self._build_model() if model is None else model
+        self.optimizer = None if config is None else Adam(self.model.params, lr=config.lr,
+                                                          max_grad_norm=config.max_grad_norm)
+        self.rng = None if config is None else stream(config.seed, 1)
+        self.epoch = 0          # epochs completed
+        self.batch = 0          # batches completed in the current epoch
+        self.step = 0           # optimizer steps in all
+        self.perm: Optional[np.ndarray] = None
+        self.sums: dict = {}
+        self.history: List[dict] = []
+        self._image_shape = None
+
+    # ------------------------------------------------------------------
+    # the data as the run sees it
+    # ------------------------------------------------------------------
+
+    @cached_property
+    def data(self) -> Dataset:
+        """The data set the configuration names (loaded on first use)."""
+        if self.config is None:
+            raise ValueError("this checkpoint holds a model only, no training configuration: "
+                             "its data set is unknown")
+        return load_data(self.config)
+
+    @property
+    def image_shape(self):
+        """(h, w) of the run's images, or None (known without loading the data)."""
+        if self._image_shape is None and self.config is not None:
+            return self.data.image_shape
+        return self._image_shape
+
+    @cached_property
+    def _prepared(self):
+        return prepare_data(self.config, self.data)
+
+    @property
+    def x_train(self) -> np.ndarray:
+        return self._prepared[0]
+
+    @property
+    def x_test(self) -> np.ndarray:
+        return self._prepared[1]
+
+    @cached_property
+    def _contexts(self):
+        return contexts(self.config, self.data, self.x_test)
+
+    def train_context(self, idx, x, rng) -> Optional[np.ndarray]:
+        """The contexts of the training batch ``x = x_train[idx]`` (None for a plain VAE)."""
+        make = self._contexts[0]
+        return None if make is None else make(idx, x, rng)
+
+    @property
+    def c_test(self) -> Optional[np.ndarray]:
+        """The contexts of ``x_test`` (None for a plain VAE)."""
+        return self._contexts[1]
+
+    @cached_property
+    def labels(self):
+        """A semi-supervised run's ``(labelled, unlabelled)`` training indices."""
+        return split_labels(self.data.y_train, self.config.labels_per_class, self.config.seed)
+
+    @property
+    def train_indices(self) -> np.ndarray:
+        """The examples an epoch passes over: all of x_train, or M2's unlabelled ones."""
+        return self.labels[1] if self.config.semi_supervised else np.arange(len(self.x_train))
+
+    # ------------------------------------------------------------------
+    # the model
+    # ------------------------------------------------------------------
+
+    @property
+    def vae(self) -> VAE:
+        """The run's VAE (for M2, its label-conditional VAE)."""
+        return self.model.vae if isinstance(self.model, M2) else self.model
+
+    def _build_model(self):
+        cfg, data = self.config, self.data
+        if cfg.semi_supervised:
+            if data.y_train is None or data.y_test is None:
+                raise ValueError(f"semi-supervised training needs labels to choose from, and {data.name} has none; "
+                                 "use a named data set (mnist, fashion-mnist, kmnist, synthetic-digits)")
+            return M2(data.n_features, n_classes(data), cfg.hidden, cfg.latent_dim, classifier_hidden=cfg.hidden,
+                      activation=cfg.activation, likelihood=cfg.likelihood, init=cfg.init, alpha=cfg.alpha,
+                      seed=cfg.seed)
+        c_test = self.c_test
+        return VAE(data.n_features, cfg.hidden, cfg.latent_dim, likelihood=cfg.likelihood,
+                   activation=cfg.activation, init=cfg.init, seed=cfg.seed, sigma=cfg.sigma,
+                   context_dim=0 if c_test is None else c_test.shape[1])
+
+    # ------------------------------------------------------------------
+    # saving and opening
+    # ------------------------------------------------------------------
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / CHECKPOINT
+
+    def state(self) -> dict:
+        """The loop state as stored in a checkpoint's header (JSON)."""
+        return {"config": dataclasses.asdict(self.config), "epoch": self.epoch, "batch": self.batch,
+                "step": self.step, "rng": self.rng.bit_generator.state, "sums": self.sums,
+                "history": self.history, "data": {"name": self.data.name, "image_shape": self.data.image_shape}}
+
+    def save(self) -> Path:
+        """Write the run's checkpoint (atomically) into its directory."""
+        arrays = {} if self.perm is None else {"perm": self.perm}
+        return ckpt.save(self.checkpoint_path, self.model, self.optimizer, self.state(), arrays)
+
+    @classmethod
+    def open(cls, path, data_dir: Optional[str] = None, data: Optional[Dataset] = None) -> "Run":
+        """The run saved in ``path`` (a checkpoint file or run directory), as saved.
+
+        ``data_dir`` overrides where its data set is looked for; ``data`` gives
+        the data set itself (one made in memory, as tests do). A checkpoint
+        holding a model only (no training state) opens with ``config`` None:
+        its model samples and decodes, but it knows no data set. A run saved
+        without its optimizer (an M2 checkpoint of scratchvae 0.1) opens but
+        cannot resume (:attr:`resumable`).
+        """
+        header, groups = ckpt.read(path)
+        path = Path(path)
+        state = header.get("train")
+        model = ckpt.model_from(header, groups, str(path), m2=state is not None and "m2" in state)
+        config = None if state is None else config_from(state["config"], str(path))
+        if config is not None and data_dir:
+            config.data_dir = data_dir
+        run = cls(config, data, out_dir=path if path.is_dir() else path.parent, model=model)
+        if state is None:
+            return run
+        run.history = state.get("history", [])
+        run._image_shape = state.get("data", {}).get("image_shape")
+        if "optimizer" not in header:
+            run.optimizer = None
+            return run
+        run.optimizer.load_state_dict(groups["optim"])
+        run.rng.bit_generator.state = state["rng"]
+        run.epoch, run.batch, run.step = state["epoch"], state["batch"], state["step"]
+        run.sums = state["sums"]
+        run.perm = groups["train"].get("perm")
+        return run
+
+    @property
+    def resumable(self) -> bool:
+        """Does this run hold what training needs to continue (optimizer and loop state)?"""
+        return self.optimizer is not None
+
+
+def config_from(stored: dict, source: str) -> TrainConfig:
+    """A :class:`TrainConfig` from a checkpoint's stored configuration."""
+    try:
+        return TrainConfig(**stored)
+    except (TypeError, ValueError) as e:
+        raise ckpt.CheckpointError(f"{source}: bad training configuration in the header ({e})") from None
+
+
+def n_classes(data: Dataset) -> int:
+    """How many classes a labelled data set has: one more than its largest label."""
+    return int(max(data.y_train.max(), data.y_test.max(), 1)) + 1
+
+
+def prepare_data(config: TrainConfig, data: Dataset):
+    """``(x_train, x_test)`` as the run sees them, binarised as ``config.binarize`` says.
+
+    Whenever binarisation is on, the test set is binarised once (seeded), so
+    every epoch and every later evaluation scores the same data; ``static``
+    binarises the training set once too, ``dynamic`` leaves it to the loop.
+    """
+    if config.binarize == "none":
+        return data.x_train, data.x_test
+    rng = stream(config.seed, 2)
+    x_test = binarize(data.x_test, rng)
+    x_train = binarize(data.x_train, rng) if config.binarize == "static" else data.x_train
+    return x_train, x_test
+
+
+def contexts(config: TrainConfig, data: Dataset, x_test: np.ndarray):
+    """What a conditional run feeds its model besides x: ``(train_context, c_test)``.
+
+    ``train_context(idx, x, rng)`` gives the contexts of the training batch
+    ``x = x_train[idx]``; ``c_test`` those of ``x_test``. Both are None for a
+    plain run.
+
+    - ``label`` (and M2): the one-hot label, (n, classes).
+    - ``mask:KIND``: the observed part of the image and the mask,
+      ``[x * (1 - m), m]`` (n, 2d), for completion; training draws a fresh mask
+      per example and batch, the test set gets fixed (seeded) masks.
+    """
+    kind = config.context
+    if kind == "none":
+        return None, None
+    if kind == "label":
+        if data.y_train is None or data.y_test is None:
+            raise ValueError(f"--conditional label needs labels, and {data.name} has none; "
+                             "use a named data set (mnist, fashion-mnist, kmnist, synthetic-digits)")
+        classes = n_classes(data)
+        c_train = one_hot(data.y_train, classes)
+        return (lambda idx, x, rng: c_train[idx]), one_hot(data.y_test, classes)
+    if data.image_shape is None or len(data.image_shape) != 2:
+        raise ValueError(f"--conditional {kind} needs images; {data.name} has none")
+    mask = Mask.parse(kind[5:])
+    test_missing = mask.sample(stream(config.seed, 4), len(x_test), data.image_shape)
+    return ((lambda idx, x, rng: observed_context(x, mask.sample(rng, len(x), data.image_shape))),
+            observed_context(x_test, test_missing))
+
+
+def load_data(config: TrainConfig) -> Dataset:
+    """The data set ``config.dataset`` names: a named set, or a ``.npy``/``.npz`` file.
+
+    A plain array file has no test split: a seeded 10% of it (at most
+    10,000 rows) is held out for evaluation.
+    """
+    if config.dataset.endswith((".npy", ".npz")):
+        x = load_array_file(config.dataset)
+        if len(x) < 2:
+            raise ValueError(f"{config.dataset}: need at least 2 examples to hold out a test split")
+        order = stream(config.seed, 3).permutation(len(x))
+        n_test = max(1, min(10_000, len(x) // 10))
+        side = int(round(np.sqrt(x.shape[1])))
+        shape = (side, side) if side * side == x.shape[1] else None
+        return Dataset(Path(config.dataset).name, x[order[n_test:]], None, x[order[:n_test]], None, shape)
+    return load_dataset(config.dataset, config.data_dir, seed=config.seed)

@@ -1,0 +1,262 @@
+"""The training loop, one for every objective: shuffled minibatches, KL warm-up,
+per-epoch evaluation, history, checkpoints after every epoch, resume, and
+clean interruption.
+
+    from scratchvae.run import Run, TrainConfig, Trainer
+    Trainer(Run(TrainConfig(epochs=5), out_dir="runs/demo")).fit()
+
+What differs between the ELBO, the importance-weighted bound, a conditional
+VAE and M2 is an :class:`Objective`: the loss and gradient of one batch, the
+loss parts summed over an epoch, and the test metrics. Everything else
+(order, checkpoints, Ctrl-C, resume bit for bit) is the loop's.
+"""
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from ..data.datasets import binarize
+from ..inference.evaluate import elbo
+from ..model.m2 import accuracy
+from ..atomic import atomic_write
+from .progress import Progress
+from .run import Run, stream
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or inf; the last good checkpoint is left as it was."""
+
+
+# --------------------------------------------------------------------------
+# Objectives
+# --------------------------------------------------------------------------
+
+class Objective:
+    """The ELBO (with KL weight beta), on a plain or conditional VAE."""
+
+    parts = ("total", "nll", "kl")                  # loss parts summed over an epoch
+    test_fields = ("test_total", "test_nll", "test_kl")
+
+    def losses_and_grads(self, run: Run, x, idx, rng, beta):
+        """Loss parts (per-example means, nats) and gradients of the batch ``x = x_train[idx]``."""
+        return run.model.loss_and_grads(x, rng=rng, beta=beta, c=run.train_context(idx, x, rng))
+
+    def test(self, run: Run) -> dict:
+        """The test metrics after ``run.epoch`` epochs (its own generator per epoch)."""
+        r = elbo(run.vae, run.x_test, stream(run.config.seed, 100 + run.epoch), c=run.c_test)
+        return {"test_total": r["total"], "test_nll": r["nll"], "test_kl": r["kl"]}
+
+    def summary(self, row: dict) -> str:
+        return (f"train {row['train_total']:8.2f} (nll {row['train_nll']:.2f}, kl {row['train_kl']:.2f})  "
+                f"test {row['test_total']:8.2f} (nll {row['test_nll']:.2f}, kl {row['test_kl']:.2f})")
+
+
+class ImportanceWeighted(Objective):
+    """The importance-weighted bound with ``k`` samples (IWAE); the test loss stays the ELBO."""
+
+    def __init__(self, k: int):
+        self.k = k
+
+    def losses_and_grads(self, run, x, idx, rng, beta):
+        return run.model.iw_loss_and_grads(x, self.k, rng=rng, c=run.train_context(idx, x, rng))
+
+
+class SemiSupervised(Objective):
+    """M2: each step pairs the unlabelled batch with labelled examples drawn with replacement."""
+
+    parts = ("total", "labelled", "unlabelled", "ce")
+    test_fields = ("test_accuracy",)
+
+    def losses_and_grads(self, run, x, idx, rng, beta):
+        labelled = run.labels[0]
+        pick = labelled[rng.integers(0, len(labelled), run.config.labelled_batch)]
+        return run.model.loss_and_grads(run.x_train[pick], run.data.y_train[pick], x, rng=rng)
+
+    def test(self, run):
+        return {"test_accuracy": accuracy(run.model.predict, run.x_test, run.data.y_test)}
+
+    def summary(self, row):
+        return (f"train {row['train_total']:8.2f} (labelled {row['train_labelled']:.2f}, unlabelled "
+                f"{row['train_unlabelled']:.2f}, cross-entropy {row['train_ce']:.3f})  "
+                f"test accuracy {row['test_accuracy']:.4f}")
+
+
+def objective_of(run: Run) -> Objective:
+    if run.config.semi_supervised:
+        return SemiSupervised()
+    if run.config.iw_samples > 1:
+        return ImportanceWeighted(run.config.iw_samples)
+    return Objective()
+
+
+def history_fields(objective: Objective) -> tuple:
+    """The columns of a run's history (``history.csv``), in order."""
+    beta = ("beta",) if not isinstance(objective, SemiSupervised) else ()
+    return (("epoch", "step") + beta + tuple(f"train_{p}" for p in objective.parts) + objective.test_fields
+            + ("seconds", "examples_per_s"))
+
+
+# --------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------
+
+class Trainer:
+    """Trains ``run`` up to ``run.config.epochs``, writing into ``run.out_dir``.
+
+    ``run.out_dir`` receives ``checkpoint.npz`` (after every epoch, and on
+    Ctrl-C), ``history.csv`` and ``history.json``. ``on_batch(trainer)`` is
+    called after every optimizer step (tests use it; so can a user's logger).
+    """
+
+    def __init__(self, run: Run, *, quiet: bool = False, stream=None,
+                 on_batch: Optional[Callable[["Trainer"], None]] = None):
+        if not run.resumable:
+            raise ValueError(f"{run.out_dir}: this run was saved without its optimizer state, "
+                             "so it cannot continue; train a new one")
+        self.run, self.quiet, self.on_batch = run, quiet, on_batch
+        self.stream = sys.stderr if stream is None else stream
+        self.objective = objective_of(run)
+        self.fields = history_fields(self.objective)
+        if not run.sums:
+            run.sums = self._zero_sums()
+        self._stop = False
+        self._buffers = {}
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return -(-len(self.run.train_indices) // self.run.config.batch_size)
+
+    def beta_at(self, step: int) -> float:
+        """KL weight of optimizer step ``step`` (0-based): linear warm-up, then ``beta``."""
+        warm = self.run.config.warmup_epochs * self.batches_per_epoch
+        return self.run.config.beta * (min(1.0, (step + 1) / warm) if warm > 0 else 1.0)
+
+    def _zero_sums(self):
+        return {**{p: 0.0 for p in self.objective.parts}, "n": 0, "seconds": 0.0}
+
+    # ------------------------------------------------------------------
+
+    def fit(self) -> str:
+        """Train up to ``config.epochs``. Returns ``"done"`` or ``"interrupted"``.
+
+        Ctrl-C finishes the current step, saves a checkpoint and returns
+        ``"interrupted"`` (a second Ctrl-C aborts at once). A non-finite loss
+        raises :class:`TrainingDiverged` and saves nothing.
+        """
+        self.run.out_dir.mkdir(parents=True, exist_ok=True)
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGINT, self._on_sigint)
+        try:
+            while self.run.epoch < self.run.config.epochs:
+                if not self.train_epoch():
+                    self.run.save()
+                    return "interrupted"
+                self._end_epoch()
+            return "done"
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+
+    def _on_sigint(self, signum, frame):
+        self._stop = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)   # a second Ctrl-C aborts
+
+    def train_epoch(self) -> bool:
+        """Train the rest of the current epoch; False when Ctrl-C stopped it first.
+        (:meth:`fit` calls it, then evaluates and saves.)"""
+        run = self.run
+        cfg, indices = run.config, run.train_indices
+        if run.perm is None:
+            run.perm = run.rng.permutation(len(indices))
+        progress = Progress(self.batches_per_epoch, f"epoch {run.epoch + 1}/{cfg.epochs}", self.stream, self.quiet)
+        t0 = time.perf_counter()
+        while run.batch < self.batches_per_epoch:
+            pos = run.perm[run.batch * cfg.batch_size:(run.batch + 1) * cfg.batch_size]
+            idx = indices[pos]
+            x, scratch = self._batch_buffers(len(idx))
+            np.take(run.x_train, idx, axis=0, out=x)
+            if cfg.binarize == "dynamic":
+                binarize(x, run.rng, out=x, scratch=scratch)
+            try:
+                losses, grads = self.objective.losses_and_grads(run, x, idx, run.rng, self.beta_at(run.step))
+            except FloatingPointError as e:
+                progress.close()
+                raise self._diverged(f"batch {run.batch + 1}", e) from None
+            run.optimizer.step(grads)
+            run.batch += 1
+            run.step += 1
+            for k in self.objective.parts:
+                run.sums[k] += losses[k] * len(idx)
+            run.sums["n"] += len(idx)
+            progress.update(run.batch, f"loss {losses['total']:.2f}")
+            if self.on_batch is not None:
+                self.on_batch(self)
+            if self._stop:
+                run.sums["seconds"] += time.perf_counter() - t0
+                progress.close()
+                return False
+        run.sums["seconds"] += time.perf_counter() - t0
+        progress.close()
+        return True
+
+    def _diverged(self, where: str, e: FloatingPointError) -> TrainingDiverged:
+        path = self.run.checkpoint_path
+        last = (f"the last good checkpoint (epoch {self.run.epoch}) is {path}"
+                if path.exists() else "no checkpoint was written")
+        return TrainingDiverged(f"training diverged at epoch {self.run.epoch + 1}, {where}: {e}; {last}")
+
+    def _batch_buffers(self, n):
+        """(x, scratch) buffers for a batch of n rows, made once per batch size."""
+        if n not in self._buffers:
+            shape, dtype = (n, self.run.x_train.shape[1]), self.run.x_train.dtype
+            self._buffers[n] = (np.empty(shape, dtype), np.empty(shape, dtype))
+        return self._buffers[n]
+
+    def _end_epoch(self):
+        run, s = self.run, self.run.sums
+        try:
+            test = self.objective.test(run)
+        except FloatingPointError as e:     # the epoch's last steps blew the weights up
+            raise self._diverged("evaluating the test set", e) from None
+        run.epoch += 1
+        row = {"epoch": run.epoch, "step": run.step}
+        if "beta" in self.fields:
+            row["beta"] = self.beta_at(run.step - 1)
+        row.update({f"train_{p}": s[p] / s["n"] for p in self.objective.parts})
+        row.update(test)
+        row.update(seconds=s["seconds"], examples_per_s=s["n"] / s["seconds"])
+        run.history.append(row)
+        run.batch, run.perm = 0, None
+        run.sums = self._zero_sums()
+        run.save()
+        self.write_history()
+        if not self.quiet:
+            print(f"epoch {row['epoch']:>3}/{run.config.epochs}  {self.objective.summary(row)}  "
+                  f"{row['examples_per_s']:,.0f} ex/s", file=self.stream, flush=True)
+
+    def write_history(self) -> None:
+        out_dir = self.run.out_dir
+        with atomic_write(out_dir / "history.json") as f:
+            f.write(json.dumps(self.run.history, indent=1).encode())
+        with atomic_write(out_dir / "history.csv") as f:
+            rows = [",".join(self.fields)] + [",".join(f"{r[k]:.6g}" for k in self.fields)
+                                              for r in self.run.history]
+            f.write(("\n".join(rows) + "\n").encode())
+
+
+def default_run_dir(dataset: str) -> Path:
+    """``runs/<dataset>-<YYYYmmdd-HHMMSS>`` (with a suffix if that exists)."""
+    base = Path("runs") / f"{Path(dataset).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, i = base, 1
+    while path.exists():
+        i += 1
+        path = Path(f"{base}-{i}")
+    return path
