@@ -121,7 +121,7 @@ class M2:
         c_rows = one_hot(np.concatenate([y_l, np.repeat(np.arange(n_classes), b_u)]), n_classes, vae.dtype)
         # the CVAE's rows: the labelled examples, then every unlabelled one once per class
         x_rows = np.empty((b_l + n_classes * b_u, vae.input_dim), vae.dtype)
-        x_rows[:b_l] = x_l
+        K.repeat_rows(x_l, 1, out=x_rows[:b_l])
         K.repeat_rows(x_u, n_classes, out=x_rows[b_l:])
         logits, cls_caches = self.classifier.forward(self.cls_params, x_rows[:b_l + b_u])
         log_q = K.log_softmax(logits).astype(np.float64)

@@ -77,7 +77,10 @@ class SemiSupervised(Objective):
     def losses_and_grads(self, run, x, idx, rng, beta):
         labelled = run.labels[0]
         pick = labelled[rng.integers(0, len(labelled), run.config.labelled_batch)]
-        return run.model.loss_and_grads(run.x_train[pick], run.data.y_train[pick], x, rng=rng)
+        x_l = run.x_train[pick]
+        if run.config.binarize == "dynamic":           # as the loop binarised the unlabelled batch
+            binarize(x_l, rng, out=x_l)
+        return run.model.loss_and_grads(x_l, run.data.y_train[pick], x, rng=rng)
 
     def test(self, run):
         return {"test_accuracy": accuracy(run.model.predict, run.x_test, run.data.y_test)}
