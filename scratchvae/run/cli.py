@@ -1,4 +1,4 @@
-"""The ``scratchvae`` command: train, evaluate, sample, plot, download, datasets.
+"""The ``scratchvae`` command: train, evaluate, sample, plot, complete, export, download, datasets.
 
 Every error a user can cause ends with one line ``scratchvae: error: ...``
 on stderr and a non-zero exit code (set ``SCRATCHVAE_DEBUG=1`` for the
@@ -175,6 +175,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--burn-in", type=_seed, default=50, help="iterations left out of the average [50]")
     c.add_argument("--seed", type=_seed, default=0, help="seed of the masks and the chains [0]")
     c.add_argument("--data-dir", help="where to look for the data set first")
+
+    x = sub.add_parser("export", help="write a trained model as one Python module that needs NumPy only",
+                       description="Write DIR/NAME.py (encode, decode, sample and elbo of the trained VAE, "
+                                   "importing nothing but NumPy), DIR/NAME.npz (its weights as plain arrays) "
+                                   "and DIR/NAME.json (its architecture). Copy the three files anywhere and "
+                                   "import NAME. Files of an earlier export are replaced only with --overwrite.")
+    x.add_argument("checkpoint", help="checkpoint file or run directory")
+    x.add_argument("-o", "--output", required=True, metavar="DIR", help="directory to write into (made if missing)")
+    x.add_argument("--name", default="vae", help="module name: the files are NAME.py, NAME.npz, NAME.json [vae]")
+    x.add_argument("--overwrite", action="store_true", help="replace the files of an earlier export of that name")
 
     dl = sub.add_parser("download", help="fetch and verify a named data set",
                         description="Download the official files, check each SHA-256, write atomically.")
@@ -366,6 +376,23 @@ def cmd_complete(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from ..model import M2
+    from .export import export
+    from .run import Run
+
+    run = Run.open(args.checkpoint)
+    context = "none" if run.config is None else run.config.context
+    paths = export(run.vae, args.output, args.name, args.overwrite, context, source=str(args.checkpoint),
+                   image_shape=None if run.config is None else run.image_shape)
+    for path in paths:
+        print(path)
+    if isinstance(run.model, M2):
+        print("note: the label-conditional VAE of this M2 run is exported, not its classifier q(y|x)",
+              file=sys.stderr)
+    return 0
+
+
 def cmd_download(args) -> int:
     from ..data.download import download
     path = download(args.name, args.dest, base_url=args.base_url,
@@ -389,7 +416,7 @@ def cmd_datasets(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample, "plot": cmd_plot,
-            "complete": cmd_complete,
+            "complete": cmd_complete, "export": cmd_export,
             "download": cmd_download, "datasets": cmd_datasets}
 
 
