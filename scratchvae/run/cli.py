@@ -1,4 +1,5 @@
-"""The ``scratchvae`` command: train, evaluate, sample, plot, complete, export, download, datasets.
+"""The ``scratchvae`` command: train, evaluate, sample, plot, complete, interpolate, export, download,
+datasets.
 
 Every error a user can cause ends with one line ``scratchvae: error: ...``
 on stderr and a non-zero exit code (set ``SCRATCHVAE_DEBUG=1`` for the
@@ -175,6 +176,26 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--burn-in", type=_seed, default=50, help="iterations left out of the average [50]")
     c.add_argument("--seed", type=_seed, default=0, help="seed of the masks and the chains [0]")
     c.add_argument("--data-dir", help="where to look for the data set first")
+
+    i = sub.add_parser("interpolate", help="decode the paths between two latent codes",
+                       description="Decoded means E[x | z] along a straight and a spherical (slerp) path "
+                                   "between the posterior means of two test images (--from, --to) or two "
+                                   "draws from the prior (--prior), the ends included: one row per path, "
+                                   "linear above spherical. A conditional model's context is held fixed "
+                                   "along the path: the --from image's (or --label).")
+    i.add_argument("checkpoint", help="checkpoint file or run directory")
+    i.add_argument("--from", dest="start", type=_seed, metavar="I", help="index of the first test image")
+    i.add_argument("--to", dest="end", type=_seed, metavar="J", help="index of the last test image")
+    i.add_argument("--prior", action="store_true",
+                   help="start and end at two draws z ~ N(0, I) (seeded by --seed) instead of test images")
+    i.add_argument("--steps", type=_positive_int, default=10, help="codes per path, both ends included [10]")
+    i.add_argument("--label", type=_seed, help="for a model trained with --conditional label: the class to "
+                                               "hold fixed [the --from image's]")
+    i.add_argument("-o", "--output", help="FILE.png for the picture")
+    i.add_argument("--array", metavar="FILE.npy", help="also (or instead) write the images as an array of "
+                                                        "shape (2, steps, d): linear path, then spherical")
+    i.add_argument("--seed", type=_seed, default=0, help="seed of the prior draws [0]")
+    i.add_argument("--data-dir", help="where to look for the data set first")
 
     x = sub.add_parser("export", help="write a trained model as one Python module that needs NumPy only",
                        description="Write DIR/NAME.py (encode, decode, sample and elbo of the trained VAE, "
@@ -376,6 +397,66 @@ def cmd_complete(args) -> int:
     return 0
 
 
+def cmd_interpolate(args) -> int:
+    from ..atomic import atomic_write
+    from ..data.datasets import one_hot
+    from ..inference.interpolate import interpolate
+
+    out = Path(args.output) if args.output else None
+    if out is None and not args.array:
+        raise ValueError("give -o FILE.png for the picture, --array FILE.npy for the array, or both")
+    if out is not None and out.suffix != ".png":
+        raise ValueError(f"-o must end in .png, got {out}")
+    if args.array and Path(args.array).suffix != ".npy":
+        raise ValueError(f"--array must end in .npy, got {args.array}")
+    if args.steps < 2:
+        raise ValueError("--steps must be at least 2: the two ends are included")
+    if args.prior == (args.start is not None or args.end is not None):
+        raise ValueError("give either --from I --to J (two test images) or --prior (two draws from N(0, I))")
+    run = _open_run(args.checkpoint, args.data_dir)
+    model, context = run.vae, run.config.context
+    if args.label is not None and context != "label":
+        raise ValueError("--label needs a model trained with --conditional label")
+    if args.prior:
+        if context.startswith("mask:"):
+            raise ValueError("this model's context is a test image's observed pixels: interpolate between "
+                             "test images (--from I --to J)")
+        if context == "label" and args.label is None:
+            raise ValueError("this model is conditioned on the label: give --label to hold fixed")
+        z_from, z_to = np.random.default_rng(args.seed).standard_normal((2, model.latent_dim))
+        c, what = None, f"two draws from N(0, I), seed {args.seed}"
+    else:
+        if args.start is None or args.end is None:
+            raise ValueError("give both --from I and --to J")
+        n = len(run.x_test)
+        for flag, index in (("--from", args.start), ("--to", args.end)):
+            if index >= n:
+                raise ValueError(f"{flag} must lie in [0, {n - 1}] (the test set has {n:,} images), got {index}")
+        pair = [args.start, args.end]
+        c_pair = None if run.c_test is None else run.c_test[pair]
+        (z_from, z_to), _ = model.encode(run.x_test[pair], c_pair)    # each image with its own context
+        c, what = (None if c_pair is None else c_pair[0]), f"test images {args.start} and {args.end}"
+    if args.label is not None:
+        if args.label >= model.context_dim:
+            raise ValueError(f"--label must lie in [0, {model.context_dim - 1}] for this model, got {args.label}")
+        c = one_hot(np.array([args.label]), model.context_dim, model.dtype)[0]
+    images = interpolate(model, z_from, z_to, args.steps, c)
+    if args.array:
+        with atomic_write(args.array) as f:
+            np.save(f, images)
+        print(args.array)
+    if out is not None:
+        from . import plots
+        if run.image_shape is None:
+            raise ValueError("this model's data are not images; write --array FILE.npy instead")
+        held = ("" if c is None else f", label {int(np.argmax(c))} held fixed" if context == "label"
+                else f", the context of test image {args.start} held fixed")
+        plots.image_grid(images.reshape(-1, images.shape[-1]), run.image_shape, out,
+                         f"linear (top) and spherical (bottom) paths between {what}{held}", cols=args.steps)
+        print(out)
+    return 0
+
+
 def cmd_export(args) -> int:
     from ..model import M2
     from .export import export
@@ -416,7 +497,7 @@ def cmd_datasets(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample, "plot": cmd_plot,
-            "complete": cmd_complete, "export": cmd_export,
+            "complete": cmd_complete, "interpolate": cmd_interpolate, "export": cmd_export,
             "download": cmd_download, "datasets": cmd_datasets}
 
 
