@@ -127,15 +127,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="test-set ELBO, active units and log-likelihood of a checkpoint",
                        description="Negative ELBO (total = reconstruction + KL) of the test split, "
-                                   "nats per example, with z sampled from q(z|x); active units; and, "
-                                   "with --iw-samples, the importance-weighted log p(x).")
+                                   "nats per example, with z sampled from q(z|x); active units; with "
+                                   "--iw-samples, the importance-weighted log p(x); for a latent of size 1 "
+                                   "or 2, with --exact, log p(x) itself by quadrature, and with --posterior, "
+                                   "the picture of one image's true posterior beside the encoder's.")
     e.add_argument("checkpoint", help="checkpoint file or run directory")
     e.add_argument("--data-dir", help="where to look for the data set first")
     e.add_argument("--samples", type=_positive_int, default=1, help="z samples per example, averaged [1]")
     e.add_argument("--seed", type=_seed, default=0, help="seed of the z samples [0]")
     e.add_argument("--iw-samples", type=_positive_int, metavar="K",
                    help="also estimate log p(x) with K importance samples per example (Burda et al. "
-                        "2016; 1000 or more for a tight estimate) [off]")
+                        "2016; 1000 or more for a tight estimate) [off; 1000 with --exact]")
+    e.add_argument("--exact", action="store_true",
+                   help="for a latent of size 1 or 2: also compute log p(x) of every test image by quadrature "
+                        "over z (float64, the grid refined until no value changes by more than --tol) and "
+                        "print ELBO <= importance-weighted bound <= exact log p(x) with the gaps in nats")
+    e.add_argument("--tol", type=_positive_float, default=1e-3,
+                   help="with --exact or --posterior: the largest change of any log p(x), in nats, at which "
+                        "halving the grid's spacing stops [0.001]")
+    e.add_argument("--posterior", type=_seed, metavar="I",
+                   help="for a latent of size 1 or 2: draw the true posterior p(z|x) of test image I (by "
+                        "quadrature) beside the encoder's q(z|x) into -o FILE.png, and print their gap")
+    e.add_argument("-o", "--output", metavar="FILE.png", help="the picture of --posterior")
 
     s = sub.add_parser("sample", help="draw samples from a trained model",
                        description="Ancestral samples: z ~ N(0, I), then the decoder's mean. A "
@@ -299,22 +312,58 @@ def _open_run(checkpoint, data_dir):
 
 def cmd_evaluate(args) -> int:
     from ..inference.evaluate import active_units, elbo, log_likelihood
+    from ..inference.exact import check_latent, log_marginal, posterior_grid
     from .progress import Progress
 
+    if (args.posterior is None) != (args.output is None):
+        raise ValueError("--posterior I and -o FILE.png go together: the picture of test image I's posterior")
+    if args.output is not None and Path(args.output).suffix != ".png":
+        raise ValueError(f"-o must end in .png, got {args.output}")
     run = _open_run(args.checkpoint, args.data_dir)
     model, x_test, c_test = run.vae, run.x_test, run.c_test
+    if args.exact or args.posterior is not None:
+        check_latent(model)
+    if args.posterior is not None and args.posterior >= len(x_test):
+        raise ValueError(f"--posterior must lie in [0, {len(x_test) - 1}] (the test set has {len(x_test):,} "
+                         f"images), got {args.posterior}")
     rng = np.random.default_rng(args.seed)
     r = elbo(model, x_test, rng, n_samples=args.samples, c=c_test)
     print(f"{run.data.name} test set ({len(x_test):,} examples), nats per example:")
     print(f"  -ELBO {r['total']:.3f}   reconstruction {r['nll']:.3f}   KL {r['kl']:.3f}")
     count, _ = active_units(model, x_test, c=c_test)
     print(f"  active units {count} of {model.latent_dim} (variance of E[z|x] over the data > 0.01)")
-    if args.iw_samples:
-        progress = Progress(len(x_test), f"log p(x), k={args.iw_samples}")
-        log_px = log_likelihood(model, x_test, args.iw_samples, rng,
-                                progress=lambda done, total: progress.update(done), c=c_test)
+    k = args.iw_samples or (1000 if args.exact else None)
+    if k:
+        progress = Progress(len(x_test), f"log p(x), k={k}")
+        iw = log_likelihood(model, x_test, k, rng, progress=lambda done, total: progress.update(done), c=c_test)
         progress.close()
-        print(f"  log p(x) >= {log_px.mean():.3f} (importance-weighted, k = {args.iw_samples})")
+        print(f"  log p(x) >= {iw.mean():.3f} (importance-weighted, k = {k})")
+    if args.exact:
+        progress = Progress(len(x_test), "log p(x) by quadrature")
+        q = log_marginal(model, x_test, c_test, tol=args.tol, progress=lambda done, total: progress.update(done))
+        progress.close()
+        exact, lower = q.log_px.mean(), -r["total"]
+        print(f"  log p(x) = {exact:.3f} (exact: quadrature over z in [-{q.radius:g}, {q.radius:g}]^"
+              f"{model.latent_dim}, spacing down to {q.spacing:.3g}, {q.points:,} decoded points; the last "
+              f"halving changed no log p(x) by more than {q.change:.2g})")
+        print(f"  ELBO {lower:.3f} <= IW bound (k = {k}) {iw.mean():.3f} <= exact log p(x) {exact:.3f}")
+        print(f"  gaps: IW - ELBO {iw.mean() - lower:.3f}, exact - IW {exact - iw.mean():.3f}, "
+              f"exact - ELBO = KL(q(z|x) || p(z|x)) {exact - lower:.3f} nats per example")
+        if not lower <= iw.mean() <= exact:
+            print("  (the bounds hold in expectation; an estimate on the wrong side of one is the sampling noise "
+                  "of its z draws: raise --samples or --iw-samples)")
+    if args.posterior is not None:
+        from . import plots
+        i = args.posterior
+        c_i = None if c_test is None else c_test[i]
+        grid = posterior_grid(model, x_test[i], c_i, np.random.default_rng(args.seed), tol=args.tol)
+        gap = grid["log_px"] - grid["elbo"]
+        print(f"  test image {i}: log p(x) = {grid['log_px']:.3f}, ELBO {grid['elbo']:.3f} (10,000 samples), "
+              f"KL(q(z|x) || p(z|x)) = {gap:.3f} nats")
+        plots.posterior(grid, x_test[i], run.image_shape, args.output,
+                        f"test image {i}: log p(x) {grid['log_px']:.2f}, ELBO {grid['elbo']:.2f}, "
+                        f"KL(q || p(z|x)) {gap:.3f} nats")
+        print(args.output)
     return 0
 
 
