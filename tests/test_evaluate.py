@@ -232,6 +232,8 @@ def test_evaluate_exact_prints_the_chain_of_bounds_and_its_gaps(capsys, small_ru
     assert f"ELBO {-minus_elbo:.3f} <= IW bound (k = 200) {iw:.3f} <= exact log p(x) {exact:.3f}" in out
     kl = float(out.split("exact - ELBO = KL(q(z|x) || p(z|x)) ")[1].split()[0])
     assert kl == pytest.approx(exact + minus_elbo, abs=2e-3)
+    worst = out.split("exact - IW per image: median ")[1]
+    assert "of 20 images, largest " in worst and int(worst.split("--posterior ")[1].split()[0]) < 20
     from scratchvae.run.run import Run
     r = Run.open(small_runs / "latent2")
     assert exact == pytest.approx(log_marginal(r.vae, r.x_test).log_px.mean(), abs=1e-3)

@@ -349,6 +349,11 @@ def cmd_evaluate(args) -> int:
         print(f"  ELBO {lower:.3f} <= IW bound (k = {k}) {iw.mean():.3f} <= exact log p(x) {exact:.3f}")
         print(f"  gaps: IW - ELBO {iw.mean() - lower:.3f}, exact - IW {exact - iw.mean():.3f}, "
               f"exact - ELBO = KL(q(z|x) || p(z|x)) {exact - lower:.3f} nats per example")
+        missed = q.log_px - iw
+        worst = int(np.argmax(missed))
+        print(f"  exact - IW per image: median {np.median(missed):.3f}, more than 1 nat for {int((missed > 1).sum()):,} "
+              f"of {len(missed):,} images, largest {missed[worst]:.2f} at test image {worst} (see it with "
+              f"--posterior {worst} -o FILE.png)")
         if not lower <= iw.mean() <= exact:
             print("  (the bounds hold in expectation; an estimate on the wrong side of one is the sampling noise "
                   "of its z draws: raise --samples or --iw-samples)")
