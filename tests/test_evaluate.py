@@ -267,3 +267,16 @@ def test_evaluate_refuses_what_it_cannot_do(capsys, small_runs, tmp_path, monkey
     code, out, err = run(capsys, "evaluate", small_runs / argv[0], *argv[1:])
     assert_one_error(code, err, needle)
     assert out == "" and not list(tmp_path.iterdir())
+
+
+def test_posterior_picture_of_a_one_dimensional_latent(tmp_path):
+    pytest.importorskip("matplotlib")
+    from scratchvae.run import plots
+    from test_cli import assert_png
+    model, x = _nonlinear(1)
+    grid = posterior_grid(model, x[0], samples=2000)
+    (z,) = grid["axes"]
+    assert grid["log_posterior"].shape == (201,)
+    assert np.exp(grid["log_posterior"]).sum() * (z[1] - z[0]) == pytest.approx(1, abs=1e-3)
+    for shape, name in (((3, 4), "image.png"), (None, "vector.png")):
+        assert_png(plots.posterior(grid, x[0], shape, tmp_path / name, "title"))

@@ -211,3 +211,17 @@ def test_export_command(capsys, tmp_path):
     assert code == 0, err
     code, _, err = run(capsys, "export", tmp_path / "nothing", "-o", tmp_path / "ship2")
     assert_one_error(code, err, "no such checkpoint")
+
+
+def test_export_command_needs_no_data_set(capsys, tmp_path):
+    """A run on non-image data stores no image shape; exporting it where its data file is gone
+    still works (the shape is recorded as unknown)."""
+    data = tmp_path / "vectors.npz"
+    np.savez(data, x=np.random.default_rng(0).random((100, 10), dtype=np.float32))
+    code, _, err = run(capsys, "train", "--dataset", data, "--hidden", "4", "--latent", "2", "--epochs", "1",
+                       "--no-plots", "--out", tmp_path / "run")
+    assert code == 0, err
+    data.unlink()
+    code, _, err = run(capsys, "export", tmp_path / "run", "-o", tmp_path / "ship")
+    assert code == 0, err
+    assert json.loads((tmp_path / "ship" / "vae.json").read_text())["image_shape"] is None

@@ -518,8 +518,12 @@ def cmd_export(args) -> int:
 
     run = Run.open(args.checkpoint)
     context = "none" if run.config is None else run.config.context
+    try:
+        image_shape = None if run.config is None else run.image_shape
+    except FileNotFoundError:            # not stored, and the data set is not on this machine to tell
+        image_shape = None
     paths = export(run.vae, args.output, args.name, args.overwrite, context, source=str(args.checkpoint),
-                   image_shape=None if run.config is None else run.image_shape)
+                   image_shape=image_shape)
     for path in paths:
         print(path)
     if isinstance(run.model, M2):
