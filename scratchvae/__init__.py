@@ -22,6 +22,7 @@ from .kernels import (backends, check_backend, describe, get_backend, register_b
 from .model import M2, VAE
 from .optim import SGD, Adam
 from .run.checkpoint import load
+from .run.roofline import profile
 
 __all__ = ["VAE", "M2", "Adam", "SGD", "load", "gradcheck", "check_op", "set_backend", "get_backend",
-           "register_backend", "backends", "check_backend", "warmup", "describe", "__version__"]
+           "register_backend", "backends", "check_backend", "warmup", "describe", "profile", "__version__"]

@@ -259,6 +259,12 @@ def get_backend() -> str:
     return _active["backend"]
 
 
+def get_gemm() -> Optional[str]:
+    """The name in :data:`GEMMS` the products come from, or None for the backend's own."""
+    get_backend()
+    return _active["gemm"]
+
+
 def active_module() -> types.ModuleType:
     """The module of the active backend."""
     get_backend()

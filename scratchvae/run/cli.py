@@ -176,6 +176,22 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=_seed, default=0, help="seed of the masks and the chains [0]")
     c.add_argument("--data-dir", help="where to look for the data set first")
 
+    b = sub.add_parser("bench", help="a roofline report of one training step, kernel by kernel",
+                       description="Times every kernel call of training steps of a VAE on random data (float32, "
+                                   "Bernoulli, Adam): per kernel and GEMM shape, calls, time, GFLOP/s or GB/s "
+                                   "against the measured compute peak and memory bandwidth; then the whole step "
+                                   "in examples/s and as a share of the GEMM limit. Threads come from the "
+                                   "environment (OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, NUMBA_NUM_THREADS).")
+    b.add_argument("--backend", help="kernel backend (reference, numpy, numba or a module path) [the default]")
+    b.add_argument("--gemm", choices=("blas", "numba", "reference"), help="where the products come from "
+                                                                          "[the backend's own]")
+    b.add_argument("--batch-size", type=_positive_int, default=128, help="examples per step [128]")
+    b.add_argument("--input-dim", type=_positive_int, default=784, help="pixels per example [784]")
+    b.add_argument("--hidden", type=_hidden, default=[400], help="encoder hidden widths [400]")
+    b.add_argument("--latent", type=_positive_int, default=20, help="latent size [20]")
+    b.add_argument("--seconds", type=_positive_float, default=4.0,
+                   help="seconds of steps to time, half alone and half profiled [4]")
+
     dl = sub.add_parser("download", help="fetch and verify a named data set",
                         description="Download the official files, check each SHA-256, write atomically.")
     dl.add_argument("name", help="mnist, fashion-mnist or kmnist")
@@ -366,6 +382,13 @@ def cmd_complete(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from .roofline import profile
+    print(profile(args.backend, args.gemm, args.batch_size, args.input_dim, args.hidden, args.latent,
+                  args.seconds))
+    return 0
+
+
 def cmd_download(args) -> int:
     from ..data.download import download
     path = download(args.name, args.dest, base_url=args.base_url,
@@ -389,7 +412,7 @@ def cmd_datasets(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample, "plot": cmd_plot,
-            "complete": cmd_complete,
+            "complete": cmd_complete, "bench": cmd_bench,
             "download": cmd_download, "datasets": cmd_datasets}
 
 
