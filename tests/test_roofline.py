@@ -2,7 +2,6 @@
 (Its figures are measurements: no test asserts a speed.)"""
 import re
 
-import numpy as np
 import pytest
 
 import scratchvae as sv
