@@ -297,6 +297,9 @@ def describe() -> dict:
     if _active["gemm"] is not None:
         info["gemm"] = {"blas": "numpy.matmul (BLAS)", "numba": "scratchvae gemm_numba (Numba)",
                         "reference": "reference (numpy.einsum)"}[_active["gemm"]]
+        gemm_module = _import(GEMMS[_active["gemm"]], "gemm")
+        if hasattr(gemm_module, "describe"):
+            info.update(gemm_module.describe())
     info.setdefault("gemm", "the backend's own")
     info["numpy"] = np.__version__
     return info
