@@ -249,6 +249,8 @@ def set_backend(name: str, gemm: Optional[str] = None) -> None:
     for k in CONTRACT:
         setattr(ops, k, getattr(module, k))
     ops.gemm = gemm_fn
+    if hasattr(module, "bind_gemm"):        # a backend that runs its kernels where the products run
+        module.bind_gemm(gemm)
     _active.update(backend=name, gemm=gemm, module=module)
 
 
