@@ -6,7 +6,7 @@ Needs the data (``$SCRATCHVAE_DATA/fashion-mnist`` or another place
 ``scratchvae datasets`` finds). Alternates backends over --rounds, reports
 median and min-max wall seconds per epoch, prints Markdown, writes JSON.
 
-    python benchmarks/epoch.py [--rounds 3] [--json benchmarks/results/epoch.json]
+    python benchmarks/epoch.py [--rounds 3] [--save]
 """
 from __future__ import annotations
 

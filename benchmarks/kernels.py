@@ -4,7 +4,7 @@ and 1024, float32), median of --repeats blocks, alternating the two.
 
 GEMM speed is measured by benchmarks/gemm.py.
 
-    python benchmarks/kernels.py [--repeats 9] [--json benchmarks/results/kernels.json]
+    python benchmarks/kernels.py [--repeats 9] [--save]
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ as it is (run once before to fill it); "cold" points NUMBA_CACHE_DIR at an
 empty directory, so every kernel the step needs is compiled. Reports medians
 and min-max over --repeats processes; prints a Markdown table and writes JSON.
 
-    python benchmarks/startup.py [--repeats 5] [--json benchmarks/results/startup.json]
+    python benchmarks/startup.py [--repeats 5] [--save]
 """
 from __future__ import annotations
 

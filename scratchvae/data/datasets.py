@@ -575,15 +575,3 @@ def binarize(x: np.ndarray, rng: np.random.Generator, out: Optional[np.ndarray] 
     u_dtype = np.float32 if x.dtype == np.float32 else np.float64
     u = rng.random(None if scratch is not None else x.shape, dtype=u_dtype, out=scratch)
     return np.less(u, x, out=np.empty_like(x) if out is None else out)
-
-
-def one_hot(labels: np.ndarray, n_classes: int, dtype=np.float32) -> np.ndarray:
-    """Integer labels (n,) in [0, n_classes) -> (n, n_classes) rows of one 1 and zeros."""
-    labels = np.asarray(labels)
-    if labels.ndim != 1 or labels.dtype.kind not in "iu":
-        raise ValueError(f"labels must be a 1-D integer array, got {labels.dtype} of shape {labels.shape}")
-    if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
-        raise ValueError(f"labels must lie in [0, {n_classes}), got [{labels.min()}, {labels.max()}]")
-    out = np.zeros((len(labels), n_classes), dtype)
-    out[np.arange(len(labels)), labels] = 1
-    return out

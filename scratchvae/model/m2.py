@@ -28,9 +28,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..data.datasets import one_hot
 from ..kernels import ops as K
 from . import flat, layers
+from .layers import one_hot
 from .vae import VAE
 
 

@@ -304,7 +304,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    from ..data.datasets import one_hot
+    from ..model.layers import one_hot
     from .run import Run
 
     out = Path(args.output)

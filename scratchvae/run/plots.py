@@ -81,7 +81,7 @@ def samples(model, rng, image_shape, path, n: int = 64):
 
 def class_samples(model, rng, image_shape, path, per_class: int = 10):
     """A conditional model's samples, one row per class: z ~ N(0, I), c = one-hot(row)."""
-    from ..data.datasets import one_hot
+    from ..model.layers import one_hot
     n_classes = model.context_dim
     labels = np.repeat(np.arange(n_classes), per_class)
     x = model.sample(len(labels), rng, c=one_hot(labels, n_classes, model.dtype))

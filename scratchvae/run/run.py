@@ -23,9 +23,10 @@ from typing import List, Optional
 
 import numpy as np
 
-from ..data.datasets import Dataset, binarize, load_array_file, load_dataset, one_hot
+from ..data.datasets import Dataset, binarize, load_array_file, load_dataset
 from ..inference.complete import MASK_KINDS, Mask, observed_context
 from ..model import M2, VAE
+from ..model.layers import one_hot
 from ..model.m2 import split_labels
 from ..optim import Adam
 from . import checkpoint as ckpt
