@@ -229,7 +229,7 @@ class VAE:
         return mu, logvar, (enc_cache, mu_cache, lv_cache)
 
     def _decode(self, z, c, ws):
-        """Decoder output for the rows of z (and c repeated to as many rows)."""
+        """Decoder output for the rows of z, each with its row of c."""
         return self.decoder.forward(self.params, z, ws.dec, c=c, scratch=ws.scratch)
 
     def encode(self, x, c=None):
@@ -317,10 +317,10 @@ class VAE:
         """Gradient of ``sum_r w_nll_r nll_r + sum_i w_kl_i kl_i + sum_r w_kl_sample_r kl_sample_r``
         for every parameter, into ``self.grads`` (returned).
 
-        ``cache`` from :meth:`forward`; ``w_nll`` (s n,), ``w_kl`` (n,),
-        ``w_kl_sample`` (s n,): per-row weights (None: 0). The weights of the
-        nll are applied in the decoder's output layer, in the pass that
-        computes its bias gradient.
+        ``cache`` from :meth:`forward`; per-row weights ``w_nll`` (s n,),
+        ``w_kl`` (n,) and ``w_kl_sample`` (s n,), the last two None for 0. The
+        weights of the nll are applied in the decoder's output layer, in the
+        pass that computes its bias gradient.
         """
         enc_caches, lat_cache, dec_caches, out, x, grad, ws = cache
         if grad is None:
