@@ -171,6 +171,10 @@ def test_one_pool_for_the_whole_step_gives_the_same_bits_for_any_thread_count():
     two, _ = _params_after_steps("numba", 2)
     again, _ = _params_after_steps("numba", 2)
     assert info["kernels_parallel"] is True and "gemm_numba" in info["gemm"]
+    from scratchvae.kernels import gemm_numba
+    tile = gemm_numba.tiling(np.float32)
+    assert info["gemm_isa"] == gemm_numba.ISA in ("avx512", "avx2", "sse")
+    assert info["gemm_tile_float32"] == f"6x{tile['NR']} ({tile['lanes']} lanes)"
     np.testing.assert_array_equal(one, two)
     np.testing.assert_array_equal(two, again)
 
