@@ -42,6 +42,12 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit: the message says why."""
 
 
+def _estimated_npz_bytes(arrays: Dict[str, np.ndarray]) -> int:
+    """An upper bound of the size of ``np.savez(**arrays)``: the data, and per
+    array its .npy header and the zip entries that name it twice."""
+    return sum(a.nbytes + 2 * len(k) + 320 for k, a in arrays.items()) + 120
+
+
 def save(path, model: Union[VAE, M2], optimizer=None, train_state: Optional[dict] = None,
          train_arrays: Optional[Dict[str, np.ndarray]] = None) -> Path:
     """Write ``model`` (a VAE or M2, and optionally optimizer and loop state) to ``path`` atomically."""
@@ -61,7 +67,7 @@ def save(path, model: Union[VAE, M2], optimizer=None, train_state: Optional[dict
         header["train"] = train_state
     arrays.update({f"train/{k}": v for k, v in train_arrays.items()})
     arrays[HEADER_KEY] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
-    with atomic_write(path) as f:
+    with atomic_write(path, size=_estimated_npz_bytes(arrays)) as f:
         np.savez(f, **arrays)
     return path
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import os
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .._version import __version__
+from ..atomic import atomic_write
 
 EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
 
@@ -306,7 +308,7 @@ def cmd_sample(args) -> int:
     c = None if labels is None else one_hot(labels, classes, model.dtype)
     x = model.sample(args.n if c is None else len(c), np.random.default_rng(args.seed), mean=not args.draw, c=c)
     if out.suffix == ".npy":
-        np.save(out, x)
+        save_npy(out, x)
     else:
         from . import plots
         if run.image_shape is None:
@@ -317,6 +319,17 @@ def cmd_sample(args) -> int:
                          cols=args.n if classes and args.label is None else None)
     print(out)
     return 0
+
+
+def save_npy(path: Path, x: np.ndarray) -> None:
+    """``np.save(path, x)``, atomically. The data go through Python's write (NumPy's
+    own writes lose the error number of a full disk, and so the file's name)."""
+    x = np.ascontiguousarray(x)
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(x))
+    with atomic_write(path, size=header.tell() + x.nbytes) as f:
+        f.write(header.getvalue())
+        f.write(x.data)
 
 
 def cmd_plot(args) -> int:

@@ -1,15 +1,20 @@
 """The classic VAE pictures, as PNG files (Matplotlib, imported only here).
 
 Each function takes a model (and data) and a path, draws one figure and
-returns the path. Images are shown with 0 = white, 1 = black ink.
+returns the path. Images are shown with 0 = white, 1 = black ink. A figure
+is rendered in memory and then written atomically (:mod:`scratchvae.atomic`):
+a full disk leaves the previous picture, never an empty or cut one.
 """
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+
+from ..atomic import write_bytes
 
 
 def pyplot():
@@ -38,11 +43,15 @@ def tile(images: np.ndarray, image_shape, cols: int, pad: int = 1) -> np.ndarray
 
 
 def save(fig, path, dpi: int = 100) -> Path:
-    """Lay out, write and close a Matplotlib figure; returns the path."""
-    fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
-    pyplot().close(fig)
-    return Path(path)
+    """Lay out, write (atomically, in the format the suffix names) and close a
+    Matplotlib figure; returns the path."""
+    buffer = io.BytesIO()
+    try:
+        fig.tight_layout()
+        fig.savefig(buffer, format=Path(path).suffix.lstrip(".") or "png", dpi=dpi)
+    finally:
+        pyplot().close(fig)
+    return write_bytes(path, buffer.getvalue())
 
 
 def _save_grid(canvas, path, title):

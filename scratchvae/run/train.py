@@ -22,10 +22,10 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from ..atomic import write_bytes
 from ..data.datasets import binarize
 from ..inference.evaluate import elbo
 from ..model.m2 import accuracy
-from ..atomic import atomic_write
 from .progress import Progress
 from .run import Run, stream
 
@@ -247,12 +247,9 @@ class Trainer:
 
     def write_history(self) -> None:
         out_dir = self.run.out_dir
-        with atomic_write(out_dir / "history.json") as f:
-            f.write(json.dumps(self.run.history, indent=1).encode())
-        with atomic_write(out_dir / "history.csv") as f:
-            rows = [",".join(self.fields)] + [",".join(f"{r[k]:.6g}" for k in self.fields)
-                                              for r in self.run.history]
-            f.write(("\n".join(rows) + "\n").encode())
+        write_bytes(out_dir / "history.json", json.dumps(self.run.history, indent=1).encode())
+        rows = [",".join(self.fields)] + [",".join(f"{r[k]:.6g}" for k in self.fields) for r in self.run.history]
+        write_bytes(out_dir / "history.csv", ("\n".join(rows) + "\n").encode())
 
 
 def default_run_dir(dataset: str) -> Path:

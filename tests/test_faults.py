@@ -1,0 +1,200 @@
+"""Nothing lost, no traceback: faults and bad input (issue 13), one section per item.
+
+1. a run directory is never replaced without --overwrite;
+2. every file is written atomically, and a failed write names the file (and,
+   on a full disk, the bytes needed and free);
+3. a save refuses weights that are not finite (the Ctrl-C save too);
+4. temporaries of killed processes are removed; kill -9 never leaves a
+   checkpoint that does not load;
+5. a checkpoint records the data's fingerprint and refuses other data;
+6. too large a model, batch or sample is refused before it is allocated; a
+   header is checked against its schema;
+7. the smaller messages: plain .npy as a checkpoint, empty IDX files, huge
+   integers, unknown configuration keys, --resume with nothing to do,
+   relative data paths;
+8. failed runs leave no directory; a read-only --out is found before
+   training; labels outside the classes; complex parameters.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_cli import SMALL, assert_one_error, bars, run
+
+import scratchvae as sv
+from scratchvae import atomic
+from scratchvae.run import checkpoint as ckpt
+
+SMALL_RUN = dict(epochs=1, batch_size=32, hidden=[16], latent_dim=2)
+
+
+@pytest.fixture(autouse=True)
+def _no_debug(monkeypatch):
+    monkeypatch.delenv("SCRATCHVAE_DEBUG", raising=False)
+
+
+@pytest.fixture
+def data_file(tmp_path) -> Path:
+    path = tmp_path / "bars.npz"
+    np.savez(path, x=bars(200))
+    return path
+
+
+def train(capsys, data_file, out, *extra):
+    """One CLI training run of one epoch without pictures; (exit code, stdout, stderr)."""
+    return run(capsys, "train", "--dataset", data_file, *SMALL, "--epochs", "1", "--out", out, "--no-plots",
+               "-q", *extra)
+
+
+@pytest.fixture
+def run_dir(capsys, data_file, tmp_path) -> Path:
+    """A trained run (one epoch) in tmp_path/run."""
+    code, _, err = train(capsys, data_file, tmp_path / "run")
+    assert code == 0, err
+    return tmp_path / "run"
+
+
+def edit_checkpoint(path: Path, header=None, arrays=None) -> None:
+    """Rewrite a checkpoint with ``header(h)`` changing its header and ``arrays(a)`` its arrays, in place."""
+    with np.load(path) as z:
+        a = {k: z[k] for k in z.files}
+    h = json.loads(a[ckpt.HEADER_KEY].tobytes())
+    if header:
+        header(h)
+    if arrays:
+        arrays(a)
+    a[ckpt.HEADER_KEY] = np.frombuffer(json.dumps(h).encode(), np.uint8)
+    np.savez(path, **a)
+
+
+def parts(directory: Path):
+    return sorted(p.name for p in Path(directory).glob(".*.part"))
+
+
+# ----------------------------------------------------------------------
+# 2. one rule for every file written
+# ----------------------------------------------------------------------
+
+def test_atomic_write_on_a_full_disk_keeps_the_old_file_and_says_so(tmp_path):
+    target = tmp_path / "a.bin"
+    target.write_bytes(b"old")
+
+    class Full:
+        def write(self, _):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(atomic.WriteError) as e:
+        with atomic.atomic_write(target, size=123_456) as f:
+            f.write(b"half of it")
+            Full().write(b"the rest")
+    message = str(e.value)
+    assert str(target) in message and "no space left" in message and "123,456 bytes" in message
+    assert "free" in message and e.value.errno == errno.ENOSPC
+    assert target.read_bytes() == b"old" and parts(tmp_path) == []
+
+
+def test_atomic_write_refuses_before_writing_what_does_not_fit(tmp_path, monkeypatch):
+    monkeypatch.setattr(atomic, "free_disk", lambda directory: 1000)
+    with pytest.raises(atomic.WriteError, match=r"a.bin: not enough space on the device: it needs 2.0 kB "
+                                                r"\(2,000 bytes\), 1.0 kB \(1,000 bytes\) free"):
+        atomic.write_bytes(tmp_path / "a.bin", b"x" * 2000)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command, target", [
+    (["sample", "-n", "5", "-o"], "s.npy"),
+    (["sample", "-n", "5", "-o"], "s.png"),
+    (["plot", "-o"], "."),
+])
+def test_arrays_and_pictures_go_through_the_atomic_rule(capsys, run_dir, tmp_path, monkeypatch, command, target):
+    """With a disk too full for them, the old files stay whole and the error names the file."""
+    if target != "s.npy":
+        pytest.importorskip("matplotlib")
+    out = tmp_path / "out"
+    out.mkdir()
+    old = {name: b"the previous file" for name in ("s.npy", "s.png", "reconstructions.png")}
+    for name, content in old.items():
+        (out / name).write_bytes(content)
+    monkeypatch.setattr(atomic, "free_disk", lambda directory: 100)
+    code, _, err = run(capsys, command[0], run_dir, *command[1:], out / target)
+    assert_one_error(code, err, str(out), "not enough space on the device", "100 bytes free")
+    assert {name: (out / name).read_bytes() for name in old} == old
+    assert sorted(p.name for p in out.iterdir()) == sorted(old)
+
+
+def test_sample_npy_is_what_np_save_writes(capsys, run_dir, tmp_path):
+    code, _, err = run(capsys, "sample", run_dir, "-n", "7", "-o", tmp_path / "s.npy")
+    assert code == 0, err
+    np.save(tmp_path / "want.npy", sv.load(run_dir).sample(7, np.random.default_rng(0)))
+    assert (tmp_path / "s.npy").read_bytes() == (tmp_path / "want.npy").read_bytes()
+
+
+def test_history_goes_through_the_atomic_rule(capsys, data_file, tmp_path, monkeypatch):
+    """The checkpoint fits; the history does not: the error names it."""
+    real = atomic.free_disk
+    monkeypatch.setattr(atomic, "free_disk", lambda d: 10 if (Path(d) / "checkpoint.npz").exists() else real(d))
+    code, _, err = train(capsys, data_file, tmp_path / "run")
+    assert_one_error(code, err, str(tmp_path / "run" / "history.json"), "10 bytes free")
+    assert parts(tmp_path / "run") == []
+
+
+def test_writing_into_a_missing_directory_names_it(capsys, run_dir, tmp_path):
+    code, _, err = run(capsys, "sample", run_dir, "-o", tmp_path / "nowhere" / "s.npy")
+    assert_one_error(code, err, f"there is no directory {tmp_path / 'nowhere'}")
+
+
+# ----------------------------------------------------------------------
+# a real full disk: a small tmpfs
+# ----------------------------------------------------------------------
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 1 MB tmpfs (needs root and mount -t tmpfs)."""
+    d = tmp_path / "fs"
+    d.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(d)], capture_output=True, text=True)
+    if r.returncode:
+        pytest.skip(f"mount -t tmpfs failed here: {r.stderr.strip()}")
+    yield d
+    subprocess.run(["umount", str(d)], check=True)
+
+
+def _fill(directory: Path, leave: int) -> None:
+    """Fill the file system of ``directory`` but about ``leave`` bytes."""
+    free = atomic.free_disk(directory)
+    with open(directory / "filler", "wb") as f:
+        f.write(b"\0" * max(0, free - leave))
+
+
+def test_a_full_disk_keeps_every_old_file_and_names_the_new_one(capsys, run_dir, data_file, small_tmpfs):
+    shutil.copy(data_file, small_tmpfs / "bars.npz")
+    code, _, err = train(capsys, small_tmpfs / "bars.npz", small_tmpfs / "run")   # checkpoint of ~30 kB
+    assert code == 0, err
+    np.save(small_tmpfs / "s.npy", np.arange(10.0))
+    kept = {p.name: p.read_bytes() for p in [small_tmpfs / "s.npy", *(small_tmpfs / "run").iterdir()]}
+    _fill(small_tmpfs, 8192)
+
+    # a write that does not fit, known up front: the checkpoint of the next epoch, an array, a picture
+    code, _, err = run(capsys, "train", "--resume", small_tmpfs / "run", "--epochs", "2", "-q", "--no-plots")
+    assert_one_error(code, err, f"cannot write {small_tmpfs / 'run' / 'checkpoint.npz'}: not enough space",
+                     "free")
+    code, _, err = run(capsys, "sample", run_dir, "-n", "2000", "-o", small_tmpfs / "s.npy")
+    assert_one_error(code, err, f"cannot write {small_tmpfs / 's.npy'}: not enough space", "it needs 512.1 kB")
+    # a write of unknown size that fills the disk as it goes
+    with pytest.raises(atomic.WriteError, match=r"big\.bin: no space left on the device: .* were written when it "
+                                                r"filled up, .* free"):
+        with atomic.atomic_write(small_tmpfs / "big.bin") as f:
+            for _ in range(100):
+                f.write(b"\1" * 10_000)
+    now = {p.name: p.read_bytes() for p in [small_tmpfs / "s.npy", *(small_tmpfs / "run").iterdir()]}
+    assert now == kept                                        # every old file whole, no temporary left
+    assert sorted(p.name for p in small_tmpfs.iterdir()) == ["bars.npz", "filler", "run", "s.npy"]
