@@ -14,7 +14,7 @@ import errno
 import os
 import tempfile
 from pathlib import Path
-from typing import IO, Iterator, Optional, Union
+from typing import IO, Iterator, List, Optional, Union
 
 from .sizes import format_bytes, free_disk
 
@@ -81,6 +81,39 @@ def write_bytes(path: PathLike, data: bytes) -> Path:
     with atomic_write(path, size=len(data)) as f:
         f.write(data)
     return Path(path)
+
+
+def check_writable(directory: PathLike) -> None:
+    """Raise :class:`WriteError` now if no file can be created in ``directory``
+    (read-only, no permission), rather than after an hour of work."""
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as e:
+        raise WriteError(f"cannot write into {directory}: {e.strerror or e}", e.errno, directory) from None
+
+
+def make_dirs(directory: PathLike) -> List[Path]:
+    """Create ``directory`` and its missing parents; return those it created,
+    deepest first (for :func:`remove_empty`). Raises :class:`WriteError`."""
+    directory = Path(directory)
+    missing = [p for p in (directory, *directory.parents) if not p.exists()]
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        cause = "it is a file" if directory.is_file() else e.strerror or str(e)
+        raise WriteError(f"cannot make the directory {directory}: {cause}", e.errno, directory) from None
+    return missing
+
+
+def remove_empty(directories: List[Path]) -> None:
+    """Remove those of ``directories`` (deepest first) that are empty, so that
+    a failed command leaves no trace of the directories it made."""
+    for d in directories:
+        try:
+            d.rmdir()
+        except OSError:            # not empty (or gone): keep it and its parents
+            return
 
 
 def _write_error(path: Path, e: OSError, size: Optional[int], written: int) -> WriteError:

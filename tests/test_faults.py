@@ -30,7 +30,9 @@ from test_cli import SMALL, assert_one_error, bars, run
 
 import scratchvae as sv
 from scratchvae import atomic
+from scratchvae.run import Run, TrainConfig
 from scratchvae.run import checkpoint as ckpt
+from scratchvae.run.run import RunExistsError
 
 SMALL_RUN = dict(epochs=1, batch_size=32, hidden=[16], latent_dim=2)
 
@@ -76,6 +78,57 @@ def edit_checkpoint(path: Path, header=None, arrays=None) -> None:
 
 def parts(directory: Path):
     return sorted(p.name for p in Path(directory).glob(".*.part"))
+
+
+# ----------------------------------------------------------------------
+# 1. a run is replaced only when asked
+# ----------------------------------------------------------------------
+
+def test_train_refuses_an_out_directory_that_holds_a_run(capsys, run_dir, data_file):
+    before = (run_dir / "checkpoint.npz").read_bytes()
+    code, out, err = train(capsys, data_file, run_dir, "--seed", "5")
+    assert_one_error(code, err, str(run_dir), "already holds a run", f"--resume {run_dir}", "--overwrite")
+    assert (run_dir / "checkpoint.npz").read_bytes() == before
+    (run_dir / "checkpoint.npz").unlink()                 # the history alone makes it a run's directory
+    code, _, err = train(capsys, data_file, run_dir)
+    assert_one_error(code, err, "already holds a run (history.csv, history.json)")
+
+
+def test_a_new_run_object_refuses_a_run_directory(run_dir, tiny_data):
+    with pytest.raises(RunExistsError, match="overwrite=True"):
+        Run(TrainConfig(**SMALL_RUN), tiny_data, run_dir)
+
+
+def test_overwrite_replaces_the_old_run_at_the_new_runs_first_checkpoint(capsys, run_dir, data_file):
+    for name in ("manifold.png", "samples.png"):              # the old run's pictures
+        (run_dir / name).write_bytes(b"old picture")
+    (run_dir / "notes.txt").write_text("mine")
+    code, _, err = train(capsys, data_file, run_dir, "--latent", "3", "--seed", "5", "--overwrite")
+    assert code == 0, err
+    header, _ = ckpt.read(run_dir)
+    assert header["train"]["config"]["seed"] == 5 and header["model"]["latent_dim"] == 3
+    assert not (run_dir / "manifold.png").exists() and not (run_dir / "samples.png").exists()
+    assert (run_dir / "notes.txt").read_text() == "mine"           # not a run's file: left alone
+    assert len(json.loads((run_dir / "history.json").read_text())) == 1
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_overwrite_keeps_the_old_run_until_the_new_one_has_a_checkpoint(capsys, run_dir, data_file):
+    kept = {name: (run_dir / name).read_bytes() for name in ("checkpoint.npz", "history.json", "history.csv")}
+    code, _, err = train(capsys, data_file, run_dir, "--lr", "1e6", "--overwrite")   # diverges in epoch 1
+    assert_one_error(code, err, "training diverged")
+    assert {name: (run_dir / name).read_bytes() for name in kept} == kept
+
+
+def test_overwrite_and_resume_exclude_each_other(capsys, run_dir):
+    code, _, err = run(capsys, "train", "--resume", run_dir, "--epochs", "2", "--overwrite")
+    assert_one_error(code, err, "--overwrite", "--resume")
+
+
+def test_help_documents_the_refusal_and_overwrite(capsys):
+    code, out, _ = run(capsys, "train", "--help")
+    text = " ".join(out.split())
+    assert code == 0 and "holds a run is refused" in text and "--overwrite replace the run" in text
 
 
 # ----------------------------------------------------------------------
@@ -148,6 +201,41 @@ def test_history_goes_through_the_atomic_rule(capsys, data_file, tmp_path, monke
 def test_writing_into_a_missing_directory_names_it(capsys, run_dir, tmp_path):
     code, _, err = run(capsys, "sample", run_dir, "-o", tmp_path / "nowhere" / "s.npy")
     assert_one_error(code, err, f"there is no directory {tmp_path / 'nowhere'}")
+
+
+# ----------------------------------------------------------------------
+# 8. smaller: empty directories, read-only --out, complex parameters
+# ----------------------------------------------------------------------
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_a_failed_run_leaves_no_directory_it_made(capsys, data_file, tmp_path):
+    (tmp_path / "a").mkdir()
+    code, _, err = train(capsys, data_file, tmp_path / "a" / "b" / "run", "--lr", "1e6")
+    assert_one_error(code, err, "training diverged", "no checkpoint was written")
+    assert list((tmp_path / "a").iterdir()) == []                   # a/ was there before: kept
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A directory nobody can write into: a read-only tmpfs as root, a 0o555 folder otherwise."""
+    d = tmp_path / "ro"
+    d.mkdir()
+    if os.geteuid() != 0:
+        d.chmod(0o555)
+        yield d
+        d.chmod(0o755)
+        return
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(d)], capture_output=True).returncode:
+        pytest.skip("root cannot be kept out of a directory by its mode, and mount -t tmpfs failed here")
+    yield d
+    subprocess.run(["umount", str(d)], check=True)
+
+
+def test_a_read_only_out_is_found_before_training(capsys, data_file, read_only_dir):
+    code, _, err = run(capsys, "train", "--dataset", data_file, *SMALL, "--epochs", "3", "--out", read_only_dir,
+                       "--no-plots")
+    assert err.splitlines()[0].startswith("training VAE")        # no epoch line: refused before the first
+    assert_one_error(code, "\n".join(err.splitlines()[1:]), f"cannot write into {read_only_dir}")
 
 
 # ----------------------------------------------------------------------

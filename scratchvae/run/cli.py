@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .._version import __version__
-from ..atomic import atomic_write
+from ..atomic import atomic_write, make_dirs
 
 EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
 
@@ -120,7 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--labelled-batch", type=_positive_int, metavar="N",
                    help="with --semi-supervised: labelled examples drawn (with replacement) to go with each "
                         f"batch of unlabelled ones [{d.labelled_batch}]")
-    t.add_argument("--out", help="run directory [runs/<dataset>-<date>-<time>]")
+    t.add_argument("--out", help="run directory [runs/<dataset>-<date>-<time>]; a directory that holds a run "
+                                 "is refused (continue it with --resume, or replace it with --overwrite)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace the run that --out holds: its checkpoint, history and pictures are replaced "
+                        "when the new run saves its first checkpoint (until then the old run stays intact)")
     t.add_argument("--resume", metavar="CKPT", help="continue the run in this checkpoint or run directory "
                                                     "(--epochs may extend it)")
     t.add_argument("--no-plots", action="store_true", help="skip the pictures at the end")
@@ -200,6 +204,8 @@ def cmd_train(args) -> int:
     if args.resume:
         if args.out:
             raise ValueError("--out cannot be combined with --resume: a run continues in its own directory")
+        if args.overwrite:
+            raise ValueError("--overwrite replaces a run with a new one; --resume continues it: give one of them")
         run = Run.open(args.resume, args.data_dir)
         if run.config is None:
             raise ValueError(f"{args.resume}: holds a model only, not a training run to resume")
@@ -217,7 +223,8 @@ def cmd_train(args) -> int:
         if args.data_dir:
             given["data_dir"] = args.data_dir
         config = TrainConfig(**given)
-        run = Run(config, out_dir=Path(args.out) if args.out else default_run_dir(config.dataset))
+        run = Run(config, out_dir=Path(args.out) if args.out else default_run_dir(config.dataset),
+                  overwrite=args.overwrite)
     trainer = Trainer(run, quiet=args.quiet)
     cfg, data = run.config, run.data
     if not args.quiet:
@@ -335,7 +342,7 @@ def save_npy(path: Path, x: np.ndarray) -> None:
 def cmd_plot(args) -> int:
     run = _open_run(args.checkpoint, args.data_dir)
     out = Path(args.out) if args.out else run.out_dir
-    out.mkdir(parents=True, exist_ok=True)
+    make_dirs(out)
     _pictures(run, out, False, args.seed, required=True)
     print(out)
     return 0

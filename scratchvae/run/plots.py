@@ -16,6 +16,10 @@ import numpy as np
 
 from ..atomic import write_bytes
 
+#: the pictures of a run directory, ``<kind>.png`` (:func:`all_pictures` draws those that apply)
+KINDS = ("reconstructions", "samples", "manifold", "latent", "curves")
+PICTURES = tuple(f"{kind}.png" for kind in KINDS)
+
 
 def pyplot():
     """matplotlib.pyplot on the Agg backend (files only), or an ImportError saying how to install it."""
@@ -179,20 +183,20 @@ def all_pictures(model, data, history, out_dir, rng, c_test=None, context: str =
     (``mask:KIND``) has no samples picture (``scratchvae complete`` draws its
     completions).
     """
-    out_dir = Path(out_dir)
+    path = {kind: Path(out_dir) / f"{kind}.png" for kind in KINDS}
     shape = data.image_shape
     written = []
     if shape is not None:
-        written.append(reconstructions(model, data.x_test, shape, out_dir / "reconstructions.png", c=c_test))
+        written.append(reconstructions(model, data.x_test, shape, path["reconstructions"], c=c_test))
         if context == "label":
-            written.append(class_samples(model, rng, shape, out_dir / "samples.png"))
+            written.append(class_samples(model, rng, shape, path["samples"]))
         elif not model.context_dim:
-            written.append(samples(model, rng, shape, out_dir / "samples.png"))
+            written.append(samples(model, rng, shape, path["samples"]))
             if model.latent_dim == 2:
-                written.append(manifold(model, shape, out_dir / "manifold.png"))
+                written.append(manifold(model, shape, path["manifold"]))
     n = min(5000, len(data.x_test))
     written.append(latent_space(model, data.x_test[:n], None if data.y_test is None else data.y_test[:n],
-                                out_dir / "latent.png", None if c_test is None else c_test[:n]))
+                                path["latent"], None if c_test is None else c_test[:n]))
     if history:
-        written.append(curves(history, out_dir / "curves.png"))
+        written.append(curves(history, path["curves"]))
     return written

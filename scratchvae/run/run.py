@@ -7,6 +7,10 @@
 a :class:`Run`, so the sequence data -> binarisation -> contexts -> model is
 written once, here.
 
+A run's directory holds ``checkpoint.npz``, ``history.csv``/``.json`` and
+the pictures; a new run refuses a directory that holds another run unless
+told to replace it (``overwrite=True``).
+
 Randomness: the model's weights come from ``seed``; the training stream
 (shuffling, eps, dynamic binarisation, M2's labelled draws) from a generator
 seeded by ``seed`` and saved in every checkpoint, so a resumed run continues
@@ -29,10 +33,17 @@ from ..model import M2, VAE
 from ..model.m2 import split_labels
 from ..optim import Adam
 from . import checkpoint as ckpt
+from .plots import PICTURES
 
 BINARIZE = ("none", "dynamic", "static")
 CONDITIONAL = ("none", "label", "mask:KIND")
 CHECKPOINT = "checkpoint.npz"
+#: the files that make a directory a run's (besides its pictures)
+RUN_FILES = (CHECKPOINT, "history.csv", "history.json")
+
+
+class RunExistsError(ValueError):
+    """A new run was pointed at a directory that holds another run."""
 
 
 @dataclass
@@ -109,6 +120,10 @@ class Run:
     """One training run. ``Run(config, data=None, out_dir=None)`` starts a new one
     (``data`` defaults to the data set ``config`` names); :meth:`open` reads a saved one.
 
+    A new run refuses an ``out_dir`` that holds another run
+    (:class:`RunExistsError`) unless ``overwrite``: then the old run's files
+    are replaced when the new run saves its first checkpoint, and not before.
+
     Attributes: ``config``, ``model`` (a :class:`VAE`, or :class:`M2` for a
     semi-supervised run; ``vae`` is the VAE either way), ``optimizer``, the
     loop state (``epoch``, ``batch``, ``step``, ``perm``, ``sums``,
@@ -118,9 +133,15 @@ class Run:
     """
 
     def __init__(self, config: Optional[TrainConfig], data: Optional[Dataset] = None, out_dir=None, *,
-                 model=None):
+                 model=None, overwrite: bool = False):
         self.config = config
         self.out_dir = None if out_dir is None else Path(out_dir)
+        found = [] if model is not None or self.out_dir is None else run_files(self.out_dir)
+        if found and not overwrite:
+            raise RunExistsError(
+                f"{self.out_dir} already holds a run ({', '.join(found)}); continue it with "
+                f"scratchvae train --resume {self.out_dir}, or replace it with --overwrite (Run(..., overwrite=True))")
+        self._replaces = bool(found)
         if data is not None:
             self.data = data
         self.model = self._build_model() if model is None else model
@@ -228,9 +249,15 @@ class Run:
                 "history": self.history, "data": {"name": self.data.name, "image_shape": self.data.image_shape}}
 
     def save(self) -> Path:
-        """Write the run's checkpoint (atomically) into its directory."""
+        """Write the run's checkpoint (atomically) into its directory; the first
+        save of a run that replaces another then removes the old history and pictures."""
         arrays = {} if self.perm is None else {"perm": self.perm}
-        return ckpt.save(self.checkpoint_path, self.model, self.optimizer, self.state(), arrays)
+        path = ckpt.save(self.checkpoint_path, self.model, self.optimizer, self.state(), arrays)
+        if self._replaces:
+            for name in RUN_FILES[1:] + PICTURES:
+                (self.out_dir / name).unlink(missing_ok=True)
+            self._replaces = False
+        return path
 
     @classmethod
     def open(cls, path, data_dir: Optional[str] = None, data: Optional[Dataset] = None) -> "Run":
@@ -277,6 +304,11 @@ def config_from(stored: dict, source: str) -> TrainConfig:
         return TrainConfig(**stored)
     except (TypeError, ValueError) as e:
         raise ckpt.CheckpointError(f"{source}: bad training configuration in the header ({e})") from None
+
+
+def run_files(directory) -> List[str]:
+    """Which of :data:`RUN_FILES` ``directory`` holds (none: it holds no run)."""
+    return [name for name in RUN_FILES if (Path(directory) / name).exists()]
 
 
 def n_classes(data: Dataset) -> int:

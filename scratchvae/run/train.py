@@ -22,7 +22,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ..atomic import write_bytes
+from ..atomic import check_writable, make_dirs, remove_empty, write_bytes
 from ..data.datasets import binarize
 from ..inference.evaluate import elbo
 from ..model.m2 import accuracy
@@ -152,18 +152,27 @@ class Trainer:
         Ctrl-C finishes the current step, saves a checkpoint and returns
         ``"interrupted"`` (a second Ctrl-C aborts at once). A non-finite loss
         raises :class:`TrainingDiverged` and saves nothing.
+
+        The run directory is made if need be and checked to be writable;
+        directories this call made are removed again if it fails before
+        writing into them.
         """
-        self.run.out_dir.mkdir(parents=True, exist_ok=True)
+        out_dir = self.run.out_dir
+        made = make_dirs(out_dir)
         previous = None
         if threading.current_thread() is threading.main_thread():
             previous = signal.signal(signal.SIGINT, self._on_sigint)
         try:
+            check_writable(out_dir)
             while self.run.epoch < self.run.config.epochs:
                 if not self.train_epoch():
                     self.run.save()
                     return "interrupted"
                 self._end_epoch()
             return "done"
+        except BaseException:
+            remove_empty(made)
+            raise
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
