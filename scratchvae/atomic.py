@@ -2,16 +2,19 @@
 
 One rule for every file the library writes (checkpoints, histories, arrays,
 pictures, data files): the bytes go to a temporary file beside the target,
-``.<name>.<random>.part``, which is flushed, fsync'ed and renamed over the
-target. If anything fails, the temporary is removed and the old file is left
-as it was; the :class:`WriteError` names the file and the cause (for a full
-disk, the bytes needed and free).
+``.<name>.<pid>-<random>.part``, which is flushed, fsync'ed and renamed over
+the target. If anything fails, the temporary is removed and the old file is
+left as it was; the :class:`WriteError` names the file and the cause (for a
+full disk, the bytes needed and free). A process killed mid-write leaves its
+temporary behind; :func:`remove_stale_temporaries` deletes those whose
+process is gone when their directory is next used.
 """
 from __future__ import annotations
 
 import contextlib
 import errno
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import IO, Iterator, List, Optional, Union
@@ -24,6 +27,8 @@ PathLike = Union[str, "os.PathLike[str]"]
 FILE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO,
                errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG}
 _FULL = {errno.ENOSPC, errno.EDQUOT}
+#: a temporary's name: the target's, the writing process (absent in older files), 8 random characters
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?:(?P<pid>\d+)-)?[a-z0-9_]{8}\.part$")
 
 
 class WriteError(OSError):
@@ -56,7 +61,7 @@ def atomic_write(path: PathLike, size: Optional[int] = None) -> Iterator[IO[byte
             raise WriteError(f"cannot write {path}: not enough space on the device: it needs "
                              f"{format_bytes(size)}, {format_bytes(free)} free", errno.ENOSPC, path)
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}-", suffix=".part")
     except OSError as e:
         raise _write_error(path, e, size, 0) from None
     try:
@@ -110,10 +115,45 @@ def remove_empty(directories: List[Path]) -> None:
     """Remove those of ``directories`` (deepest first) that are empty, so that
     a failed command leaves no trace of the directories it made."""
     for d in directories:
+        remove_stale_temporaries(d)
         try:
             d.rmdir()
         except OSError:            # not empty (or gone): keep it and its parents
             return
+
+
+def remove_stale_temporaries(directory: PathLike) -> List[str]:
+    """Delete the temporaries of :func:`atomic_write` in ``directory`` whose
+    process (on this machine) no longer runs: those a ``kill -9`` or a power
+    cut left behind, and those of scratchvae versions that did not record the
+    process. Returns the names removed; a directory that cannot be read or
+    changed is left alone."""
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in names:
+        m = _TEMPORARY.match(name)
+        if m and not _running(m.group("pid")):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(directory, name))
+                removed.append(name)
+    return removed
+
+
+def _running(pid: Optional[str]) -> bool:
+    if pid is None:
+        return False
+    if os.name != "posix":                     # no way to ask: keep it
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
 
 
 def _write_error(path: Path, e: OSError, size: Optional[int], written: int) -> WriteError:

@@ -21,12 +21,15 @@ import errno
 import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from test_cli import SMALL, assert_one_error, bars, run
+from test_cli import SMALL, assert_one_error, bars, run, subprocess_env
 
 import scratchvae as sv
 from scratchvae import atomic
@@ -201,6 +204,60 @@ def test_history_goes_through_the_atomic_rule(capsys, data_file, tmp_path, monke
 def test_writing_into_a_missing_directory_names_it(capsys, run_dir, tmp_path):
     code, _, err = run(capsys, "sample", run_dir, "-o", tmp_path / "nowhere" / "s.npy")
     assert_one_error(code, err, f"there is no directory {tmp_path / 'nowhere'}")
+
+
+# ----------------------------------------------------------------------
+# 4. temporaries of killed processes; kill -9 during checkpoint writes
+# ----------------------------------------------------------------------
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_stale_temporaries_are_removed_when_the_run_directory_is_next_used(capsys, run_dir):
+    dead, old, live = (f".checkpoint.npz.{_dead_pid()}-abcd1234.part", ".history.json.q1w2e3r4.part",
+                       f".checkpoint.npz.{os.getpid()}-zxcv5678.part")
+    mine = (".notes.part", ".my.notes.part")                     # not named as a temporary: the user's
+    for name in (dead, old, live, *mine):
+        (run_dir / name).write_bytes(b"x" * 1000)
+    code, _, err = run(capsys, "evaluate", run_dir)
+    assert code == 0, err
+    assert parts(run_dir) == sorted([live, *mine])
+
+
+def test_kill_9_during_checkpoint_writes_never_leaves_a_checkpoint_that_does_not_load(tmp_path):
+    """SIGKILL a training process at random moments while it writes its checkpoint
+    (its temporary has appeared); after each kill the checkpoint loads, and the
+    next use of the directory removes the temporaries."""
+    np.savez(tmp_path / "big.npz", x=np.random.default_rng(0).random((600, 784), dtype=np.float32))
+    env = subprocess_env(SCRATCHVAE_BACKEND="numpy")
+    rng = np.random.default_rng(13)
+    loaded, killed_mid_write = 0, 0
+    for attempt in range(5):
+        argv = [sys.executable, "-m", "scratchvae", "train", "--dataset", "big.npz", "--hidden", "1500",
+                "--latent", "2", "--batch-size", "600", "--epochs", "50", "--out", "run", "--no-plots", "-q"]
+        p = subprocess.Popen(argv + (["--overwrite"] if attempt else []), cwd=tmp_path, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        seen, saves = set(parts(tmp_path / "run")) if (tmp_path / "run").exists() else set(), 0
+        deadline = time.monotonic() + 120
+        while saves < 1 + attempt % 2 and time.monotonic() < deadline and p.poll() is None:
+            new = set(parts(tmp_path / "run")) - seen if (tmp_path / "run").exists() else set()
+            saves, seen = saves + len(new), seen | new
+            time.sleep(0.0005)
+        time.sleep(rng.random() * 0.02)               # somewhere in the write, or just after it
+        p.send_signal(signal.SIGKILL)
+        assert p.wait() == -signal.SIGKILL, p.stderr.read().decode()
+        killed_mid_write += bool(parts(tmp_path / "run"))
+        if (tmp_path / "run" / "checkpoint.npz").exists():
+            header, _ = ckpt.read(tmp_path / "run")             # a complete checkpoint, never half of one
+            sv.load(tmp_path / "run")
+            assert header["train"]["epoch"] >= 1
+            loaded += 1
+    assert killed_mid_write >= 3 and loaded >= 3              # the kills did land during writes
+    Run.open(tmp_path / "run")
+    assert parts(tmp_path / "run") == []
 
 
 # ----------------------------------------------------------------------

@@ -27,6 +27,7 @@ from typing import List, Optional
 
 import numpy as np
 
+from ..atomic import remove_stale_temporaries
 from ..data.datasets import Dataset, binarize, load_array_file, load_dataset, one_hot
 from ..inference.complete import MASK_KINDS, Mask, observed_context
 from ..model import M2, VAE
@@ -272,12 +273,14 @@ class Run:
         """
         header, groups = ckpt.read(path)
         path = Path(path)
+        out_dir = path if path.is_dir() else path.parent
+        remove_stale_temporaries(out_dir)
         state = header.get("train")
         model = ckpt.model_from(header, groups, str(path), m2=state is not None and "m2" in state)
         config = None if state is None else config_from(state["config"], str(path))
         if config is not None and data_dir:
             config.data_dir = data_dir
-        run = cls(config, data, out_dir=path if path.is_dir() else path.parent, model=model)
+        run = cls(config, data, out_dir=out_dir, model=model)
         if state is None:
             return run
         run.history = state.get("history", [])

@@ -22,7 +22,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ..atomic import check_writable, make_dirs, remove_empty, write_bytes
+from ..atomic import check_writable, make_dirs, remove_empty, remove_stale_temporaries, write_bytes
 from ..data.datasets import binarize
 from ..inference.evaluate import elbo
 from ..model.m2 import accuracy
@@ -153,9 +153,9 @@ class Trainer:
         ``"interrupted"`` (a second Ctrl-C aborts at once). A non-finite loss
         raises :class:`TrainingDiverged` and saves nothing.
 
-        The run directory is made if need be and checked to be writable;
-        directories this call made are removed again if it fails before
-        writing into them.
+        The run directory is made if need be, checked to be writable, and
+        cleared of temporaries that killed processes left; directories this
+        call made are removed again if it fails before writing into them.
         """
         out_dir = self.run.out_dir
         made = make_dirs(out_dir)
@@ -163,6 +163,7 @@ class Trainer:
         if threading.current_thread() is threading.main_thread():
             previous = signal.signal(signal.SIGINT, self._on_sigint)
         try:
+            remove_stale_temporaries(out_dir)
             check_writable(out_dir)
             while self.run.epoch < self.run.config.epochs:
                 if not self.train_epoch():
