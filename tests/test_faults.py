@@ -33,7 +33,7 @@ from test_cli import SMALL, assert_one_error, bars, run, subprocess_env
 
 import scratchvae as sv
 from scratchvae import atomic
-from scratchvae.run import Run, TrainConfig
+from scratchvae.run import Run, TrainConfig, Trainer, TrainingDiverged
 from scratchvae.run import checkpoint as ckpt
 from scratchvae.run.run import RunExistsError
 
@@ -204,6 +204,42 @@ def test_history_goes_through_the_atomic_rule(capsys, data_file, tmp_path, monke
 def test_writing_into_a_missing_directory_names_it(capsys, run_dir, tmp_path):
     code, _, err = run(capsys, "sample", run_dir, "-o", tmp_path / "nowhere" / "s.npy")
     assert_one_error(code, err, f"there is no directory {tmp_path / 'nowhere'}")
+
+
+# ----------------------------------------------------------------------
+# 3. every save checks that what it saves is finite
+# ----------------------------------------------------------------------
+
+def test_a_save_refuses_weights_that_are_not_finite(tmp_path):
+    model = sv.VAE(12, [8], 3)
+    path = ckpt.save(tmp_path / "c.npz", model)
+    before = path.read_bytes()
+    model.params["dec.0.b"][1] = np.nan
+    with pytest.raises(ckpt.NotFiniteError, match=r"param/dec\.0\.b holds NaN or inf"):
+        ckpt.save(path, model)
+    model.params["dec.0.b"][1] = 0
+    with pytest.raises(ckpt.NotFiniteError, match="header"):
+        ckpt.save(path, model, train_state={"history": [{"test_total": float("inf")}]})
+    assert path.read_bytes() == before and parts(tmp_path) == []
+
+
+def test_ctrl_c_after_a_step_that_made_the_weights_nan_keeps_the_last_good_checkpoint(run_dir, data_file):
+    before = (run_dir / "checkpoint.npz").read_bytes()
+    resumed = Run.open(run_dir)
+    resumed.config.epochs = 2
+
+    def blow_up_then_interrupt(trainer):
+        if trainer.run.step == 8:
+            trainer.run.model.params["enc.0.W"][0, 0] = np.nan
+            trainer._stop = True
+
+    with pytest.raises(TrainingDiverged, match=r"epoch 2, at the interruption: .*enc\.0\.W holds NaN.*"
+                                               r"last good checkpoint \(epoch 1\)"):
+        Trainer(resumed, quiet=True, on_batch=blow_up_then_interrupt).fit()
+    assert (run_dir / "checkpoint.npz").read_bytes() == before
+    again = Run.open(run_dir)
+    again.config.epochs = 2
+    assert Trainer(again, quiet=True).fit() == "done"          # --resume works on what was kept
 
 
 # ----------------------------------------------------------------------

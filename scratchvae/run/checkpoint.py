@@ -18,7 +18,8 @@ classifier's parameters as ``train/cls.*`` and its configuration as
 ``train.m2`` in the header.
 
 Files are written atomically (temporary file, fsync, rename), so a crash or
-Ctrl-C during a save leaves the previous checkpoint intact.
+Ctrl-C during a save leaves the previous checkpoint intact; a save refuses
+weights that are not finite, so a checkpoint always holds a usable model.
 """
 from __future__ import annotations
 
@@ -42,10 +43,21 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit: the message says why."""
 
 
+class NotFiniteError(CheckpointError):
+    """A save refused: what it would store holds NaN or inf (the weights diverged)."""
+
+
 def _estimated_npz_bytes(arrays: Dict[str, np.ndarray]) -> int:
     """An upper bound of the size of ``np.savez(**arrays)``: the data, and per
     array its .npy header and the zip entries that name it twice."""
     return sum(a.nbytes + 2 * len(k) + 320 for k, a in arrays.items()) + 120
+
+
+def _check_finite(arrays: Dict[str, np.ndarray], path) -> None:
+    for key, a in arrays.items():
+        if a.dtype.kind in "fc" and not np.isfinite(a).all():
+            raise NotFiniteError(f"refusing to write {path}: {key} holds NaN or inf (the weights have "
+                                 "diverged); nothing was written")
 
 
 def save(path, model: Union[VAE, M2], optimizer=None, train_state: Optional[dict] = None,
@@ -66,7 +78,12 @@ def save(path, model: Union[VAE, M2], optimizer=None, train_state: Optional[dict
     if train_state is not None:
         header["train"] = train_state
     arrays.update({f"train/{k}": v for k, v in train_arrays.items()})
-    arrays[HEADER_KEY] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
+    _check_finite(arrays, path)
+    try:
+        text = json.dumps(header, allow_nan=False)
+    except ValueError:
+        raise NotFiniteError(f"refusing to write {path}: its header holds NaN or inf") from None
+    arrays[HEADER_KEY] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
     with atomic_write(path, size=_estimated_npz_bytes(arrays)) as f:
         np.savez(f, **arrays)
     return path

@@ -314,6 +314,8 @@ def cmd_sample(args) -> int:
               else np.repeat(np.arange(classes), args.n))
     c = None if labels is None else one_hot(labels, classes, model.dtype)
     x = model.sample(args.n if c is None else len(c), np.random.default_rng(args.seed), mean=not args.draw, c=c)
+    if not np.isfinite(x).all():
+        raise ValueError(f"the samples are not finite (NaN or inf): the decoder overflows; {out} was not written")
     if out.suffix == ".npy":
         save_npy(out, x)
     else:

@@ -26,12 +26,13 @@ from ..atomic import check_writable, make_dirs, remove_empty, remove_stale_tempo
 from ..data.datasets import binarize
 from ..inference.evaluate import elbo
 from ..model.m2 import accuracy
+from .checkpoint import NotFiniteError
 from .progress import Progress
 from .run import Run, stream
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or inf; the last good checkpoint is left as it was."""
+    """The loss or the weights became NaN or inf; the last good checkpoint is left as it was."""
 
 
 # --------------------------------------------------------------------------
@@ -150,8 +151,9 @@ class Trainer:
         """Train up to ``config.epochs``. Returns ``"done"`` or ``"interrupted"``.
 
         Ctrl-C finishes the current step, saves a checkpoint and returns
-        ``"interrupted"`` (a second Ctrl-C aborts at once). A non-finite loss
-        raises :class:`TrainingDiverged` and saves nothing.
+        ``"interrupted"`` (a second Ctrl-C aborts at once). A non-finite loss,
+        or weights that are not finite when a checkpoint is due, raise
+        :class:`TrainingDiverged` and save nothing.
 
         The run directory is made if need be, checked to be writable, and
         cleared of temporaries that killed processes left; directories this
@@ -167,7 +169,7 @@ class Trainer:
             check_writable(out_dir)
             while self.run.epoch < self.run.config.epochs:
                 if not self.train_epoch():
-                    self.run.save()
+                    self._save("at the interruption", self.run.epoch + 1)
                     return "interrupted"
                 self._end_epoch()
             return "done"
@@ -177,6 +179,13 @@ class Trainer:
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
+
+    def _save(self, where: str, epoch: int) -> None:
+        """The run's checkpoint, or :class:`TrainingDiverged` (in ``epoch``) if its weights are not finite."""
+        try:
+            self.run.save()
+        except NotFiniteError as e:
+            raise self._diverged(where, e, epoch) from None
 
     def _on_sigint(self, signum, frame):
         self._stop = True
@@ -220,11 +229,13 @@ class Trainer:
         progress.close()
         return True
 
-    def _diverged(self, where: str, e: FloatingPointError) -> TrainingDiverged:
+    def _diverged(self, where: str, e: Exception, epoch: Optional[int] = None) -> TrainingDiverged:
+        """The error for a blow-up in ``epoch`` (1-based; default: the one in progress)."""
+        epoch = self.run.epoch + 1 if epoch is None else epoch
         path = self.run.checkpoint_path
-        last = (f"the last good checkpoint (epoch {self.run.epoch}) is {path}"
+        last = (f"the last good checkpoint (epoch {epoch - 1}) is {path}"
                 if path.exists() else "no checkpoint was written")
-        return TrainingDiverged(f"training diverged at epoch {self.run.epoch + 1}, {where}: {e}; {last}")
+        return TrainingDiverged(f"training diverged at epoch {epoch}, {where}: {e}; {last}")
 
     def _batch_buffers(self, n):
         """(x, scratch) buffers for a batch of n rows, made once per batch size."""
@@ -249,7 +260,7 @@ class Trainer:
         run.history.append(row)
         run.batch, run.perm = 0, None
         run.sums = self._zero_sums()
-        run.save()
+        self._save("at the end of the epoch", run.epoch)
         self.write_history()
         if not self.quiet:
             print(f"epoch {row['epoch']:>3}/{run.config.epochs}  {self.objective.summary(row)}  "
@@ -257,7 +268,7 @@ class Trainer:
 
     def write_history(self) -> None:
         out_dir = self.run.out_dir
-        write_bytes(out_dir / "history.json", json.dumps(self.run.history, indent=1).encode())
+        write_bytes(out_dir / "history.json", json.dumps(self.run.history, indent=1, allow_nan=False).encode())
         rows = [",".join(self.fields)] + [",".join(f"{r[k]:.6g}" for k in self.fields) for r in self.run.history]
         write_bytes(out_dir / "history.csv", ("\n".join(rows) + "\n").encode())
 
