@@ -33,6 +33,7 @@ from test_cli import SMALL, assert_one_error, bars, run, subprocess_env
 
 import scratchvae as sv
 from scratchvae import atomic
+from scratchvae.model import memory
 from scratchvae.run import Run, TrainConfig, Trainer, TrainingDiverged
 from scratchvae.run import checkpoint as ckpt
 from scratchvae.run.run import RunExistsError
@@ -294,6 +295,63 @@ def test_kill_9_during_checkpoint_writes_never_leaves_a_checkpoint_that_does_not
     assert killed_mid_write >= 3 and loaded >= 3              # the kills did land during writes
     Run.open(tmp_path / "run")
     assert parts(tmp_path / "run") == []
+
+
+# ----------------------------------------------------------------------
+# 6. memory and the header's schema
+# ----------------------------------------------------------------------
+
+@pytest.fixture
+def little_memory(monkeypatch):
+    """A machine with 50 MB available."""
+    monkeypatch.setattr(memory, "available_memory", lambda: 50_000_000)
+
+
+def test_a_model_too_large_is_refused_before_it_is_allocated(little_memory):
+    with pytest.raises(memory.NotEnoughMemoryError) as e:
+        sv.VAE(784, [4000, 4000], 20)
+    assert isinstance(e.value, MemoryError)
+    assert "VAE(784-4000-4000-20)" in str(e.value) and "50.0 MB (50,000,000 bytes) is available" in str(e.value)
+    model = sv.VAE(784, [400], 20)                    # 8 MB: fits
+    with pytest.raises(memory.NotEnoughMemoryError, match="sampling 100,000 examples"):
+        model.sample(100_000, np.random.default_rng(0))
+    with pytest.raises(memory.NotEnoughMemoryError, match="a training step"):
+        model.loss_and_grads(np.full((20_000, 784), 0.5, np.float32), rng=np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--hidden", "3000,3000"], "its parameters and gradients"),
+    (["--latent", "100000"], "its parameters and gradients"),
+    (["--iw-samples", "20000"], "x 20,000 samples"),
+])
+def test_the_command_line_refuses_what_does_not_fit(capsys, data_file, tmp_path, little_memory, argv, needle):
+    code, _, err = run(capsys, "train", "--dataset", data_file, *SMALL, *argv, "--out", tmp_path / "r", "-q")
+    assert_one_error(code, err, needle, "would take about", "is available")
+    assert not (tmp_path / "r").exists()
+
+
+def test_sample_n_too_large_is_refused(capsys, run_dir, tmp_path, little_memory):
+    code, _, err = run(capsys, "sample", run_dir, "-n", "10000000", "-o", tmp_path / "s.npy")
+    assert_one_error(code, err, "sampling 10,000,000 examples", "would take about")
+
+
+@pytest.mark.parametrize("n, samples", [(1, 1), (128, 1), (100, 50), (3, 7)])
+def test_the_workspace_estimate_is_a_close_upper_bound(n, samples):
+    for model in (sv.VAE(784, [400], 20), sv.VAE(50, [30, 20], 5, context_dim=4, dtype=np.float64)):
+        ws = model.workspace(n, samples)
+        arrays = [a for v in vars(ws).values() for a in (v if isinstance(v, list) else [v])
+                  if isinstance(a, np.ndarray)]
+        actual = sum(a.nbytes for a in arrays)
+        assert actual <= memory.step_bytes(model, n, samples) <= 1.5 * actual + 1000
+
+
+def test_an_unreadable_meminfo_falls_back(monkeypatch, tmp_path):
+    from scratchvae import sizes
+    monkeypatch.setattr(sizes, "MEMINFO", str(tmp_path / "missing"))
+    assert sizes.available_memory() is None or sizes.available_memory() > 0
+    (tmp_path / "meminfo").write_text("MemTotal: 100 kB\nMemAvailable:    2048 kB\n")
+    monkeypatch.setattr(sizes, "MEMINFO", str(tmp_path / "meminfo"))
+    assert sizes.available_memory() == 2048 * 1024
 
 
 # ----------------------------------------------------------------------

@@ -426,10 +426,11 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("scratchvae: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (ValueError, TypeError, OSError, ImportError, RuntimeError, FloatingPointError) as e:
+    except (ValueError, TypeError, OSError, ImportError, RuntimeError, FloatingPointError, MemoryError) as e:
         if os.environ.get("SCRATCHVAE_DEBUG"):
             raise
-        message = str(e).strip().splitlines() or [type(e).__name__]
+        message = str(e).strip().splitlines() or ["out of memory" if isinstance(e, MemoryError)
+                                                   else type(e).__name__]
         print(f"scratchvae: error: {' '.join(line.strip() for line in message)}", file=sys.stderr)
         return EXIT_ERROR
 

@@ -25,6 +25,7 @@ import numpy as np
 from ..atomic import check_writable, make_dirs, remove_empty, remove_stale_temporaries, write_bytes
 from ..data.datasets import binarize
 from ..inference.evaluate import elbo
+from ..model import M2, memory
 from ..model.m2 import accuracy
 from .checkpoint import NotFiniteError
 from .progress import Progress
@@ -117,6 +118,9 @@ class Trainer:
     ``run.out_dir`` receives ``checkpoint.npz`` (after every epoch, and on
     Ctrl-C), ``history.csv`` and ``history.json``. ``on_batch(trainer)`` is
     called after every optimizer step (tests use it; so can a user's logger).
+
+    Before anything is trained it checks that a step fits in memory
+    (:class:`~scratchvae.model.memory.NotEnoughMemoryError`).
     """
 
     def __init__(self, run: Run, *, quiet: bool = False, stream=None,
@@ -130,8 +134,22 @@ class Trainer:
         self.fields = history_fields(self.objective)
         if not run.sums:
             run.sums = self._zero_sums()
+        self._require_memory()
         self._stop = False
         self._buffers = {}
+
+    def _require_memory(self):
+        """Refuse, before the first step, a step that would not fit in memory: its
+        workspace and the run's untouched buffers (a new run's gradients and
+        Adam moments are zeros the system has not handed out yet; a resumed
+        run's moments were filled when it was opened)."""
+        run, cfg = self.run, self.run.config
+        rows = min(cfg.batch_size, len(run.train_indices))
+        if isinstance(run.model, M2):                   # the labelled rows and every class's copy of a batch
+            rows = cfg.labelled_batch + run.model.n_classes * rows
+        untouched = sum(v.nbytes for v in run.model.params.values()) * (1 if run.step else 3)
+        memory.require(untouched + memory.step_bytes(run.vae, rows, cfg.iw_samples),
+                       f"training {run.model!r} on batches of {rows:,} rows x {cfg.iw_samples:,} samples")
 
     @property
     def batches_per_epoch(self) -> int:
