@@ -354,6 +354,91 @@ def test_an_unreadable_meminfo_falls_back(monkeypatch, tmp_path):
     assert sizes.available_memory() == 2048 * 1024
 
 
+def _drop(*keys):
+    def change(h):
+        for k in keys[:-1]:
+            h = h[k]
+        del h[keys[-1]]
+    return change
+
+
+def _set(value, *keys):
+    def change(h):
+        for k in keys[:-1]:
+            h = h[k]
+        h[keys[-1]] = value
+    return change
+
+
+@pytest.mark.parametrize("change, needle", [
+    (_drop("train", "epoch"), "the checkpoint header has no field train.epoch"),
+    (_drop("train", "rng"), "the checkpoint header has no field train.rng"),
+    (_drop("model", "input_dim"), "the checkpoint header has no field model.input_dim"),
+    (_drop("format_version"), "the checkpoint header has no field format_version"),
+    (_set(True, "format_version"), "header field format_version must be an integer >= 1, got true"),
+    (_set(0, "format_version"), "format_version must be an integer >= 1, got 0"),
+    (_set("16", "model", "hidden"), "model.hidden must be a list of positive integers"),
+    (_set(-1, "train", "epoch"), "train.epoch must be an integer >= 0, got -1"),
+    (_set(7, "train", "history"), "train.history must be a list of JSON objects"),
+    (_set("red", "model", "colour"), "model has fields this scratchvae does not know: colour"),
+    (_set({"state": 3}, "train", "rng"), "train.rng is not a state of NumPy's PCG64 generator"),
+    (_set([3, 3], "train", "data", "image_shape"), "image_shape [3, 3] does not hold the model's 64 inputs"),
+    (_set("SGD", "optimizer", "type"), "optimizer in the header is not the one"),
+])
+def test_a_header_is_checked_against_its_schema(capsys, run_dir, change, needle):
+    edit_checkpoint(run_dir / "checkpoint.npz", header=change)
+    code, _, err = run(capsys, "train", "--resume", run_dir, "--epochs", "2", "-q")
+    assert_one_error(code, err, needle)
+
+
+def test_a_header_nested_too_deep_is_corrupt(run_dir):
+    with np.load(run_dir / "checkpoint.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays[ckpt.HEADER_KEY] = np.frombuffer(b"[" * 100_000 + b"]" * 100_000, np.uint8)
+    np.savez(run_dir / "checkpoint.npz", **arrays)
+    with pytest.raises(ckpt.CheckpointError, match="corrupt checkpoint header"):
+        sv.load(run_dir)
+
+
+@pytest.mark.parametrize("change, needle", [
+    (lambda a: a.update({"train/perm": np.zeros(180, np.int64)}), "train/perm is not an order of the 180"),
+    (lambda a: a.update({"train/perm": np.arange(50)}), "train/perm is not an order of the 180"),
+    (lambda a: a.update({"optim/step": np.arange(3)}), "step must be one integer >= 0"),
+    (lambda a: a.update({"optim/m.enc.0.W": a["optim/m.enc.0.W"] * np.nan}), "m.enc.0.W must hold finite"),
+])
+def test_loop_arrays_that_do_not_fit_are_refused(capsys, tmp_path, data_file, change, needle):
+    """An interrupted run (mid-epoch, with its order saved) whose arrays are damaged."""
+    resumed = Run(TrainConfig(dataset=str(data_file), **{**SMALL_RUN, "hidden": [16]}), out_dir=tmp_path / "r")
+    Trainer(resumed, quiet=True, on_batch=lambda t: setattr(t, "_stop", t.run.step == 2)).fit()
+    edit_checkpoint(tmp_path / "r" / "checkpoint.npz", arrays=change)
+    code, _, err = run(capsys, "train", "--resume", tmp_path / "r", "-q", "--no-plots")
+    assert_one_error(code, err, needle)
+
+
+def test_semi_supervised_on_data_without_labels(capsys, data_file, tmp_path):
+    code, _, err = run(capsys, "train", "--dataset", data_file, "--semi-supervised", "--out", tmp_path / "r", "-q")
+    assert_one_error(code, err, "semi-supervised training needs labels")
+
+
+# ----------------------------------------------------------------------
+# 7. the smaller messages
+# ----------------------------------------------------------------------
+
+def test_a_plain_npy_is_not_a_checkpoint(capsys, tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((3, 3)))
+    with pytest.raises(ckpt.CheckpointError, match="holds one NumPy array, not a checkpoint"):
+        sv.load(tmp_path / "x.npy")
+    code, _, err = run(capsys, "evaluate", tmp_path / "x.npy")
+    assert_one_error(code, err, "x.npy: holds one NumPy array, not a checkpoint")
+
+
+def test_an_unknown_configuration_field_is_named(capsys, run_dir):
+    edit_checkpoint(run_dir / "checkpoint.npz", header=_set("red", "train", "config", "colour"))
+    code, _, err = run(capsys, "evaluate", run_dir)
+    assert_one_error(code, err, "training configuration in the header has fields this scratchvae does not know: "
+                                "colour")
+
+
 # ----------------------------------------------------------------------
 # 8. smaller: empty directories, read-only --out, complex parameters
 # ----------------------------------------------------------------------
@@ -387,6 +472,14 @@ def test_a_read_only_out_is_found_before_training(capsys, data_file, read_only_d
                        "--no-plots")
     assert err.splitlines()[0].startswith("training VAE")        # no epoch line: refused before the first
     assert_one_error(code, "\n".join(err.splitlines()[1:]), f"cannot write into {read_only_dir}")
+
+
+@pytest.mark.parametrize("dtype", [np.complex64, np.int32])
+def test_parameters_that_are_not_real_floats_are_refused(capsys, run_dir, dtype):
+    edit_checkpoint(run_dir / "checkpoint.npz",
+                    arrays=lambda a: a.update({"param/enc.0.W": a["param/enc.0.W"].astype(dtype)}))
+    code, _, err = run(capsys, "evaluate", run_dir)
+    assert_one_error(code, err, f"parameter enc.0.W has dtype {np.dtype(dtype)}")
 
 
 # ----------------------------------------------------------------------

@@ -20,6 +20,8 @@ per epoch and does not touch the training stream.
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -42,9 +44,30 @@ CHECKPOINT = "checkpoint.npz"
 #: the files that make a directory a run's (besides its pictures)
 RUN_FILES = (CHECKPOINT, "history.csv", "history.json")
 
+#: a checkpoint's loop state (:meth:`Run.state`); without an optimizer every field is optional
+TRAIN_STATE = ckpt.Fields({
+    "config": (ckpt.OBJECT, True), "epoch": (ckpt.integer(0), True), "batch": (ckpt.integer(0), True),
+    "step": (ckpt.integer(0), True), "rng": (ckpt.OBJECT, True), "sums": (ckpt.OBJECT, True),
+    "history": (ckpt.RECORDS, True),
+    "data": (ckpt.Fields({"name": (ckpt.TEXT, True), "image_shape": (ckpt.IMAGE_SHAPE, False)}), False)})
+
 
 class RunExistsError(ValueError):
     """A new run was pointed at a directory that holds another run."""
+
+
+def _integer(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _number(v) -> bool:
+    """A finite real number (not a bool, which Python counts as an int)."""
+    if not isinstance(v, (int, float, np.number)) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:                       # an int beyond any float
+        return False
 
 
 @dataclass
@@ -74,22 +97,33 @@ class TrainConfig:
     labelled_batch: int = 100        # M2: labelled examples drawn (with replacement) per step
 
     def __post_init__(self):
+        for name in ("dataset", "activation", "likelihood", "init", "binarize", "conditional"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a string, got {getattr(self, name)!r}")
+        if not isinstance(self.semi_supervised, bool):
+            raise ValueError(f"semi_supervised must be true or false, got {self.semi_supervised!r}")
+        if not (isinstance(self.hidden, (list, tuple)) and all(_integer(h) and h > 0 for h in self.hidden)):
+            raise ValueError(f"hidden must be a list of positive integers, got {self.hidden!r}")
         for name in ("epochs", "batch_size", "latent_dim", "labels_per_class", "labelled_batch"):
             v = getattr(self, name)
-            if not (isinstance(v, (int, np.integer)) and v > 0):
+            if not (_integer(v) and v > 0):
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if not (_integer(self.seed) and self.seed >= 0):
+            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
         for name in ("lr", "sigma"):
-            if not (np.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+            if not (_number(getattr(self, name)) and getattr(self, name) > 0):
                 raise ValueError(f"{name} must be a positive number, got {getattr(self, name)!r}")
         for name in ("beta", "warmup_epochs", "alpha"):
-            if not (np.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+            if not (_number(getattr(self, name)) and getattr(self, name) >= 0):
                 raise ValueError(f"{name} must be a number >= 0, got {getattr(self, name)!r}")
+        if self.max_grad_norm is not None and not (_number(self.max_grad_norm) and self.max_grad_norm > 0):
+            raise ValueError(f"max_grad_norm must be a positive number or None, got {self.max_grad_norm!r}")
         if self.binarize not in BINARIZE:
             raise ValueError(f"binarize must be one of {', '.join(BINARIZE)}, got {self.binarize!r}")
         if self.binarize != "none" and self.likelihood != "bernoulli":
             raise ValueError(f"binarization makes 0/1 data for the bernoulli likelihood; "
                              f"it makes no sense with {self.likelihood}")
-        if not (isinstance(self.iw_samples, (int, np.integer)) and self.iw_samples >= 1):
+        if not (_integer(self.iw_samples) and self.iw_samples >= 1):
             raise ValueError(f"iw_samples must be an integer >= 1, got {self.iw_samples!r}")
         if self.iw_samples > 1 and (self.beta != 1 or self.warmup_epochs):
             raise ValueError("the importance-weighted bound has no KL term to weight: "
@@ -276,20 +310,40 @@ class Run:
         out_dir = path if path.is_dir() else path.parent
         remove_stale_temporaries(out_dir)
         state = header.get("train")
+        resumable = "optimizer" in header
+        if state is not None:
+            ckpt.check_fields(state, TRAIN_STATE if resumable else TRAIN_STATE.optional(), "train", str(path))
         model = ckpt.model_from(header, groups, str(path), m2=state is not None and "m2" in state)
-        config = None if state is None else config_from(state["config"], str(path))
+        config = None if state is None else config_from(state.get("config", {}), str(path))
         if config is not None and data_dir:
             config.data_dir = data_dir
         run = cls(config, data, out_dir=out_dir, model=model)
         if state is None:
             return run
         run.history = state.get("history", [])
-        run._image_shape = state.get("data", {}).get("image_shape")
-        if "optimizer" not in header:
+        stored_data = state.get("data", {})
+        run._image_shape = stored_data.get("image_shape")
+        if run._image_shape is not None and int(np.prod(run._image_shape)) != run.vae.input_dim:
+            raise ckpt.CheckpointError(f"{path}: header field train.data.image_shape {run._image_shape} does "
+                                       f"not hold the model's {run.vae.input_dim} inputs")
+        if not resumable:
             run.optimizer = None
             return run
-        run.optimizer.load_state_dict(groups["optim"])
-        run.rng.bit_generator.state = state["rng"]
+        made = json.loads(json.dumps(run.optimizer.config()))        # as the header stores it
+        differ = sorted(k for k in set(made) | set(header["optimizer"]) if made.get(k) != header["optimizer"].get(k))
+        if differ:
+            raise ckpt.CheckpointError(
+                f"{path}: the optimizer in the header is not the one its training configuration makes ("
+                + ", ".join(f"{k} {header['optimizer'].get(k)!r} vs {made.get(k)!r}" for k in differ) + ")")
+        try:
+            run.optimizer.load_state_dict(groups["optim"])
+        except ValueError as e:
+            raise ckpt.CheckpointError(f"{path}: {e}") from None
+        try:
+            run.rng.bit_generator.state = state["rng"]
+        except (TypeError, ValueError, KeyError) as e:
+            raise ckpt.CheckpointError(f"{path}: header field train.rng is not a state of NumPy's "
+                                       f"{type(run.rng.bit_generator).__name__} generator ({e!r})") from None
         run.epoch, run.batch, run.step = state["epoch"], state["batch"], state["step"]
         run.sums = state["sums"]
         run.perm = groups["train"].get("perm")
@@ -302,7 +356,12 @@ class Run:
 
 
 def config_from(stored: dict, source: str) -> TrainConfig:
-    """A :class:`TrainConfig` from a checkpoint's stored configuration."""
+    """A :class:`TrainConfig` from a checkpoint's stored configuration (fields
+    it lacks take their defaults; fields this version does not know are refused)."""
+    unknown = sorted(set(stored) - {f.name for f in dataclasses.fields(TrainConfig)})
+    if unknown:
+        raise ckpt.CheckpointError(f"{source}: the training configuration in the header has fields this "
+                                   f"scratchvae does not know: {', '.join(unknown)} (written by a newer scratchvae?)")
     try:
         return TrainConfig(**stored)
     except (TypeError, ValueError) as e:

@@ -27,7 +27,7 @@ from ..data.datasets import binarize
 from ..inference.evaluate import elbo
 from ..model import M2, memory
 from ..model.m2 import accuracy
-from .checkpoint import NotFiniteError
+from .checkpoint import CheckpointError, NotFiniteError
 from .progress import Progress
 from .run import Run, stream
 
@@ -119,8 +119,9 @@ class Trainer:
     Ctrl-C), ``history.csv`` and ``history.json``. ``on_batch(trainer)`` is
     called after every optimizer step (tests use it; so can a user's logger).
 
-    Before anything is trained it checks that a step fits in memory
-    (:class:`~scratchvae.model.memory.NotEnoughMemoryError`).
+    Before anything is trained it checks what a saved run resumes from (its
+    epoch's order and position, its loss sums) and that a step fits in
+    memory (:class:`~scratchvae.model.memory.NotEnoughMemoryError`).
     """
 
     def __init__(self, run: Run, *, quiet: bool = False, stream=None,
@@ -134,9 +135,25 @@ class Trainer:
         self.fields = history_fields(self.objective)
         if not run.sums:
             run.sums = self._zero_sums()
+        self._check_position()
         self._require_memory()
         self._stop = False
         self._buffers = {}
+
+    def _check_position(self):
+        """Refuse loop state that does not fit this run's data (a damaged or foreign checkpoint)."""
+        run, where = self.run, self.run.checkpoint_path
+        if set(run.sums) != set(self._zero_sums()) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in run.sums.values()):
+            raise CheckpointError(f"{where}: header field train.sums must hold the numbers "
+                                  f"{', '.join(sorted(self._zero_sums()))}, got {sorted(run.sums)}")
+        n = len(run.train_indices)
+        if run.perm is not None and not is_permutation(run.perm, n):
+            raise CheckpointError(f"{where}: train/perm is not an order of the {n:,} training examples "
+                                  f"(shape {run.perm.shape}, dtype {run.perm.dtype})")
+        if run.batch > self.batches_per_epoch or (run.batch and run.perm is None):
+            raise CheckpointError(f"{where}: header field train.batch {run.batch} is not a position in an "
+                                  f"epoch of {self.batches_per_epoch} batches")
 
     def _require_memory(self):
         """Refuse, before the first step, a step that would not fit in memory: its
@@ -289,6 +306,12 @@ class Trainer:
         write_bytes(out_dir / "history.json", json.dumps(self.run.history, indent=1, allow_nan=False).encode())
         rows = [",".join(self.fields)] + [",".join(f"{r[k]:.6g}" for k in self.fields) for r in self.run.history]
         write_bytes(out_dir / "history.csv", ("\n".join(rows) + "\n").encode())
+
+
+def is_permutation(perm: np.ndarray, n: int) -> bool:
+    """Is ``perm`` an order of ``range(n)``: 1-D integers, each index once?"""
+    return (perm.ndim == 1 and perm.dtype.kind in "iu" and len(perm) == n
+            and (n == 0 or (perm.min() >= 0 and perm.max() < n and bool((np.bincount(perm, minlength=n) == 1).all()))))
 
 
 def default_run_dir(dataset: str) -> Path:
