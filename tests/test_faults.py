@@ -36,7 +36,7 @@ from scratchvae import atomic
 from scratchvae.model import memory
 from scratchvae.run import Run, TrainConfig, Trainer, TrainingDiverged
 from scratchvae.run import checkpoint as ckpt
-from scratchvae.run.run import RunExistsError
+from scratchvae.run.run import DataChangedError, RunExistsError
 
 SMALL_RUN = dict(epochs=1, batch_size=32, hidden=[16], latent_dim=2)
 
@@ -298,6 +298,36 @@ def test_kill_9_during_checkpoint_writes_never_leaves_a_checkpoint_that_does_not
 
 
 # ----------------------------------------------------------------------
+# 5. the data's fingerprint
+# ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("new_data, changed", [
+    (bars(150), "shape (135, 64) now, (180, 64) when the run was trained"),
+    (bars(300), "shape (270, 64) now, (180, 64) when the run was trained"),
+    (bars(200, seed=9), "the shape it had, (180, 64), but other values"),
+])
+def test_resume_evaluate_and_complete_refuse_other_data(capsys, run_dir, data_file, new_data, changed):
+    before = (run_dir / "checkpoint.npz").read_bytes()
+    np.savez(data_file, x=new_data)
+    for argv in (["train", "--resume", run_dir, "--epochs", "2", "--no-plots", "-q"], ["evaluate", run_dir],
+                 ["complete", run_dir, "--mask", "bottom-half", "-o", run_dir / "c.png", "--steps", "3",
+                  "--burn-in", "1"]):
+        code, _, err = run(capsys, *argv)
+        assert_one_error(code, err, "bars.npz is not the data this run was trained on", changed)
+    assert (run_dir / "checkpoint.npz").read_bytes() == before
+
+
+def test_the_fingerprint_covers_the_labels(tmp_path, tiny_data):
+    Trainer(Run(TrainConfig(**SMALL_RUN, conditional="label"), tiny_data, tmp_path), quiet=True).fit()
+    y = tiny_data.y_train.copy()
+    y[0] = (y[0] + 1) % 4
+    relabelled = type(tiny_data)("tiny", tiny_data.x_train, y, tiny_data.x_test, tiny_data.y_test, (6, 6))
+    with pytest.raises(DataChangedError, match="training set has the shape it had"):
+        Run.open(tmp_path, data=relabelled).x_train
+    assert Run.open(tmp_path, data=tiny_data).x_train.shape == (600, 36)
+
+
+# ----------------------------------------------------------------------
 # 6. memory and the header's schema
 # ----------------------------------------------------------------------
 
@@ -437,6 +467,21 @@ def test_an_unknown_configuration_field_is_named(capsys, run_dir):
     code, _, err = run(capsys, "evaluate", run_dir)
     assert_one_error(code, err, "training configuration in the header has fields this scratchvae does not know: "
                                 "colour")
+
+
+def test_a_run_finds_its_array_file_from_any_directory(capsys, tmp_path, monkeypatch):
+    np.savez(tmp_path / "bars.npz", x=bars(200))
+    monkeypatch.chdir(tmp_path)
+    code, _, err = train(capsys, "bars.npz", "run")
+    assert code == 0, err
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    code, out, err = run(capsys, "evaluate", "../run")
+    assert code == 0, err
+    assert out.startswith("bars.npz test set (20 examples)")
+    code, _, err = run(capsys, "train", "--resume", "../run", "--dataset", "../bars.npz", "--epochs", "2", "-q",
+                       "--no-plots")                             # the same file by another relative name
+    assert code == 0, err
 
 
 # ----------------------------------------------------------------------

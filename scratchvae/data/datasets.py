@@ -20,6 +20,7 @@ And ``synthetic-digits``, generated in memory by
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import zipfile
 from dataclasses import dataclass, field
@@ -252,12 +253,27 @@ class Dataset:
         """``d``, the number of values per example (784 for 28x28 images)."""
         return int(self.x_train.shape[1])
 
+    def fingerprint(self) -> Dict[str, dict]:
+        """``{"train": ..., "test": ...}``, each split's :func:`fingerprint`."""
+        return {"train": fingerprint(self.x_train, self.y_train), "test": fingerprint(self.x_test, self.y_test)}
+
     def __repr__(self) -> str:
         def lab(y: Optional[np.ndarray]) -> str:
             return "None" if y is None else f"int64{y.shape}"
         return (f"Dataset(name={self.name!r}, x_train=float32{self.x_train.shape}, "
                 f"y_train={lab(self.y_train)}, x_test=float32{self.x_test.shape}, "
                 f"y_test={lab(self.y_test)}, image_shape={self.image_shape})")
+
+
+def fingerprint(x: np.ndarray, y: Optional[np.ndarray] = None) -> dict:
+    """``{"shape": [n, d], "sha256": hex}``: x's shape and a SHA-256 of its
+    bytes (C order) followed by the labels' (int64), if any. Two splits with
+    the same fingerprint hold the same data; it takes about 0.15 s for
+    60,000 x 784 float32 values."""
+    digest = hashlib.sha256(np.ascontiguousarray(x).data)
+    if y is not None:
+        digest.update(np.ascontiguousarray(y, np.int64).data)
+    return {"shape": [int(s) for s in x.shape], "sha256": digest.hexdigest()}
 
 
 # ---------------------------------------------------------------------------

@@ -10,7 +10,8 @@ Layout of the archive (read it with ``np.load(path, allow_pickle=False)``):
 The header holds ``format`` ("scratchvae-checkpoint"), ``format_version``,
 ``library_version``, ``model`` (:meth:`VAE.config`), and, for training
 checkpoints, ``optimizer`` (:meth:`Optimizer.config`) and ``train`` (loop
-state: configuration, position, RNG state, history). :func:`read` checks the header against
+state: configuration, position, RNG state, history, and the fingerprint of
+the data it trained on). :func:`read` checks the header against
 :data:`HEADER` (and ``Run.open`` the loop state against ``run.TRAIN_STATE``)
 and names any field that is missing, of the wrong type or unknown; the
 parameters must be finite real numbers.

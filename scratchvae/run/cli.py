@@ -197,10 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------
 
 def cmd_train(args) -> int:
-    from .run import Run, TrainConfig
+    from .run import Run, TrainConfig, data_source
     from .train import Trainer, default_run_dir
 
     given = {k: getattr(args, k) for k in RUN_OPTIONS if getattr(args, k) is not None}
+    if "dataset" in given:
+        given["dataset"] = data_source(given["dataset"])
     if args.resume:
         if args.out:
             raise ValueError("--out cannot be combined with --resume: a run continues in its own directory")

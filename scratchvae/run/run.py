@@ -9,7 +9,9 @@ written once, here.
 
 A run's directory holds ``checkpoint.npz``, ``history.csv``/``.json`` and
 the pictures; a new run refuses a directory that holds another run unless
-told to replace it (``overwrite=True``).
+told to replace it (``overwrite=True``). Its checkpoints record a
+fingerprint of the data (shape and SHA-256 of each split), and a run opened
+from one refuses data that differ from it, saying what changed.
 
 Randomness: the model's weights come from ``seed``; the training stream
 (shuffling, eps, dynamic binarisation, M2's labelled draws) from a generator
@@ -22,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -44,16 +47,33 @@ CHECKPOINT = "checkpoint.npz"
 #: the files that make a directory a run's (besides its pictures)
 RUN_FILES = (CHECKPOINT, "history.csv", "history.json")
 
+_FINGERPRINT = ckpt.Fields({"shape": (ckpt.SIZES, True), "sha256": (ckpt.SHA256, True)})
 #: a checkpoint's loop state (:meth:`Run.state`); without an optimizer every field is optional
 TRAIN_STATE = ckpt.Fields({
     "config": (ckpt.OBJECT, True), "epoch": (ckpt.integer(0), True), "batch": (ckpt.integer(0), True),
     "step": (ckpt.integer(0), True), "rng": (ckpt.OBJECT, True), "sums": (ckpt.OBJECT, True),
     "history": (ckpt.RECORDS, True),
-    "data": (ckpt.Fields({"name": (ckpt.TEXT, True), "image_shape": (ckpt.IMAGE_SHAPE, False)}), False)})
+    "data": (ckpt.Fields({"name": (ckpt.TEXT, True), "image_shape": (ckpt.IMAGE_SHAPE, False),
+                          "fingerprint": (ckpt.Fields({"train": (_FINGERPRINT, True), "test": (_FINGERPRINT, True)}),
+                                          False)}), False)})
 
 
 class RunExistsError(ValueError):
     """A new run was pointed at a directory that holds another run."""
+
+
+class DataChangedError(ValueError):
+    """A saved run was given data other than those it was trained on."""
+
+
+def data_source(name: str) -> str:
+    """A data set's name as a run stores it: a named set as given, an array
+    file's path made absolute (so the run finds it from any directory)."""
+    return _absolute(name) if name.endswith((".npy", ".npz")) else name
+
+
+def _absolute(path) -> str:
+    return os.path.abspath(os.path.expanduser(path))
 
 
 def _integer(v) -> bool:
@@ -138,6 +158,9 @@ class TrainConfig:
             raise ValueError("semi-supervised (M2) training conditions on the label itself and trains its "
                              "own bound: it takes no conditional, iw_samples, beta or warm-up")
         self.hidden = [int(h) for h in self.hidden]
+        self.dataset = data_source(self.dataset)
+        if self.data_dir is not None:
+            self.data_dir = _absolute(self.data_dir)
 
     @property
     def context(self) -> str:
@@ -162,9 +185,10 @@ class Run:
     Attributes: ``config``, ``model`` (a :class:`VAE`, or :class:`M2` for a
     semi-supervised run; ``vae`` is the VAE either way), ``optimizer``, the
     loop state (``epoch``, ``batch``, ``step``, ``perm``, ``sums``,
-    ``history``, ``rng``), and, loaded when first used, ``data``,
-    ``x_train``/``x_test`` (binarised as the run says), ``c_test`` and the
-    training contexts.
+    ``history``, ``rng``), ``trained_on`` (the fingerprint of the data a
+    saved run was trained on, or None), and, loaded when first used,
+    ``data``, ``x_train``/``x_test`` (binarised as the run says), ``c_test``
+    and the training contexts.
     """
 
     def __init__(self, config: Optional[TrainConfig], data: Optional[Dataset] = None, out_dir=None, *,
@@ -177,8 +201,8 @@ class Run:
                 f"{self.out_dir} already holds a run ({', '.join(found)}); continue it with "
                 f"scratchvae train --resume {self.out_dir}, or replace it with --overwrite (Run(..., overwrite=True))")
         self._replaces = bool(found)
-        if data is not None:
-            self.data = data
+        self._data = data
+        self.trained_on: Optional[dict] = None
         self.model = self._build_model() if model is None else model
         self.optimizer = None if config is None else Adam(self.model.params, lr=config.lr,
                                                           max_grad_norm=config.max_grad_norm)
@@ -197,11 +221,20 @@ class Run:
 
     @cached_property
     def data(self) -> Dataset:
-        """The data set the configuration names (loaded on first use)."""
+        """The data set the configuration names (loaded on first use), checked
+        against :attr:`trained_on`."""
         if self.config is None:
             raise ValueError("this checkpoint holds a model only, no training configuration: "
                              "its data set is unknown")
-        return load_data(self.config)
+        data = load_data(self.config) if self._data is None else self._data
+        if self.trained_on is not None:
+            check_fingerprint(self.trained_on, data, self.out_dir)
+        return data
+
+    @cached_property
+    def fingerprint(self) -> dict:
+        """The data's fingerprint (:meth:`Dataset.fingerprint`), as its checkpoints store it."""
+        return self.data.fingerprint()
 
     @property
     def image_shape(self):
@@ -281,7 +314,8 @@ class Run:
         """The loop state as stored in a checkpoint's header (JSON)."""
         return {"config": dataclasses.asdict(self.config), "epoch": self.epoch, "batch": self.batch,
                 "step": self.step, "rng": self.rng.bit_generator.state, "sums": self.sums,
-                "history": self.history, "data": {"name": self.data.name, "image_shape": self.data.image_shape}}
+                "history": self.history, "data": {"name": self.data.name, "image_shape": self.data.image_shape,
+                                                  "fingerprint": self.fingerprint}}
 
     def save(self) -> Path:
         """Write the run's checkpoint (atomically) into its directory; the first
@@ -316,7 +350,7 @@ class Run:
         model = ckpt.model_from(header, groups, str(path), m2=state is not None and "m2" in state)
         config = None if state is None else config_from(state.get("config", {}), str(path))
         if config is not None and data_dir:
-            config.data_dir = data_dir
+            config = dataclasses.replace(config, data_dir=data_dir)
         run = cls(config, data, out_dir=out_dir, model=model)
         if state is None:
             return run
@@ -326,6 +360,7 @@ class Run:
         if run._image_shape is not None and int(np.prod(run._image_shape)) != run.vae.input_dim:
             raise ckpt.CheckpointError(f"{path}: header field train.data.image_shape {run._image_shape} does "
                                        f"not hold the model's {run.vae.input_dim} inputs")
+        run.trained_on = stored_data.get("fingerprint")
         if not resumable:
             run.optimizer = None
             return run
@@ -371,6 +406,24 @@ def config_from(stored: dict, source: str) -> TrainConfig:
 def run_files(directory) -> List[str]:
     """Which of :data:`RUN_FILES` ``directory`` holds (none: it holds no run)."""
     return [name for name in RUN_FILES if (Path(directory) / name).exists()]
+
+
+def check_fingerprint(trained_on: dict, data: Dataset, where) -> None:
+    """Raise :class:`DataChangedError`, saying what changed, unless ``data``
+    has the fingerprint ``trained_on`` (a :meth:`Dataset.fingerprint`)."""
+    now = data.fingerprint()
+    changes = []
+    for split, label in (("train", "training"), ("test", "test")):
+        then, new = trained_on[split], now[split]
+        if then["shape"] != new["shape"]:
+            changes.append(f"the {label} set has shape {tuple(new['shape'])} now, "
+                           f"{tuple(then['shape'])} when the run was trained")
+        elif then["sha256"] != new["sha256"]:
+            changes.append(f"the {label} set has the shape it had, {tuple(new['shape'])}, but other values "
+                           f"(SHA-256 {new['sha256'][:12]}... now, {then['sha256'][:12]}... then)")
+    if changes:
+        raise DataChangedError(f"{where}: {data.name} is not the data this run was trained on: "
+                               + "; ".join(changes) + "; restore those data, or train a new run on these")
 
 
 def n_classes(data: Dataset) -> int:
