@@ -33,6 +33,7 @@ from test_cli import SMALL, assert_one_error, bars, run, subprocess_env
 
 import scratchvae as sv
 from scratchvae import atomic
+from scratchvae.data.idx import write_idx
 from scratchvae.model import memory
 from scratchvae.run import Run, TrainConfig, Trainer, TrainingDiverged
 from scratchvae.run import checkpoint as ckpt
@@ -462,11 +463,50 @@ def test_a_plain_npy_is_not_a_checkpoint(capsys, tmp_path):
     assert_one_error(code, err, "x.npy: holds one NumPy array, not a checkpoint")
 
 
+def _idx_set(folder: Path, n_train=20, n_test=10, top_label=9):
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        labels[:1] = top_label
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
+
+
+@pytest.mark.parametrize("files, needle", [
+    (dict(n_train=0), "train-images-idx3-ubyte.gz: holds no images"),
+    (dict(n_test=0), "t10k-images-idx3-ubyte.gz: holds no images"),
+    (dict(top_label=250), "labels must lie in 0-9 (mnist has 10 classes), found 250"),
+])
+def test_idx_files_without_images_or_with_foreign_labels(capsys, tmp_path, files, needle):
+    _idx_set(tmp_path / "mnist", **files)
+    code, _, err = run(capsys, "train", "--dataset", "mnist", "--data-dir", tmp_path, "--out", tmp_path / "r", "-q")
+    assert_one_error(code, err, needle)
+
+
+@pytest.mark.parametrize("option", ["--epochs", "--seed", "--batch-size", "--latent"])
+def test_integers_too_large_are_refused_by_the_parser(capsys, option):
+    code, _, err = run(capsys, "train", option, "1" + "0" * 30)
+    assert code == 2 and "Traceback" not in err
+    assert f"argument {option}: must be an integer below 2**63" in err
+
+
 def test_an_unknown_configuration_field_is_named(capsys, run_dir):
     edit_checkpoint(run_dir / "checkpoint.npz", header=_set("red", "train", "config", "colour"))
     code, _, err = run(capsys, "evaluate", run_dir)
     assert_one_error(code, err, "training configuration in the header has fields this scratchvae does not know: "
                                 "colour")
+
+
+@pytest.mark.parametrize("epochs, needle", [
+    (["--epochs", "1"], "--epochs 1 asks for no more than the 1 epochs"),
+    ([], "has trained all its 1 epochs"),
+])
+def test_resume_with_nothing_to_do_says_so(capsys, run_dir, epochs, needle):
+    before = (run_dir / "checkpoint.npz").read_bytes()
+    code, _, err = run(capsys, "train", "--resume", run_dir, *epochs, "-q")
+    assert_one_error(code, err, needle, "--epochs 2 or more")
+    assert (run_dir / "checkpoint.npz").read_bytes() == before
 
 
 def test_a_run_finds_its_array_file_from_any_directory(capsys, tmp_path, monkeypatch):

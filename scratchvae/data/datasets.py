@@ -394,7 +394,8 @@ def find_dataset(name: str, data_dir: Optional[os.PathLike] = None) -> Path:
 
 
 def _read_split(name: str, files: Dict[str, Path], prefix: str) -> Tuple[np.ndarray, np.ndarray]:
-    """Read one split: images float32 (n, 784) in [0, 1], labels int64 (n,)."""
+    """Read one split: images float32 (n, 784) in [0, 1], labels int64 (n,) in
+    [0, number of classes); at least one image."""
     img_path = files[f"{prefix}-images-idx3-ubyte.gz"]
     lab_path = files[f"{prefix}-labels-idx1-ubyte.gz"]
     fix = (f"Replace the file: `scratchvae download {name}` fetches and verifies "
@@ -412,6 +413,12 @@ def _read_split(name: str, files: Dict[str, Path], prefix: str) -> Tuple[np.ndar
     if images.shape[0] != labels.shape[0]:
         raise IDXError(f"{img_path} has {images.shape[0]} images but {lab_path} has "
                        f"{labels.shape[0]} labels. {fix}")
+    if images.shape[0] == 0:
+        raise IDXError(f"{img_path}: holds no images (its header says 0). {fix}")
+    n_classes = len(DATASETS[name].classes)
+    if labels.max() >= n_classes:
+        raise IDXError(f"{lab_path}: labels must lie in 0-{n_classes - 1} ({name} has {n_classes} classes), "
+                       f"found {labels.max()}. {fix}")
     x = images.reshape(images.shape[0], -1).astype(np.float32)
     x /= np.float32(255.0)
     return x, labels.astype(np.int64)

@@ -40,8 +40,13 @@ def _hidden(text: str):
     return sizes
 
 
+#: integers the command line takes stay below this (they are stored as 64-bit integers)
+MAX_INT = 2 ** 63
+
+
 def _number(kind, strict=True):
-    """argparse type: a finite ``kind`` (int or float) > 0, or >= 0 when not ``strict``."""
+    """argparse type: a finite ``kind`` (int or float) > 0, or >= 0 when not
+    ``strict``; integers below :data:`MAX_INT`."""
     noun = "an integer" if kind is int else "a finite number"
 
     def parse(text):
@@ -49,8 +54,10 @@ def _number(kind, strict=True):
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}")
-        if not (np.isfinite(value) and (value > 0 if strict else value >= 0)):
+        if not ((kind is int or np.isfinite(value)) and (value > 0 if strict else value >= 0)):
             raise argparse.ArgumentTypeError(f"must be {noun} {'>' if strict else '>='} 0, got {text!r}")
+        if kind is int and value >= MAX_INT:
+            raise argparse.ArgumentTypeError(f"must be an integer below 2**63, got {text!r}")
         return value
     return parse
 
@@ -219,6 +226,10 @@ def cmd_train(args) -> int:
                 for k, (v, s) in clash.items()))
         if args.epochs is not None:
             run.config.epochs = args.epochs
+        if run.epoch >= run.config.epochs:
+            asked = (f"--epochs {args.epochs} asks for no more than the {run.epoch} epochs {args.resume} has "
+                     "trained" if args.epochs is not None else f"{args.resume} has trained all its {run.epoch} epochs")
+            raise ValueError(f"{asked}: nothing to do; give --epochs {run.epoch + 1} or more to train it further")
     else:
         if args.epochs is not None:
             given["epochs"] = args.epochs
