@@ -28,7 +28,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from importlib import metadata
 from typing import Dict, Iterable, List, Optional, Sequence
@@ -367,21 +366,9 @@ def now_iso() -> str:
 
 
 def write_json(path: str, obj) -> None:
-    """Write ``obj`` as indented JSON to ``path`` atomically (temporary file, then rename)."""
+    """Write ``obj`` as indented JSON to ``path`` atomically, by the library's one
+    rule for files (:mod:`scratchvae.atomic`: temporary file, fsync, rename)."""
+    from scratchvae.atomic import write_bytes         # here: importing scratchvae imports NumPy
     path = os.path.abspath(path)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, allow_nan=False)
-            f.write("\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)          # mkstemp makes 0600; give the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_bytes(path, (json.dumps(obj, indent=1, allow_nan=False) + "\n").encode())

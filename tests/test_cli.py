@@ -235,7 +235,9 @@ def test_train_no_plots_and_uint8_npy(capsys, tmp_path):
     assert err == ""
     assert not list((tmp_path / "r").glob("*.png"))
     header, _ = ckpt.read(tmp_path / "r")
-    assert header["train"]["data"] == {"name": "pix.npy", "image_shape": [8, 8]}
+    data = header["train"]["data"]
+    assert (data["name"], data["image_shape"]) == ("pix.npy", [8, 8])
+    assert data["fingerprint"]["train"]["shape"] == [108, 64] and data["fingerprint"]["test"]["shape"] == [12, 64]
 
 
 def test_default_dataset_and_run_directory(capsys, tmp_path, monkeypatch):

@@ -39,7 +39,7 @@ import numpy as np
 
 from ..kernels import Scratch
 from ..kernels import ops as K
-from . import flat, latent, layers
+from . import flat, latent, layers, memory
 from .likelihoods import make_likelihood
 
 
@@ -106,6 +106,11 @@ class VAE:
         self.input_dim, self.hidden, self.latent_dim = int(input_dim), [int(h) for h in hidden], int(latent_dim)
         h_dim = self.hidden[-1] if hidden else self.input_dim + self.context_dim
         self.init, self.sigma = init, float(sigma)
+        layer_shapes = [(layer.fan_in, layer.fan_out) for layer in self.encoder.layers + self.decoder.layers]
+        memory.require(memory.init_bytes(layer_shapes + [(h_dim, self.latent_dim)] * 2, self.input_dim,
+                                         self.dtype.itemsize),
+                       f"VAE({'-'.join(map(str, [self.input_dim, *self.hidden, self.latent_dim]))}): its "
+                       "parameters and gradients")
         rng = np.random.default_rng(seed)
         params = self.encoder.init(rng, init, self.dtype)
         for head in ("mu", "logvar"):
@@ -253,6 +258,7 @@ class VAE:
         """
         if not (isinstance(n, (int, np.integer)) and n > 0):
             raise ValueError(f"n must be a positive integer, got {n!r}")
+        memory.require(memory.decode_bytes(self, n), f"sampling {n:,} examples from {self!r}")
         c = self.check_c(c, n)
         z = rng.standard_normal((n, self.latent_dim), dtype=self.dtype)
         out, _ = self._decode(z, c, _Workspace(self, n, 1, allocate=False))
@@ -444,6 +450,8 @@ class VAE:
         key = (n, samples)
         ws = self._workspaces.get(key)
         if ws is None:
+            memory.require(memory.step_bytes(self, n, samples),
+                           f"a training step of {self!r} on {n:,} examples x {samples} samples")
             if len(self._workspaces) >= 4:
                 self._workspaces.pop(next(iter(self._workspaces)))
             ws = self._workspaces[key] = _Workspace(self, n, samples)

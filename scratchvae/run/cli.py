@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import os
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .._version import __version__
+from ..atomic import atomic_write, make_dirs
 
 EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
 
@@ -38,8 +40,13 @@ def _hidden(text: str):
     return sizes
 
 
+#: integers the command line takes stay below this (they are stored as 64-bit integers)
+MAX_INT = 2 ** 63
+
+
 def _number(kind, strict=True):
-    """argparse type: a finite ``kind`` (int or float) > 0, or >= 0 when not ``strict``."""
+    """argparse type: a finite ``kind`` (int or float) > 0, or >= 0 when not
+    ``strict``; integers below :data:`MAX_INT`."""
     noun = "an integer" if kind is int else "a finite number"
 
     def parse(text):
@@ -47,8 +54,10 @@ def _number(kind, strict=True):
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}")
-        if not (np.isfinite(value) and (value > 0 if strict else value >= 0)):
+        if not ((kind is int or np.isfinite(value)) and (value > 0 if strict else value >= 0)):
             raise argparse.ArgumentTypeError(f"must be {noun} {'>' if strict else '>='} 0, got {text!r}")
+        if kind is int and value >= MAX_INT:
+            raise argparse.ArgumentTypeError(f"must be an integer below 2**63, got {text!r}")
         return value
     return parse
 
@@ -118,7 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--labelled-batch", type=_positive_int, metavar="N",
                    help="with --semi-supervised: labelled examples drawn (with replacement) to go with each "
                         f"batch of unlabelled ones [{d.labelled_batch}]")
-    t.add_argument("--out", help="run directory [runs/<dataset>-<date>-<time>]")
+    t.add_argument("--out", help="run directory [runs/<dataset>-<date>-<time>]; a directory that holds a run "
+                                 "is refused (continue it with --resume, or replace it with --overwrite)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace the run that --out holds: its checkpoint, history and pictures are replaced "
+                        "when the new run saves its first checkpoint (until then the old run stays intact)")
     t.add_argument("--resume", metavar="CKPT", help="continue the run in this checkpoint or run directory "
                                                     "(--epochs may extend it)")
     t.add_argument("--no-plots", action="store_true", help="skip the pictures at the end")
@@ -207,13 +220,17 @@ def build_parser() -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------
 
 def cmd_train(args) -> int:
-    from .run import Run, TrainConfig
+    from .run import Run, TrainConfig, data_source
     from .train import Trainer, default_run_dir
 
     given = {k: getattr(args, k) for k in RUN_OPTIONS if getattr(args, k) is not None}
+    if "dataset" in given:
+        given["dataset"] = data_source(given["dataset"])
     if args.resume:
         if args.out:
             raise ValueError("--out cannot be combined with --resume: a run continues in its own directory")
+        if args.overwrite:
+            raise ValueError("--overwrite replaces a run with a new one; --resume continues it: give one of them")
         run = Run.open(args.resume, args.data_dir)
         if run.config is None:
             raise ValueError(f"{args.resume}: holds a model only, not a training run to resume")
@@ -225,13 +242,18 @@ def cmd_train(args) -> int:
                 for k, (v, s) in clash.items()))
         if args.epochs is not None:
             run.config.epochs = args.epochs
+        if run.epoch >= run.config.epochs:
+            asked = (f"--epochs {args.epochs} asks for no more than the {run.epoch} epochs {args.resume} has "
+                     "trained" if args.epochs is not None else f"{args.resume} has trained all its {run.epoch} epochs")
+            raise ValueError(f"{asked}: nothing to do; give --epochs {run.epoch + 1} or more to train it further")
     else:
         if args.epochs is not None:
             given["epochs"] = args.epochs
         if args.data_dir:
             given["data_dir"] = args.data_dir
         config = TrainConfig(**given)
-        run = Run(config, out_dir=Path(args.out) if args.out else default_run_dir(config.dataset))
+        run = Run(config, out_dir=Path(args.out) if args.out else default_run_dir(config.dataset),
+                  overwrite=args.overwrite)
     trainer = Trainer(run, quiet=args.quiet)
     cfg, data = run.config, run.data
     if not args.quiet:
@@ -321,8 +343,10 @@ def cmd_sample(args) -> int:
               else np.repeat(np.arange(classes), args.n))
     c = None if labels is None else one_hot(labels, classes, model.dtype)
     x = model.sample(args.n if c is None else len(c), np.random.default_rng(args.seed), mean=not args.draw, c=c)
+    if not np.isfinite(x).all():
+        raise ValueError(f"the samples are not finite (NaN or inf): the decoder overflows; {out} was not written")
     if out.suffix == ".npy":
-        np.save(out, x)
+        save_npy(out, x)
     else:
         from . import plots
         if run.image_shape is None:
@@ -335,10 +359,21 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def save_npy(path: Path, x: np.ndarray) -> None:
+    """``np.save(path, x)``, atomically. The data go through Python's write (NumPy's
+    own writes lose the error number of a full disk, and so the file's name)."""
+    x = np.ascontiguousarray(x)
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(x))
+    with atomic_write(path, size=header.tell() + x.nbytes) as f:
+        f.write(header.getvalue())
+        f.write(x.data)
+
+
 def cmd_plot(args) -> int:
     run = _open_run(args.checkpoint, args.data_dir)
     out = Path(args.out) if args.out else run.out_dir
-    out.mkdir(parents=True, exist_ok=True)
+    make_dirs(out)
     _pictures(run, out, False, args.seed, required=True)
     print(out)
     return 0
@@ -427,10 +462,11 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("scratchvae: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (ValueError, TypeError, OSError, ImportError, RuntimeError, FloatingPointError) as e:
+    except (ValueError, TypeError, OSError, ImportError, RuntimeError, FloatingPointError, MemoryError) as e:
         if os.environ.get("SCRATCHVAE_DEBUG"):
             raise
-        message = str(e).strip().splitlines() or [type(e).__name__]
+        message = str(e).strip().splitlines() or ["out of memory" if isinstance(e, MemoryError)
+                                                   else type(e).__name__]
         print(f"scratchvae: error: {' '.join(line.strip() for line in message)}", file=sys.stderr)
         return EXIT_ERROR
 
