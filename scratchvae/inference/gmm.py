@@ -43,7 +43,7 @@ class GaussianMixture:
     diagonal so that none collapses onto a single code.
     """
 
-    def __init__(self, components: int, max_iter: int = 200, tol: float = 1e-6, reg: float = 1e-6):
+    def __init__(self, components: int, max_iter: int = 200, tol: float = 1e-4, reg: float = 1e-6):
         if not (isinstance(components, (int, np.integer)) and components >= 1):
             raise ValueError(f"components must be an integer >= 1, got {components!r}")
         self.components, self.max_iter, self.tol, self.reg = int(components), int(max_iter), float(tol), float(reg)
