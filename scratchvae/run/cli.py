@@ -351,7 +351,8 @@ def cmd_evaluate(args) -> int:
     rng = np.random.default_rng(args.seed)
     r = elbo(model, x_test, rng, n_samples=args.samples, c=c_test)
     print(f"{run.data.name} test set ({len(x_test):,} examples), nats per example:")
-    print(f"  -ELBO {r['total']:.3f}   reconstruction {r['nll']:.3f}   KL {r['kl']:.3f}")
+    estimated = "" if model.analytic_kl else " (estimated at the drawn z: no closed form)"
+    print(f"  -ELBO {r['total']:.3f}   reconstruction {r['nll']:.3f}   KL {r['kl']:.3f}{estimated}")
     count, _ = active_units(model, x_test, c=c_test)
     print(f"  active units {count} of {model.latent_dim} (variance of E[z|x] over the data > 0.01)")
     if args.iw_samples:
