@@ -7,6 +7,7 @@ import pytest
 import scratchvae as sv
 from scratchvae.gradcheck import gradcheck, numerical_gradient
 from scratchvae.model import latent
+from scratchvae.run import checkpoint
 
 pytestmark = pytest.mark.usefixtures("backend")
 
@@ -290,7 +291,7 @@ def test_variants_keep_the_standard_weights_and_round_trip(variant, tmp_path):
     assert extra == ({"prior.u"} if variant == "vamp" else {"enc.flow.W", "enc.flow.b"})
     for v in model.params.values():
         v += 0.01
-    path = sv.run.checkpoint.save(tmp_path / "m.npz", model)
+    path = checkpoint.save(tmp_path / "m.npz", model)
     loaded = sv.load(path)
     assert loaded.config() == model.config() and repr(loaded) == repr(model)
     for k in model.params:
