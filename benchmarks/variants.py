@@ -202,6 +202,7 @@ def main(argv=None) -> int:
                       f"(k = {args.iw_eval}), trained in {row['train_seconds']:.0f} s", flush=True)
             runs.append(row)
     record["runs"] = runs
+    common.write_json(json_path, record)       # after every study, so that a late failure keeps the rest
     if "bounds" in args.studies:
         rows = []
         for name in args.variants:
@@ -228,6 +229,7 @@ def main(argv=None) -> int:
                 print(f"SNR k = {k:>3} {estimator}: encoder median {result['encoder']['median']:.3f}, "
                       f"decoder median {result['decoder']['median']:.3f}", flush=True)
         record["snr"] = {"seed": args.seeds[0], "batch": args.snr_batch, "draws": args.snr_draws, "rows": snr}
+        common.write_json(json_path, record)
         print()
         print(common.markdown_table(
             ["k", "encoder SNR, IWAE", "encoder SNR, DReG", "decoder SNR, IWAE", "decoder SNR, DReG"],
