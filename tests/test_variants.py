@@ -321,3 +321,17 @@ def test_variants_learn_and_match_in_float32(variant):
         opt.step(grads)
     after = model.loss(x, eps=np.zeros((512, 2), np.float32))["total"]
     assert after < 0.5 * before, (before, after)
+
+
+@pytest.mark.parametrize("kwargs", [VARIANTS["vamp"], VARIANTS["flow"], dict(prior="vamp", pseudo_inputs=6, hidden=[])])
+@pytest.mark.parametrize("n, samples", [(1, 1), (16, 1), (5, 7)])
+def test_the_workspace_estimate_covers_the_variants(kwargs, n, samples):
+    """The memory guard's estimate bounds what a variant's step allocates (the VampPrior
+    encodes its pseudo-inputs with the batch; a flow keeps its parameters per example)."""
+    from scratchvae.model import memory
+    kwargs = dict(kwargs)
+    model = sv.VAE(50, kwargs.pop("hidden", [30, 20]), 5, dtype=np.float64, **kwargs)
+    ws = model.workspace(n, samples)
+    arrays = [a for v in vars(ws).values() for a in (v if isinstance(v, list) else [v]) if isinstance(a, np.ndarray)]
+    actual = sum(a.nbytes for a in arrays)
+    assert actual <= memory.step_bytes(model, n, samples) <= 1.5 * actual + 1000

@@ -142,7 +142,9 @@ class VAE:
         h_dim = self.hidden[-1] if hidden else self.input_dim + self.context_dim
         self.init, self.sigma = init, float(sigma)
         layer_shapes = [(layer.fan_in, layer.fan_out) for layer in self.encoder.layers + self.decoder.layers]
-        memory.require(memory.init_bytes(layer_shapes + [(h_dim, self.latent_dim)] * 2, self.input_dim,
+        layer_shapes += [(h_dim, self.latent_dim)] * 2 + (
+            [(h_dim, self.flow_layers * flows.params_per_layer(self.latent_dim))] if self.flow_layers else [])
+        memory.require(memory.init_bytes(layer_shapes, self.input_dim * (1 + self.pseudo_inputs),
                                          self.dtype.itemsize),
                        f"VAE({'-'.join(map(str, [self.input_dim, *self.hidden, self.latent_dim]))}): its "
                        "parameters and gradients")
@@ -754,5 +756,5 @@ class _Workspace:
         self.d_mu, self.d_logvar = buf(n_enc, k), buf(n_enc, k)
         self.d_h = buf(n_enc, enc[-1].fan_out) if enc else buf(n_enc, d) if vamp else None
         # the gradient of the encoder's input: for the VampPrior's pseudo-inputs only
-        self.d_enc = [buf(n_enc, d) if vamp else None] + [buf(n_enc, layer.fan_in) for layer in enc[1:]]
+        self.d_enc = [buf(n_enc, d) if vamp and enc else None] + [buf(n_enc, layer.fan_in) for layer in enc[1:]]
         self.w_nll, self.w_kl, self.w_path = buf(rows), buf(n), buf(rows)
