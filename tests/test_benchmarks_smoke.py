@@ -131,3 +131,42 @@ def test_unknown_system_is_refused():
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "unknown system" in proc.stderr
+
+
+def test_variants_quick_run_writes_every_study(tmp_path):
+    """benchmarks/variants.py --quick on the built-in synthetic digits: every variant trained
+    and scored, the SNR of both estimators at every k, both samplers judged, both pictures."""
+    out = tmp_path / "variants.json"
+    env = dict(os.environ, SCRATCHVAE_BACKEND="numpy", PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "variants.py"), "--quick", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    rec = json.loads(out.read_text())
+    assert rec["benchmark"] == "variants" and rec["config"]["quick"] is True
+    assert rec["data"] == {"name": "synthetic-digits", "train": 1000, "test": 200}
+    runs = {r["variant"]: r for r in rec["runs"]}
+    assert set(runs) == {"standard", "vamp", "flow", "iwae", "dreg"}
+    for name, r in runs.items():
+        assert r["seed"] == 1 and len(r["history"]) == 1
+        # the bound is below the ELBO's estimate of -log p(x) and both are sensible numbers of nats
+        assert 0 < -r["log_px"] < r["test"]["total"] < 800, (name, r)
+        assert "scratchvae train --dataset synthetic-digits" in r["command"]
+    assert "--prior vamp --pseudo-inputs 20" in runs["vamp"]["command"]
+    assert "--iw-samples 5 --iw-gradient dreg" in runs["dreg"]["command"]
+    snr = rec["snr"]["rows"]
+    assert sorted((r["k"], r["estimator"]) for r in snr) == [(k, e) for k in (1, 5, 50) for e in ("dreg", "iwae")]
+    for r in snr:
+        assert r["encoder"]["median"] > 0 and r["decoder"]["elements"] > 0
+    sampler = rec["sampler"]
+    assert 0.5 < sampler["classifier_accuracy"] <= 1
+    (seed,) = sampler["seeds"]
+    for name in ("prior", "gmm"):
+        assert seed[name]["frechet"] > sampler["real_images"]["frechet"] >= 0
+        assert sum(seed[name]["class_counts"]) == 300
+    if importlib.util.find_spec("matplotlib"):
+        assert set(sampler["pictures"]) == {"prior", "gmm"}
+        for path in sampler["pictures"].values():
+            assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    else:
+        assert sampler["pictures"] is None
+    assert "| standard VAE |" in proc.stdout and "| N(0, I) |" in proc.stdout

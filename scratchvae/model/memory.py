@@ -44,13 +44,18 @@ def step_bytes(model, n: int, samples: int = 1) -> int:
     examples with ``samples`` draws of z each: per row (n samples rows) z, its
     noise and every decoder layer's output, each with its gradient, and the
     likelihood's gradient (d); per example the encoder's outputs, mu and
-    logvar, each with its gradient."""
+    logvar, each with its gradient. A VampPrior's K pseudo-inputs are encoded
+    with the batch (n + K encoder rows, their inputs and input gradients); a
+    flow adds its parameters per example and their gradient."""
     k, d = model.latent_dim, model.input_dim
-    per_row = 2 * (k + sum(layer.fan_out for layer in model.decoder.layers)) + d + 4
+    per_row = 2 * (k + sum(layer.fan_out for layer in model.decoder.layers)) + d + 5
     if samples > 1:                                     # x and c repeated per sample
         per_row += d + model.context_dim
     per_example = 2 * (sum(layer.fan_out for layer in model.encoder.layers) + 2 * k) + 2
-    return (n * samples * per_row + n * per_example) * model.dtype.itemsize
+    rows_enc = n + model.pseudo_inputs
+    extra = 2 * rows_enc * d if model.prior == "vamp" else 0
+    extra += 2 * n * model.flow_layers * (2 * k + 1)
+    return (n * samples * per_row + rows_enc * per_example + extra) * model.dtype.itemsize
 
 
 def decode_bytes(model, n: int) -> int:

@@ -90,7 +90,8 @@ class Fields:
 
 MODEL = Fields({"input_dim": (integer(1), True), "hidden": (SIZES, True), "latent_dim": (integer(1), True),
                 "likelihood": (TEXT, False), "activation": (TEXT, False), "init": (TEXT, False),
-                "sigma": (NUMBER, False), "dtype": (TEXT, False), "context_dim": (integer(0), False)},
+                "sigma": (NUMBER, False), "dtype": (TEXT, False), "context_dim": (integer(0), False),
+                "prior": (TEXT, False), "pseudo_inputs": (integer(0), False), "flow": (TEXT, False)},
                strict=True)
 M2_MODEL = Fields({"input_dim": (integer(1), True), "n_classes": (integer(2), True), "hidden": (SIZES, False),
                    "latent_dim": (integer(1), False), "classifier_hidden": (SIZES, False),

@@ -23,7 +23,8 @@ EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
 # train options that define the run; on --resume they must agree with the checkpoint
 RUN_OPTIONS = ("dataset", "batch_size", "lr", "hidden", "latent_dim", "activation", "likelihood",
                "sigma", "init", "beta", "warmup_epochs", "binarize", "seed", "max_grad_norm", "iw_samples",
-               "conditional", "semi_supervised", "labels_per_class", "alpha", "labelled_batch")
+               "conditional", "semi_supervised", "labels_per_class", "alpha", "labelled_batch", "iw_gradient",
+               "prior", "pseudo_inputs", "flow")
 # those whose command-line flag is not "--" + the name with dashes
 FLAGS = {"latent_dim": "--latent", "warmup_epochs": "--warmup"}
 
@@ -66,12 +67,27 @@ _positive_int, _positive_float = _number(int), _number(float)
 _seed, _nonneg_float = _number(int, strict=False), _number(float, strict=False)
 
 
+def _parsed(parse):
+    """argparse type from a parser of the library that raises ValueError: the value as
+    given if it parses (the run stores the text), else argparse's one-line error."""
+    def check(text):
+        try:
+            parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e))
+        return text
+    return check
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ..data.datasets import DATASET_NAMES
+    from ..inference.gmm import parse_sampler
     from ..kernels import ACTIVATIONS
+    from ..model.flows import parse_flow
     from ..model.layers import INITS
     from ..model.likelihoods import LIKELIHOODS
-    from .run import BINARIZE, CONDITIONAL, TrainConfig
+    from ..model.vae import PRIORS
+    from .run import BINARIZE, CONDITIONAL, IW_GRADIENTS, TrainConfig
 
     d = TrainConfig()
     parser = argparse.ArgumentParser(
@@ -110,6 +126,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train on the importance-weighted bound with K samples (IWAE; needs beta 1, "
                         "no warm-up, a likelihood without learned sigma); the train loss shown is "
                         "then -L_K, the test loss stays the ELBO [1: the ELBO]")
+    t.add_argument("--iw-gradient", choices=IW_GRADIENTS,
+                   help="with --iw-samples K > 1, the encoder's gradient: iwae (the bound's own) or dreg, the "
+                        "doubly reparameterised gradient of Tucker et al. (2019): the same expectation without "
+                        "the score-function term, whose noise grows with K; the decoder's gradient is the same "
+                        f"(not with --flow) [{d.iw_gradient}]")
+    t.add_argument("--prior", choices=PRIORS,
+                   help="p(z): standard, N(0, I); or vamp, the VampPrior of Tomczak and Welling (2018), the "
+                        "mixture of the encoder's posteriors at --pseudo-inputs learned pseudo-inputs (started "
+                        "at training images); the KL is then estimated from the drawn z (not with --conditional, "
+                        f"--semi-supervised or --flow) [{d.prior}]")
+    t.add_argument("--pseudo-inputs", type=_positive_int, metavar="K",
+                   help=f"with --prior vamp: the number of pseudo-inputs, the prior's components [{d.pseudo_inputs}]")
+    t.add_argument("--flow", type=_parsed(parse_flow), metavar="none|planar:L",
+                   help="L planar normalising flows on q(z|x) (Rezende and Mohamed 2015), their parameters "
+                        "output by the encoder for every x; the KL is then estimated from the drawn z "
+                        f"[{d.flow}]")
     t.add_argument("--conditional", metavar="|".join(CONDITIONAL),
                    help="a conditional VAE, q(z|x, c) and p(x|z, c). label: c is the one-hot label (the "
                         "data set needs labels; sample with --label). mask:KIND: c is the observed part "
@@ -150,16 +182,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "2016; 1000 or more for a tight estimate) [off]")
 
     s = sub.add_parser("sample", help="draw samples from a trained model",
-                       description="Ancestral samples: z ~ N(0, I), then the decoder's mean. A "
-                                   "conditional model draws -n samples of class --label, or without "
-                                   "--label -n samples of every class, one row per class.")
+                       description="Ancestral samples: z from the prior (N(0, I), or the VampPrior), or from "
+                                   "a mixture fitted to the training codes (--sampler gmm:N), then the "
+                                   "decoder's mean. A conditional model draws -n samples of class --label, or "
+                                   "without --label -n samples of every class, one row per class.")
     s.add_argument("checkpoint", help="checkpoint file or run directory")
     s.add_argument("-n", type=_positive_int, default=64, help="number of samples [64] (per class for a "
                                                                 "conditional model without --label)")
     s.add_argument("--label", type=_seed, help="class to draw, for a model trained with --conditional label")
     s.add_argument("-o", "--output", required=True, help="FILE.png (a grid) or FILE.npy (array (n, d))")
-    s.add_argument("--seed", type=_seed, default=0, help="seed of z [0]")
+    s.add_argument("--seed", type=_seed, default=0, help="seed of z (and of the mixture's fit) [0]")
     s.add_argument("--draw", action="store_true", help="draw x ~ p(x|z) instead of its mean")
+    s.add_argument("--sampler", type=_parsed(parse_sampler), default="prior", metavar="prior|gmm:N",
+                   help="where z comes from: the model's prior, or gmm:N, a mixture of N full-covariance "
+                        "Gaussians fitted by EM to the codes of the training set (needs the run's data; "
+                        "not for a conditional model) [prior]")
+    s.add_argument("--data-dir", help="with --sampler gmm:N: where to look for the data set first")
 
     p = sub.add_parser("plot", help="all pictures of a trained model",
                        description="Reconstructions, samples, latent space, manifold (2-D latent) "
@@ -313,7 +351,8 @@ def cmd_evaluate(args) -> int:
     rng = np.random.default_rng(args.seed)
     r = elbo(model, x_test, rng, n_samples=args.samples, c=c_test)
     print(f"{run.data.name} test set ({len(x_test):,} examples), nats per example:")
-    print(f"  -ELBO {r['total']:.3f}   reconstruction {r['nll']:.3f}   KL {r['kl']:.3f}")
+    estimated = "" if model.analytic_kl else " (estimated at the drawn z: no closed form)"
+    print(f"  -ELBO {r['total']:.3f}   reconstruction {r['nll']:.3f}   KL {r['kl']:.3f}{estimated}")
     count, _ = active_units(model, x_test, c=c_test)
     print(f"  active units {count} of {model.latent_dim} (variance of E[z|x] over the data > 0.01)")
     if args.iw_samples:
@@ -326,15 +365,21 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_sample(args) -> int:
+    from ..inference.gmm import fit_to_codes, parse_sampler
     from ..model.layers import one_hot
     from .run import Run
 
     out = Path(args.output)
     if out.suffix not in (".png", ".npy"):
         raise ValueError(f"-o must end in .png or .npy, got {out}")
-    run = Run.open(args.checkpoint)
+    components = parse_sampler(args.sampler)
+    run = _open_run(args.checkpoint, args.data_dir) if components else Run.open(args.checkpoint)
     model = run.vae
     classes = model.context_dim
+    sampler = None
+    if components:        # fitted to the codes of the training set as the model trained on it
+        rng = np.random.default_rng([args.seed, 1])
+        sampler = fit_to_codes(model, run.x_train_seen(rng), components, rng)
     if args.label is not None and not classes:
         raise ValueError("--label needs a conditional model (trained with --conditional label)")
     if args.label is not None and args.label >= classes:
@@ -342,7 +387,8 @@ def cmd_sample(args) -> int:
     labels = (None if not classes else np.full(args.n, args.label) if args.label is not None
               else np.repeat(np.arange(classes), args.n))
     c = None if labels is None else one_hot(labels, classes, model.dtype)
-    x = model.sample(args.n if c is None else len(c), np.random.default_rng(args.seed), mean=not args.draw, c=c)
+    x = model.sample(args.n if c is None else len(c), np.random.default_rng(args.seed), mean=not args.draw, c=c,
+                     sampler=sampler)
     if not np.isfinite(x).all():
         raise ValueError(f"the samples are not finite (NaN or inf): the decoder overflows; {out} was not written")
     if out.suffix == ".npy":
@@ -353,6 +399,8 @@ def cmd_sample(args) -> int:
             raise ValueError("this model's data are not images; write .npy instead")
         what = "" if labels is None else f" of class {args.label}" if args.label is not None else \
             ", one row per class"
+        if components:
+            what += f", z from a {components}-component mixture fitted to the training codes"
         plots.image_grid(x, run.image_shape, out, f"{len(x)} samples{what} from {args.checkpoint}",
                          cols=args.n if classes and args.label is None else None)
     print(out)

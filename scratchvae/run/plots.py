@@ -88,8 +88,9 @@ def image_grid(images: np.ndarray, image_shape, path, title: str = "", cols: Opt
 
 
 def samples(model, rng, image_shape, path, n: int = 64):
-    """A grid of E[x | z] for z drawn from the prior N(0, I)."""
-    return image_grid(model.sample(n, rng), image_shape, path, f"{n} samples: z ~ N(0, I), decoded mean")
+    """A grid of E[x | z] for z drawn from the prior (N(0, I), or the VampPrior)."""
+    prior = "N(0, I)" if model.prior == "standard" else "the VampPrior"
+    return image_grid(model.sample(n, rng), image_shape, path, f"{n} samples: z ~ {prior}, decoded mean")
 
 
 def class_samples(model, rng, image_shape, path, per_class: int = 10):

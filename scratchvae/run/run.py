@@ -36,14 +36,18 @@ from ..atomic import remove_stale_temporaries
 from ..data.datasets import Dataset, binarize, load_array_file, load_dataset
 from ..inference.complete import MASK_KINDS, Mask, observed_context
 from ..model import M2, VAE
+from ..model.flows import parse_flow
 from ..model.layers import one_hot
 from ..model.m2 import split_labels
+from ..model.vae import PRIORS
 from ..optim import Adam
 from . import checkpoint as ckpt
 from .plots import PICTURES
 
 BINARIZE = ("none", "dynamic", "static")
 CONDITIONAL = ("none", "label", "mask:KIND")
+IW_GRADIENTS = ("iwae", "dreg")
+DEFAULT_PSEUDO_INPUTS = 500
 CHECKPOINT = "checkpoint.npz"
 #: the files that make a directory a run's (besides its pictures)
 RUN_FILES = (CHECKPOINT, "history.csv", "history.json")
@@ -116,16 +120,21 @@ class TrainConfig:
     labels_per_class: int = 100      # M2: labelled examples per class, the rest unlabelled
     alpha: float = 10.0              # M2: weight of the labelled examples' cross-entropy
     labelled_batch: int = 100        # M2: labelled examples drawn (with replacement) per step
+    iw_gradient: str = "iwae"        # iwae | dreg: the encoder's gradient of the IWAE bound (dreg: Tucker et al.)
+    prior: str = "standard"          # standard (N(0, I)) | vamp (the VampPrior)
+    pseudo_inputs: int = DEFAULT_PSEUDO_INPUTS   # vamp: its number of pseudo-inputs (components)
+    flow: str = "none"               # none | planar:L: L planar flows on q, amortised
 
     def __post_init__(self):
-        for name in ("dataset", "activation", "likelihood", "init", "binarize", "conditional"):
+        for name in ("dataset", "activation", "likelihood", "init", "binarize", "conditional", "iw_gradient",
+                     "prior", "flow"):
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"{name} must be a string, got {getattr(self, name)!r}")
         if not isinstance(self.semi_supervised, bool):
             raise ValueError(f"semi_supervised must be true or false, got {self.semi_supervised!r}")
         if not (isinstance(self.hidden, (list, tuple)) and all(_integer(h) and h > 0 for h in self.hidden)):
             raise ValueError(f"hidden must be a list of positive integers, got {self.hidden!r}")
-        for name in ("epochs", "batch_size", "latent_dim", "labels_per_class", "labelled_batch"):
+        for name in ("epochs", "batch_size", "latent_dim", "labels_per_class", "labelled_batch", "pseudo_inputs"):
             v = getattr(self, name)
             if not (_integer(v) and v > 0):
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
@@ -158,10 +167,35 @@ class TrainConfig:
                                      or self.warmup_epochs):
             raise ValueError("semi-supervised (M2) training conditions on the label itself and trains its "
                              "own bound: it takes no conditional, iw_samples, beta or warm-up")
+        self._check_variants()
         self.hidden = [int(h) for h in self.hidden]
         self.dataset = data_source(self.dataset)
         if self.data_dir is not None:
             self.data_dir = _absolute(self.data_dir)
+
+    def _check_variants(self):
+        """The prior, the flow and the IWAE gradient, alone and in combination."""
+        if self.iw_gradient not in IW_GRADIENTS:
+            raise ValueError(f"iw_gradient must be one of {', '.join(IW_GRADIENTS)}, got {self.iw_gradient!r}")
+        if self.prior not in PRIORS:
+            raise ValueError(f"prior must be one of {', '.join(PRIORS)}, got {self.prior!r}")
+        layers = parse_flow(self.flow)
+        if self.iw_gradient == "dreg" and self.iw_samples < 2:
+            raise ValueError("the DReG gradient is a gradient of the importance-weighted bound: "
+                             "give iw_samples K > 1 (--iw-samples K) with iw_gradient dreg")
+        if self.iw_gradient == "dreg" and layers:
+            raise ValueError("DReG needs log q(z|x) at a fixed z, and a planar flow's needs its inverse: "
+                             "train a flow with iw_gradient iwae")
+        if self.prior == "standard" and self.pseudo_inputs != DEFAULT_PSEUDO_INPUTS:
+            raise ValueError("pseudo_inputs set the VampPrior's size: use them with prior vamp (--prior vamp)")
+        if self.prior == "vamp" and layers:
+            raise ValueError("the VampPrior cannot go with a flow: its components are the encoder's posteriors, "
+                             "and a planar flow's density at a given z needs its inverse")
+        if self.prior == "vamp" and self.context != "none":
+            raise ValueError("the VampPrior encodes its pseudo-inputs without a context: it takes no "
+                             "conditional or semi-supervised model")
+        if self.semi_supervised and (layers or self.iw_gradient != "iwae"):
+            raise ValueError("semi-supervised (M2) training takes no flow and no iw_gradient")
 
     @property
     def context(self) -> str:
@@ -171,7 +205,8 @@ class TrainConfig:
 
 def stream(seed: int, key: int) -> np.random.Generator:
     """An independent generator for one purpose (1 training, 2 binarisation,
-    3 test split of an array file, 4 test masks, 100+ evaluation of epoch e)."""
+    3 test split of an array file, 4 test masks, 5 the VampPrior's starting
+    pseudo-inputs, 100+ evaluation of epoch e)."""
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(key,)))
 
 
@@ -275,6 +310,11 @@ class Run:
         """A semi-supervised run's ``(labelled, unlabelled)`` training indices."""
         return split_labels(self.data.y_train, self.config.labels_per_class, self.config.seed)
 
+    def x_train_seen(self, rng: np.random.Generator) -> np.ndarray:
+        """The training images as the model trains on them: x_train, binarised once
+        with ``rng`` when the run binarises every batch (``dynamic``)."""
+        return binarize(self.x_train, rng) if self.config.binarize == "dynamic" else self.x_train
+
     @property
     def train_indices(self) -> np.ndarray:
         """The examples an epoch passes over: all of x_train, or M2's unlabelled ones."""
@@ -299,9 +339,16 @@ class Run:
                       activation=cfg.activation, likelihood=cfg.likelihood, init=cfg.init, alpha=cfg.alpha,
                       seed=cfg.seed)
         c_test = self.c_test
-        return VAE(data.n_features, cfg.hidden, cfg.latent_dim, likelihood=cfg.likelihood,
-                   activation=cfg.activation, init=cfg.init, seed=cfg.seed, sigma=cfg.sigma,
-                   context_dim=0 if c_test is None else c_test.shape[1])
+        vamp = cfg.prior == "vamp"
+        model = VAE(data.n_features, cfg.hidden, cfg.latent_dim, likelihood=cfg.likelihood,
+                    activation=cfg.activation, init=cfg.init, seed=cfg.seed, sigma=cfg.sigma,
+                    context_dim=0 if c_test is None else c_test.shape[1], prior=cfg.prior,
+                    pseudo_inputs=cfg.pseudo_inputs if vamp else 0, flow=cfg.flow)
+        if vamp:        # the pseudo-inputs start at K training images chosen with the seed, not at noise
+            x = self.x_train
+            pick = stream(cfg.seed, 5).choice(len(x), cfg.pseudo_inputs, replace=cfg.pseudo_inputs > len(x))
+            model.params["prior.u"][...] = x[pick]
+        return model
 
     # ------------------------------------------------------------------
     # saving and opening

@@ -61,13 +61,14 @@ class Objective:
 
 
 class ImportanceWeighted(Objective):
-    """The importance-weighted bound with ``k`` samples (IWAE); the test loss stays the ELBO."""
+    """The importance-weighted bound with ``k`` samples (IWAE), the encoder's gradient
+    the bound's own or DReG's (``dreg``); the test loss stays the ELBO."""
 
-    def __init__(self, k: int):
-        self.k = k
+    def __init__(self, k: int, dreg: bool = False):
+        self.k, self.dreg = k, dreg
 
     def losses_and_grads(self, run, x, idx, rng, beta):
-        return run.model.iw_loss_and_grads(x, self.k, rng=rng, c=run.train_context(idx, x, rng))
+        return run.model.iw_loss_and_grads(x, self.k, rng=rng, c=run.train_context(idx, x, rng), dreg=self.dreg)
 
 
 class SemiSupervised(Objective):
@@ -97,7 +98,7 @@ def objective_of(run: Run) -> Objective:
     if run.config.semi_supervised:
         return SemiSupervised()
     if run.config.iw_samples > 1:
-        return ImportanceWeighted(run.config.iw_samples)
+        return ImportanceWeighted(run.config.iw_samples, dreg=run.config.iw_gradient == "dreg")
     return Objective()
 
 
