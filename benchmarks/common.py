@@ -12,7 +12,13 @@ and only then imports the libraries that read them.
 * the sgemm peak (:func:`sgemm_peak`) that bounds what any GEMM-bound code
   can reach on this machine with these threads;
 * Markdown tables (:func:`markdown_table`) and atomic JSON files
-  (:func:`write_json`).
+  (:func:`write_json`) written to ``benchmarks/out/`` (untracked) unless a
+  script is given ``--save`` (then ``benchmarks/results/``, the committed
+  records: :func:`add_output_options`, :func:`output_path`).
+
+Every record should say what the numbers ran on: :func:`machine_info` (CPU,
+its vector ISA flags, whether the OpenBLAS variables that force a kernel are
+set) and :func:`blas_info` (the BLAS library, its kernel and threads).
 """
 from __future__ import annotations
 
@@ -22,10 +28,17 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from importlib import metadata
 from typing import Dict, Iterable, List, Optional, Sequence
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+#: committed records (``--save``) and the untracked default
+RESULTS_DIR, OUT_DIR = os.path.join(HERE, "results"), os.path.join(HERE, "out")
+#: environment variables that force OpenBLAS's kernel or cache model (this
+#: workplace sets OPENBLAS_CORETYPE=Haswell, which halves sgemm on AVX-512
+#: machines); a user's machine does not, so speed runs unset them
+OPENBLAS_FORCING = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 #: environment variables that size the thread pools of the BLAS libraries,
 #: OpenMP runtimes and Numba; all are read once, when the library loads
@@ -112,8 +125,8 @@ def cpu_flags() -> List[str]:
     for line in info.splitlines():
         if line.startswith("flags"):
             flags = set(line.split(":", 1)[1].split())
-            return [f for f in ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "amx_tile")
-                    if f in flags]
+            return [f for f in ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_bf16",
+                                "amx_tile", "asimd", "sve") if f in flags]
     return []
 
 
@@ -136,6 +149,7 @@ def machine_info() -> dict:
         "python_implementation": platform.python_implementation(),
         "python_executable": sys.executable,
         "load_average_at_start": load,
+        "openblas_forcing_env": {k: os.environ.get(k) for k in OPENBLAS_FORCING},
     }
 
 
@@ -159,6 +173,51 @@ def numpy_blas() -> Optional[dict]:
         return None
     blas = (cfg.get("Build Dependencies") or {}).get("blas") or {}
     return {k: blas.get(k) for k in ("name", "version", "openblas configuration") if k in blas}
+
+
+def blas_info() -> dict:
+    """The BLAS NumPy runs with: library, version, the kernel it chose (OpenBLAS's
+    ``architecture``: ``Haswell`` for AVX2, ``SkylakeX`` for AVX-512) and its threads,
+    from threadpoolctl when installed (it loads NumPy), else the build configuration."""
+    import numpy  # noqa: F401  (threadpoolctl reports the libraries already loaded)
+    out = {"build": numpy_blas(), "runtime": None,
+           "openblas_forcing_env": {k: os.environ.get(k) for k in OPENBLAS_FORCING}}
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        out["runtime"] = "threadpoolctl not installed: the kernel OpenBLAS chose is unknown"
+        return out
+    out["runtime"] = [{k: lib.get(k) for k in ("internal_api", "version", "architecture", "num_threads",
+                                                "threading_layer", "filepath")}
+                      for lib in threadpool_info() if lib.get("user_api") == "blas"]
+    return out
+
+
+def blas_summary(info: dict) -> str:
+    """One line for a report: ``openblas 0.3.27, kernel Haswell, 2 threads (OPENBLAS_CORETYPE=Haswell)``."""
+    runtime = info.get("runtime")
+    if isinstance(runtime, list) and runtime:
+        lib = runtime[0]
+        text = f"{lib['internal_api']} {lib['version']}, kernel {lib['architecture']}, {lib['num_threads']} threads"
+    else:
+        text = str(runtime)
+    forced = [f"{k}={v}" for k, v in info["openblas_forcing_env"].items() if v is not None]
+    return text + (f" (forced by {', '.join(forced)})" if forced else "")
+
+
+def add_output_options(parser, name: str) -> None:
+    """``--save`` and ``--json PATH``: where the JSON record of benchmark ``name`` goes."""
+    parser.add_argument("--save", action="store_true",
+                        help=f"write the JSON record to benchmarks/results/{name}.json, the committed record "
+                             f"(default: benchmarks/out/{name}.json, untracked)")
+    parser.add_argument("--json", metavar="PATH", help="write the JSON record to PATH instead")
+
+
+def output_path(args, name: str) -> str:
+    """The JSON path :func:`add_output_options` chose."""
+    if args.json:
+        return args.json
+    return os.path.join(RESULTS_DIR if args.save else OUT_DIR, f"{name}.json")
 
 
 # --------------------------------------------------------------------------
@@ -307,21 +366,9 @@ def now_iso() -> str:
 
 
 def write_json(path: str, obj) -> None:
-    """Write ``obj`` as indented JSON to ``path`` atomically (temporary file, then rename)."""
+    """Write ``obj`` as indented JSON to ``path`` atomically, by the library's one
+    rule for files (:mod:`scratchvae.atomic`: temporary file, fsync, rename)."""
+    from scratchvae.atomic import write_bytes         # here: importing scratchvae imports NumPy
     path = os.path.abspath(path)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, allow_nan=False)
-            f.write("\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)          # mkstemp makes 0600; give the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_bytes(path, (json.dumps(obj, indent=1, allow_nan=False) + "\n").encode())

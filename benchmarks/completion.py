@@ -24,12 +24,12 @@ MASKS = ("bottom-half", "block", "random:0.5")
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=10, help="epochs per model [10]")
     parser.add_argument("--n", type=int, default=1000, help="test images scored per mask [1000]")
     parser.add_argument("--steps", type=int, default=200, help="Gibbs iterations [200]")
     parser.add_argument("--seed", type=int, default=1, help="seed of training, masks and chains [1]")
-    parser.add_argument("--json", default="benchmarks/results/completion.json", help="where to write the JSON")
+    common.add_output_options(parser, "completion")
     args = parser.parse_args(argv)
     import numpy as np
     import scratchvae as sv
@@ -63,8 +63,9 @@ def main(argv=None) -> int:
             print(" | ".join(rows[-1]), flush=True)
     print()
     print(common.markdown_table(["mask", "method", "BCE (nats/pixel)", "MSE", ""], rows, "llrrl"))
-    common.write_json(args.json, {"benchmark": "completion", "when": common.now_iso(),
-                                  "machine": common.machine_info(), "kernels": sv.describe(),
+    json_path = common.output_path(args, "completion")
+    common.write_json(json_path, {"benchmark": "completion", "when": common.now_iso(),
+                                  "machine": common.machine_info(), "blas": common.blas_info(), "kernels": sv.describe(),
                                   "epochs": args.epochs, "n": args.n, "steps": args.steps, "seed": args.seed,
                                   "rows": records})
     return 0

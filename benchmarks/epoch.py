@@ -6,7 +6,7 @@ Needs the data (``$SCRATCHVAE_DATA/fashion-mnist`` or another place
 ``scratchvae datasets`` finds). Alternates backends over --rounds, reports
 median and min-max wall seconds per epoch, prints Markdown, writes JSON.
 
-    python benchmarks/epoch.py [--rounds 3] [--json benchmarks/results/epoch.json]
+    python benchmarks/epoch.py [--rounds 3] [--save]
 """
 from __future__ import annotations
 
@@ -20,13 +20,13 @@ import common  # noqa: E402
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="fashion-mnist", help="named data set [fashion-mnist]")
     parser.add_argument("--rounds", type=int, default=3, help="epochs per backend, alternating [3]")
     parser.add_argument("--batch-size", type=int, default=128, help="examples per step [128]")
     parser.add_argument("--threads", type=int, default=2, help="BLAS/Numba threads [2]")
     parser.add_argument("--backends", default="numpy,numba", help="comma-separated [numpy,numba]")
-    parser.add_argument("--json", default="benchmarks/results/epoch.json", help="where to write the JSON")
+    common.add_output_options(parser, "epoch")
     args = parser.parse_args(argv)
     common.apply_thread_env(args.threads)
 
@@ -49,11 +49,12 @@ def main(argv=None) -> int:
     rows = [[b, f"{s['median']:.2f}", f"{s['min']:.2f}-{s['max']:.2f}",
              common.fmt_rate(len(data.x_train) / s["median"])] for b, s in results.items()]
     print(common.markdown_table(["backend", "epoch s (median)", "min-max", "examples/s"], rows, "lrrr"))
-    common.write_json(args.json, {"benchmark": "epoch", "when": common.now_iso(), "dataset": args.dataset,
-                                  "batch_size": args.batch_size, "machine": common.machine_info(),
+    json_path = common.output_path(args, "epoch")
+    common.write_json(json_path, {"benchmark": "epoch", "when": common.now_iso(), "dataset": args.dataset,
+                                  "batch_size": args.batch_size, "machine": common.machine_info(), "blas": common.blas_info(),
                                   "threads": common.thread_env(args.threads), "kernels": sv.describe(),
                                   "seconds": seconds, "results": results})
-    print(f"\nJSON: {args.json}")
+    print(f"\nJSON: {json_path}")
     return 0
 
 

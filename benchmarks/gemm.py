@@ -37,7 +37,7 @@ sgemm peak of a large square product (``--peak-size``) at 1 and
 measurement (a busy machine says so), and machine, versions, BLAS and
 thread settings in the JSON.
 
-    python benchmarks/gemm.py [--batches 128,1024] [--reps 50] [--threads 2] [--json PATH]
+    python benchmarks/gemm.py [--batches 128,1024] [--reps 50] [--threads 2] [--quick] [--save]
 """
 from __future__ import annotations
 
@@ -191,8 +191,7 @@ def main(argv=None) -> int:
                              "by default Numba's on-disk cache is used as it is")
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run: batch 128, 5 reps, 1 warm-up, no settle pauses, no peak")
-    parser.add_argument("--json", default=os.path.join("benchmarks", "results", "gemm.json"),
-                        help="where to write the JSON record; '' for none [benchmarks/results/gemm.json]")
+    common.add_output_options(parser, "gemm")
     args = parser.parse_args(argv)
     if args.quick:
         args.batches, args.reps, args.warmup, args.settle, args.peak_size = "128", 5, 1, 0.0, 0
@@ -298,24 +297,24 @@ def main(argv=None) -> int:
           + ", ".join(f"{k} {v:.2f} s" for k, v in first_call.items())
           + (" (cold: empty NUMBA_CACHE_DIR)" if args.cold else " (Numba cache as found)"))
 
-    if args.json:
-        layer = numba.threading_layer()
-        common.write_json(args.json, {
-            "benchmark": "gemm", "when": common.now_iso(), "argv": sys.argv[1:], "args": vars(args),
-            "machine": common.machine_info(),
-            "versions": common.package_versions(["numpy", "numba", "llvmlite", "scratchvae"]),
-            "blas": common.numpy_blas(),
-            "blas_thread_control": control[2] if control else None,
-            "threads": {"requested": args.threads, "env_set": thread_env,
-                        "env": {k: os.environ.get(k) for k in common.THREAD_ENV_VARS},
-                        "numba_threading_layer_config": numba.config.THREADING_LAYER,
-                        "numba_threading_layer": layer, "numba_num_threads": numba.get_num_threads()},
-            "gemm_numba": {"tiling": G.tiling(dtype), "parallel_min_flop": G.PARALLEL_MIN_FLOP,
-                         "pack_a_min_n": G.PACK_A_MIN_N, "pack_b_min_m": G.PACK_B_MIN_M,
-                         "first_call_s": first_call, "cold_compile": args.cold},
-            "sgemm_peak_gflops": peaks, "results": records,
-        })
-        print(f"\nJSON: {args.json}")
+    layer = numba.threading_layer()
+    json_path = common.output_path(args, "gemm")
+    common.write_json(json_path, {
+        "benchmark": "gemm", "when": common.now_iso(), "argv": sys.argv[1:], "args": vars(args),
+        "machine": common.machine_info(),
+        "versions": common.package_versions(["numpy", "numba", "llvmlite", "scratchvae"]),
+        "blas": common.blas_info(),
+        "blas_thread_control": control[2] if control else None,
+        "threads": {"requested": args.threads, "env_set": thread_env,
+                    "env": {k: os.environ.get(k) for k in common.THREAD_ENV_VARS},
+                    "numba_threading_layer_config": numba.config.THREADING_LAYER,
+                    "numba_threading_layer": layer, "numba_num_threads": numba.get_num_threads()},
+        "gemm_numba": {"tiling": G.tiling(dtype), "parallel_min_flop": G.PARALLEL_MIN_FLOP,
+                     "pack_a_min_n": G.PACK_A_MIN_N, "pack_b_min_m": G.PACK_B_MIN_M,
+                     "first_call_s": first_call, "cold_compile": args.cold},
+        "sgemm_peak_gflops": peaks, "results": records,
+    })
+    print(f"\nJSON: {json_path}")
     return 0
 
 

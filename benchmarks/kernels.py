@@ -4,7 +4,7 @@ and 1024, float32), median of --repeats blocks, alternating the two.
 
 GEMM speed is measured by benchmarks/gemm.py.
 
-    python benchmarks/kernels.py [--repeats 9] [--json benchmarks/results/kernels.json]
+    python benchmarks/kernels.py [--repeats 9] [--save]
 """
 from __future__ import annotations
 
@@ -57,10 +57,10 @@ def time_block(fn, K, seconds=0.05):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=9, help="alternating blocks per kernel [9]")
     parser.add_argument("--threads", type=int, default=2, help="BLAS/Numba threads [2]")
-    parser.add_argument("--json", default="benchmarks/results/kernels.json", help="where to write the JSON")
+    common.add_output_options(parser, "kernels")
     args = parser.parse_args(argv)
     common.apply_thread_env(args.threads)
     import numpy as np
@@ -80,10 +80,11 @@ def main(argv=None) -> int:
             rows.append([name.replace("B", str(batch), 1) if "(B" in name else name, f"{1e6 * med['numpy']:.1f}",
                          f"{1e6 * med['numba']:.1f}", f"{med['numpy'] / med['numba']:.1f}x"])
     print(common.markdown_table(["kernel", "NumPy us", "Numba us", "speed-up"], rows, "lrrr"))
-    common.write_json(args.json, {"benchmark": "kernels", "when": common.now_iso(),
-                                  "machine": common.machine_info(), "threads": common.thread_env(args.threads),
+    json_path = common.output_path(args, "kernels")
+    common.write_json(json_path, {"benchmark": "kernels", "when": common.now_iso(),
+                                  "machine": common.machine_info(), "blas": common.blas_info(), "threads": common.thread_env(args.threads),
                                   "versions": common.package_versions(["numpy", "numba"]), "results": results})
-    print(f"\nJSON: {args.json}")
+    print(f"\nJSON: {json_path}")
     return 0
 
 

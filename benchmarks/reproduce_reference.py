@@ -80,13 +80,12 @@ def run_torch(data, epochs, seed):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", default="1,2,3", help="comma-separated seeds, per library [1,2,3]")
     parser.add_argument("--epochs", type=int, default=10, help="epochs [10]")
     parser.add_argument("--threads", type=int, default=2, help="BLAS/Numba/torch threads [2]")
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even when installed")
-    parser.add_argument("--json", default="benchmarks/results/reproduce_reference.json",
-                        help="where to write the JSON")
+    common.add_output_options(parser, "reproduce_reference")
     args = parser.parse_args(argv)
     common.apply_thread_env(args.threads)
     import numpy as np
@@ -126,13 +125,14 @@ def main(argv=None) -> int:
         rows.append(row + [f"{PUBLISHED[e]:.2f}" if e < len(PUBLISHED) else ""])
     print()
     print(common.markdown_table(headers, rows, "r" * len(headers)))
-    common.write_json(args.json, {"benchmark": "reproduce_reference", "when": common.now_iso(),
-                                  "machine": common.machine_info(), "kernels": sv.describe(),
+    json_path = common.output_path(args, "reproduce_reference")
+    common.write_json(json_path, {"benchmark": "reproduce_reference", "when": common.now_iso(),
+                                  "machine": common.machine_info(), "blas": common.blas_info(), "kernels": sv.describe(),
                                   "versions": common.package_versions(["numpy", "numba", "torch", "scratchvae"]),
                                   "seeds": seeds, "test_loss_by_epoch": {k: {str(s): v for s, v in r.items()}
                                                                          for k, r in runs.items()},
                                   "published_pytorch_seed1": PUBLISHED})
-    print(f"\nJSON: {args.json}")
+    print(f"\nJSON: {json_path}")
     return 0
 
 

@@ -27,12 +27,12 @@ VARIANTS = [
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=10, help="epochs per variant [10]")
     parser.add_argument("--iw-samples", type=int, default=1000, help="k of the log p(x) estimate [1000]")
     parser.add_argument("--seed", type=int, default=1, help="seed of every run [1]")
     parser.add_argument("--only", type=int, nargs="*", help="indices of the variants to run [all]")
-    parser.add_argument("--json", default="benchmarks/results/results_table.json", help="where to write the JSON")
+    common.add_output_options(parser, "results_table")
     args = parser.parse_args(argv)
     import numpy as np
     import scratchvae as sv
@@ -74,8 +74,9 @@ def main(argv=None) -> int:
     print(common.markdown_table(["variant", "test -ELBO", "reconstruction", "KL",
                                  f"log p(x), k={args.iw_samples}", "active units", "train s", "command"],
                                 rows, "lrrrrrrl"))
-    common.write_json(args.json, {"benchmark": "results_table", "when": common.now_iso(),
-                                  "machine": common.machine_info(), "kernels": sv.describe(),
+    json_path = common.output_path(args, "results_table")
+    common.write_json(json_path, {"benchmark": "results_table", "when": common.now_iso(),
+                                  "machine": common.machine_info(), "blas": common.blas_info(), "kernels": sv.describe(),
                                   "epochs": args.epochs, "iw_samples": args.iw_samples, "rows": records})
     return 0
 

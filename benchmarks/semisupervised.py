@@ -19,12 +19,12 @@ import common  # noqa: E402
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", default="1,2,3", help="comma-separated seeds [1,2,3]")
     parser.add_argument("--epochs", type=int, default=10, help="M2 epochs over the unlabelled set [10]")
     parser.add_argument("--labels-per-class", type=int, default=100, help="labels per class [100]")
     parser.add_argument("--alpha", type=float, default=10.0, help="weight of the labelled cross-entropy [10]")
-    parser.add_argument("--json", default="benchmarks/results/semisupervised.json", help="where to write the JSON")
+    common.add_output_options(parser, "semisupervised")
     args = parser.parse_args(argv)
     import numpy as np
     import scratchvae as sv
@@ -59,8 +59,9 @@ def main(argv=None) -> int:
                      ", ".join(f"{v:.4f}" for v in values)])
     print()
     print(common.markdown_table(["model", "mean test accuracy", "min-max", f"seeds {args.seeds}"], rows, "lrrl"))
-    common.write_json(args.json, {"benchmark": "semisupervised", "when": common.now_iso(),
-                                  "machine": common.machine_info(), "kernels": sv.describe(),
+    json_path = common.output_path(args, "semisupervised")
+    common.write_json(json_path, {"benchmark": "semisupervised", "when": common.now_iso(),
+                                  "machine": common.machine_info(), "blas": common.blas_info(), "kernels": sv.describe(),
                                   "epochs": args.epochs, "labels_per_class": args.labels_per_class,
                                   "alpha": args.alpha, "runs": runs})
     return 0

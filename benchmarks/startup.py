@@ -6,7 +6,7 @@ as it is (run once before to fill it); "cold" points NUMBA_CACHE_DIR at an
 empty directory, so every kernel the step needs is compiled. Reports medians
 and min-max over --repeats processes; prints a Markdown table and writes JSON.
 
-    python benchmarks/startup.py [--repeats 5] [--json benchmarks/results/startup.json]
+    python benchmarks/startup.py [--repeats 5] [--save]
 """
 from __future__ import annotations
 
@@ -47,10 +47,10 @@ def measure(mode: str, backend: str, env: dict) -> float:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5, help="processes per configuration [5]")
     parser.add_argument("--threads", type=int, default=2, help="BLAS/Numba threads [2]")
-    parser.add_argument("--json", default="benchmarks/results/startup.json", help="where to write the JSON")
+    common.add_output_options(parser, "startup")
     args = parser.parse_args(argv)
 
     env = dict(os.environ, **common.thread_env(args.threads))
@@ -74,11 +74,12 @@ def main(argv=None) -> int:
 
     rows = [[k, f"{v['median']:.2f}", f"{v['min']:.2f}-{v['max']:.2f}"] for k, v in results.items()]
     print(common.markdown_table(["from process start until", "median s", "min-max s"], rows, "lrr"))
-    common.write_json(args.json, {"benchmark": "startup", "when": common.now_iso(),
-                                  "machine": common.machine_info(), "threads": common.thread_env(args.threads),
+    json_path = common.output_path(args, "startup")
+    common.write_json(json_path, {"benchmark": "startup", "when": common.now_iso(),
+                                  "machine": common.machine_info(), "blas": common.blas_info(), "threads": common.thread_env(args.threads),
                                   "versions": common.package_versions(["numpy", "numba", "scratchvae"]),
                                   "results": results})
-    print(f"\nJSON: {args.json}")
+    print(f"\nJSON: {json_path}")
     return 0
 
 

@@ -26,8 +26,10 @@ batch in [0, 1]. A system is a class with
                                 (scratchvae's layout, W of shape (fan_in, fan_out))
                                 and take one step with given noise
 
-Names: ``scratchvae-numpy``, ``scratchvae-numba``, ``torch-eager``,
-``torch-compile``, ``jax-jit``. A system whose package (or scratchvae
+Names: ``scratchvae-numpy``, ``scratchvae-numba`` (Numba kernels, BLAS
+products), ``scratchvae-onepool`` (Numba kernels and the hand-written GEMM,
+one thread pool for the whole step), ``torch-eager``, ``torch-compile``,
+``jax-jit``. A system whose package (or scratchvae
 backend) is missing raises :class:`Unavailable` and the benchmark skips it.
 
 The benchmark runs each system in its own worker process
@@ -63,7 +65,7 @@ LAYERS = (
 )
 LR, BETA1, BETA2, ADAM_EPS = 1e-3, 0.9, 0.999, 1e-8
 
-SYSTEMS = ("scratchvae-numpy", "scratchvae-numba", "torch-eager", "torch-compile", "jax-jit")
+SYSTEMS = ("scratchvae-numpy", "scratchvae-numba", "scratchvae-onepool", "torch-eager", "torch-compile", "jax-jit")
 
 #: knobs of the PyTorch systems (the benchmark's --torch-* options set them)
 TORCH_DEFAULTS = {"adam": "fused", "compile_mode": "default", "compile_optimizer": False}
@@ -141,22 +143,23 @@ class System:
 # --------------------------------------------------------------------------
 
 class ScratchVAE(System):
-    """``sv.VAE(784, [400], 20)`` with ``sv.Adam`` on the backend ``numpy`` or ``numba``."""
+    """``sv.VAE(784, [400], 20)`` with ``sv.Adam`` on the backend ``numpy`` or ``numba``;
+    ``gemm="numba"``: the products from the hand-written GEMM, the whole step in Numba's pool."""
 
-    def __init__(self, threads, options, backend):
+    def __init__(self, threads, options, backend, gemm=None, name=None):
         super().__init__(threads, options)
         if ROOT not in sys.path:
             sys.path.insert(0, ROOT)          # run from a checkout without installing
         import numpy as np
         import scratchvae as sv
-        self.np, self.sv, self.backend = np, sv, backend
-        self.name = f"scratchvae-{backend}"
+        self.np, self.sv, self.backend, self.gemm = np, sv, backend, gemm
+        self.name = name or f"scratchvae-{backend}"
         self.begin_block()
 
     def begin_block(self):
         # set_backend is global to the library: set it before every block
         try:
-            self.sv.set_backend(self.backend)
+            self.sv.set_backend(self.backend, gemm=self.gemm)
         except (ValueError, ImportError) as e:
             raise Unavailable(f"scratchvae backend {self.backend!r} is not available: {e}") from None
 
@@ -493,7 +496,9 @@ def make_system(name: str, threads: int, options: Optional[dict] = None) -> Syst
     if name == "scratchvae-numpy":
         return ScratchVAE(threads, options, "numpy")
     if name == "scratchvae-numba":
-        return ScratchVAE(threads, options, "numba")
+        return ScratchVAE(threads, options, "numba", gemm="blas")
+    if name == "scratchvae-onepool":
+        return ScratchVAE(threads, options, "numba", gemm="numba", name=name)
     if name in ("torch-eager", "torch-compile"):
         return TorchSystem(threads, options, compiled=name == "torch-compile")
     if name == "jax-jit":

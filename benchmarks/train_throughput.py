@@ -36,7 +36,6 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_JSON = os.path.join(HERE, "results", "train_throughput.json")
 
 # The thread environment must be in place before NumPy (or anything that
 # loads a BLAS) is imported, so the imports that need it happen in main().
@@ -131,8 +130,7 @@ def parse_args(argv=None):
     ap.add_argument("--sgemm-n", type=int, default=2048, help="matrix size of the sgemm peak measurement")
     ap.add_argument("--sgemm-reps", type=int, default=7,
                     help="timed products for the sgemm peak, taken before and again after the systems")
-    ap.add_argument("--json", default=DEFAULT_JSON, metavar="PATH", help="where to write the JSON record")
-    ap.add_argument("--no-json", action="store_true", help="do not write the JSON record")
+    common.add_output_options(ap, "train_throughput")
     ap.add_argument("--timeout", type=float, default=900.0,
                     help="seconds to wait for a worker's answer (compilation included) before giving it up")
     ap.add_argument("--torch-adam", choices=("fused", "foreach", "forloop"), default=S.TORCH_DEFAULTS["adam"],
@@ -467,7 +465,7 @@ def main(argv=None):
                     "jax_note": "XLA's CPU client sizes its intra-op pool by the CPUs the process may use; "
                                 "the benchmark and its workers are pinned to --threads CPUs when fewer "
                                 "than the machine has, and other CPU is then measured on those CPUs"},
-        "numpy_blas": common.numpy_blas(),
+        "blas": common.blas_info(),
         "torch_options": torch_options(args),
         "model": {"architecture": "784-400(ReLU)-[mu 20, logvar 20]; 20-400(ReLU)-784 logits; Bernoulli; "
                                   "Adam lr 1e-3; float32",
@@ -536,9 +534,9 @@ def main(argv=None):
     if busy and max(busy) > 0.2:
         print(f"WARNING: other processes used up to {max(busy):.2f} CPUs (median over rounds) during the timed "
               f"blocks; the numbers are disturbed. Rerun on a quiet machine.\n")
-    if not args.no_json:
-        common.write_json(args.json, record)
-        print(f"JSON record: {os.path.relpath(args.json)}")
+    json_path = common.output_path(args, "train_throughput")
+    common.write_json(json_path, record)
+    print(f"JSON record: {os.path.relpath(json_path)}")
     log(f"done in {record['elapsed_s']:.0f} s")
     failed = [r for r in results if r["status"] == "error"]
     return 1 if failed else 0

@@ -15,7 +15,7 @@ import numpy as np
 import scratchvae as sv
 from scratchvae.run import plots
 from scratchvae.data import load_dataset
-from scratchvae.data.datasets import one_hot
+from scratchvae.model.layers import one_hot
 from scratchvae.inference.evaluate import elbo
 
 

@@ -21,7 +21,18 @@ from .kernels import (backends, check_backend, describe, get_backend, register_b
                       warmup)
 from .model import M2, VAE
 from .optim import SGD, Adam
-from .run.checkpoint import load
+
+# the run layer (data sets, checkpoints, the roofline report) loads when first used,
+# so that importing the model needs NumPy and the model's own modules alone
+_RUN_LAYER = {"load": ("run.checkpoint", "load"), "profile": ("run.roofline", "profile")}
+
+
+def __getattr__(name):
+    if name in _RUN_LAYER:
+        import importlib
+        module, attr = _RUN_LAYER[name]
+        return getattr(importlib.import_module(f".{module}", __name__), attr)
+    raise AttributeError(f"module 'scratchvae' has no attribute {name!r}")
 
 __all__ = ["VAE", "M2", "Adam", "SGD", "load", "gradcheck", "check_op", "set_backend", "get_backend",
-           "register_backend", "backends", "check_backend", "warmup", "describe", "__version__"]
+           "register_backend", "backends", "check_backend", "warmup", "describe", "profile", "__version__"]

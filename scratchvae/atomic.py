@@ -1,28 +1,69 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of one."""
+"""Atomic file writes: a reader sees the old file or the new one, never half of one.
+
+One rule for every file the library writes (checkpoints, histories, arrays,
+pictures, data files): the bytes go to a temporary file beside the target,
+``.<name>.<pid>-<random>.part``, which is flushed, fsync'ed and renamed over
+the target. If anything fails, the temporary is removed and the old file is
+left as it was; the :class:`WriteError` names the file and the cause (for a
+full disk, the bytes needed and free). A process killed mid-write leaves its
+temporary behind; :func:`remove_stale_temporaries` deletes those whose
+process is gone when their directory is next used.
+"""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
 import tempfile
 from pathlib import Path
-from typing import IO, Iterator, Union
+from typing import IO, Iterator, List, Optional, Union
+
+from .sizes import format_bytes, free_disk
 
 PathLike = Union[str, "os.PathLike[str]"]
 
+#: errors of the file system (not of whatever the writer reads from) that a WriteError explains
+FILE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO,
+               errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG}
+_FULL = {errno.ENOSPC, errno.EDQUOT}
+#: a temporary's name: the target's, the writing process (absent in older files), 8 random characters
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?:(?P<pid>\d+)-)?[a-z0-9_]{8}\.part$")
+
+
+class WriteError(OSError):
+    """A file could not be written. The message names the file and the cause;
+    ``errno`` is the file system's error number, ``path`` the file."""
+
+    def __init__(self, message: str, code: Optional[int] = None, path=None):
+        super().__init__(message)
+        self.errno, self.path = code, None if path is None else Path(path)
+
 
 @contextlib.contextmanager
-def atomic_write(path: PathLike) -> Iterator[IO[bytes]]:
+def atomic_write(path: PathLike, size: Optional[int] = None) -> Iterator[IO[bytes]]:
     """Open a temporary file next to ``path``; on success rename it to ``path``.
 
-    Use as ``with atomic_write(p) as f: f.write(...)``.  The temporary file
-    (``.<name>.<random>.part`` in the same directory, so the rename stays on
-    one file system) is flushed and fsync'ed, then moved over ``path`` with
-    ``os.replace``.  If the body raises, or the process is interrupted, the
-    temporary file is deleted and ``path`` is left as it was: there is never a
-    partial file under the final name.  The final file gets mode 0o644.
+    Use as ``with atomic_write(p, size=len(data)) as f: f.write(data)``.
+    ``size`` (bytes, exact or a close estimate) is checked against the free
+    space before anything is written, and named when the disk is full. The
+    temporary (in the same directory, so the rename stays on one file
+    system) is flushed and fsync'ed, then moved over ``path`` with
+    ``os.replace``. If the body raises, or the process is interrupted, the
+    temporary is deleted and ``path`` is left as it was: there is never a
+    partial file under the final name. The final file gets mode 0o644.
+    Raises :class:`WriteError` for a failure of the file system.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    if size is not None:
+        free = free_disk(path.parent)
+        if free is not None and size > free:
+            raise WriteError(f"cannot write {path}: not enough space on the device: it needs "
+                             f"{format_bytes(size)}, {format_bytes(free)} free", errno.ENOSPC, path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}-", suffix=".part")
+    except OSError as e:
+        raise _write_error(path, e, size, 0) from None
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
@@ -30,11 +71,109 @@ def atomic_write(path: PathLike) -> Iterator[IO[bytes]]:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
+        written = _size_of(tmp)
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and not isinstance(e, WriteError) and e.errno in FILE_ERRNOS:
+            raise _write_error(path, e, size, written) from None
         raise
     _fsync_dir(path.parent)
+
+
+def write_bytes(path: PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (:func:`atomic_write`); returns the path."""
+    with atomic_write(path, size=len(data)) as f:
+        f.write(data)
+    return Path(path)
+
+
+def check_writable(directory: PathLike) -> None:
+    """Raise :class:`WriteError` now if no file can be created in ``directory``
+    (read-only, no permission), rather than after an hour of work."""
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as e:
+        raise WriteError(f"cannot write into {directory}: {e.strerror or e}", e.errno, directory) from None
+
+
+def make_dirs(directory: PathLike) -> List[Path]:
+    """Create ``directory`` and its missing parents; return those it created,
+    deepest first (for :func:`remove_empty`). Raises :class:`WriteError`."""
+    directory = Path(directory)
+    missing = [p for p in (directory, *directory.parents) if not p.exists()]
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        cause = "it is a file" if directory.is_file() else e.strerror or str(e)
+        raise WriteError(f"cannot make the directory {directory}: {cause}", e.errno, directory) from None
+    return missing
+
+
+def remove_empty(directories: List[Path]) -> None:
+    """Remove those of ``directories`` (deepest first) that are empty, so that
+    a failed command leaves no trace of the directories it made."""
+    for d in directories:
+        remove_stale_temporaries(d)
+        try:
+            d.rmdir()
+        except OSError:            # not empty (or gone): keep it and its parents
+            return
+
+
+def remove_stale_temporaries(directory: PathLike) -> List[str]:
+    """Delete the temporaries of :func:`atomic_write` in ``directory`` whose
+    process (on this machine) no longer runs: those a ``kill -9`` or a power
+    cut left behind, and those of scratchvae versions that did not record the
+    process. Returns the names removed; a directory that cannot be read or
+    changed is left alone."""
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in names:
+        m = _TEMPORARY.match(name)
+        if m and not _running(m.group("pid")):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(directory, name))
+                removed.append(name)
+    return removed
+
+
+def _running(pid: Optional[str]) -> bool:
+    if pid is None:
+        return False
+    if os.name != "posix":                     # no way to ask: keep it
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
+
+
+def _write_error(path: Path, e: OSError, size: Optional[int], written: int) -> WriteError:
+    """The :class:`WriteError` for the file system error ``e`` while writing ``path``."""
+    if e.errno in _FULL:
+        free = free_disk(path.parent)
+        needed = (f"it needs {format_bytes(size)}" if size is not None
+                  else f"{format_bytes(written)} were written when it filled up")
+        return WriteError(f"cannot write {path}: no space left on the device: {needed}, "
+                          f"{'an unknown amount' if free is None else format_bytes(free)} free", e.errno, path)
+    if e.errno == errno.ENOENT and not path.parent.is_dir():
+        return WriteError(f"cannot write {path}: there is no directory {path.parent}", e.errno, path)
+    return WriteError(f"cannot write {path}: {e.strerror or e}", e.errno, path)
+
+
+def _size_of(tmp: str) -> int:
+    try:
+        return os.stat(tmp).st_size
+    except OSError:
+        return 0
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -95,18 +95,25 @@ class Optimizer:
         return out
 
     def load_state_dict(self, state: Dict[str, np.ndarray]) -> None:
-        """Restore what :meth:`state_dict` returned (checks names and shapes)."""
+        """Restore what :meth:`state_dict` returned (checks names, shapes, that
+        the buffers hold finite real numbers and the step count is an integer >= 0)."""
         expected = {"step"} | {f"{b}.{k}" for b in self.buffers for k in self.params}
         if set(state) != expected:
             raise ValueError(f"optimizer state does not match the parameters: missing "
                              f"{sorted(expected - set(state))}, extra {sorted(set(state) - expected)}")
+        step = np.asarray(state["step"])
+        if not (step.shape == () and step.dtype.kind in "iu" and step >= 0):
+            raise ValueError(f"optimizer state step must be one integer >= 0, got {step.dtype} {step.shape}")
         for b in self.buffers:
             for k, v in self.state[b].items():
-                src = state[f"{b}.{k}"]
+                src = np.asarray(state[f"{b}.{k}"])
                 if src.shape != v.shape:
                     raise ValueError(f"optimizer state {b}.{k} has shape {src.shape}, expected {v.shape}")
+                if src.dtype.kind != "f" or not np.isfinite(src).all():
+                    raise ValueError(f"optimizer state {b}.{k} must hold finite real numbers "
+                                     f"(dtype {src.dtype}{'' if src.dtype.kind != 'f' else ', NaN or inf found'})")
                 v[...] = src
-        self.step_count = int(state["step"])
+        self.step_count = int(step)
 
 
 class Adam(Optimizer):

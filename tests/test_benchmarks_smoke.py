@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "train_throughput.py"
 
@@ -39,6 +41,11 @@ def test_quick_run_writes_the_json_record(tmp_path):
     assert rec["benchmark"] == "train_throughput"
     assert rec["config"]["quick"] is True and rec["config"]["batch_sizes"] == [128]
     assert rec["machine"]["logical_cpus"] >= 1 and rec["machine"]["python"]
+    # what the numbers ran on: the vector ISA, the BLAS and whether a variable forced its kernel
+    assert isinstance(rec["machine"]["cpu_flags"], list)
+    assert set(rec["machine"]["openblas_forcing_env"]) == {"OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"}
+    assert rec["machine"]["openblas_forcing_env"]["OPENBLAS_CORETYPE"] == os.environ.get("OPENBLAS_CORETYPE")
+    assert rec["blas"]["build"] and "runtime" in rec["blas"]
     assert rec["versions"]["numpy"]
     assert rec["threads"]["requested"] == 1
     assert rec["threads"]["env"]["OPENBLAS_NUM_THREADS"] == "1"
@@ -60,6 +67,42 @@ def test_quick_run_writes_the_json_record(tmp_path):
         assert by_system[name]["status"] == "skipped"
         assert package in by_system[name]["note"]
         assert rec["systems"][name]["status"] == "skipped"
+
+
+def test_records_go_to_an_untracked_folder_unless_saved():
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import argparse
+
+        import common
+        parser = argparse.ArgumentParser()
+        common.add_output_options(parser, "x")
+        assert common.output_path(parser.parse_args([]), "x") == str(ROOT / "benchmarks" / "out" / "x.json")
+        assert common.output_path(parser.parse_args(["--save"]), "x") == str(ROOT / "benchmarks" / "results" / "x.json")
+        assert common.output_path(parser.parse_args(["--json", "/tmp/y.json"]), "x") == "/tmp/y.json"
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    assert "benchmarks/out/" in (ROOT / ".gitignore").read_text().split()
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "benchmarks").glob("*.py")
+                                          if p.name not in ("common.py", "systems.py")))
+def test_every_benchmark_explains_every_option(script):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--help"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    start = lines.index("options:")
+    described = 0
+    for i, line in enumerate(lines[start + 1:], start + 1):
+        if not line.startswith("  -"):
+            continue
+        # the option's help is on its line (after two spaces) or on the next, indented deeper
+        own = line.strip().split("  ", 1)
+        nxt = lines[i + 1] if i + 1 < len(lines) else ""
+        assert len(own) == 2 and own[1].strip() or nxt.startswith("      "), (script, line)
+        described += 1
+    assert described >= 3 and "--save" in proc.stdout
 
 
 def _load_script():
@@ -88,3 +131,42 @@ def test_unknown_system_is_refused():
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "unknown system" in proc.stderr
+
+
+def test_variants_quick_run_writes_every_study(tmp_path):
+    """benchmarks/variants.py --quick on the built-in synthetic digits: every variant trained
+    and scored, the SNR of both estimators at every k, both samplers judged, both pictures."""
+    out = tmp_path / "variants.json"
+    env = dict(os.environ, SCRATCHVAE_BACKEND="numpy", PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "variants.py"), "--quick", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    rec = json.loads(out.read_text())
+    assert rec["benchmark"] == "variants" and rec["config"]["quick"] is True
+    assert rec["data"] == {"name": "synthetic-digits", "train": 1000, "test": 200}
+    runs = {r["variant"]: r for r in rec["runs"]}
+    assert set(runs) == {"standard", "vamp", "flow", "iwae", "dreg"}
+    for name, r in runs.items():
+        assert r["seed"] == 1 and len(r["history"]) == 1
+        # the bound is below the ELBO's estimate of -log p(x) and both are sensible numbers of nats
+        assert 0 < -r["log_px"] < r["test"]["total"] < 800, (name, r)
+        assert "scratchvae train --dataset synthetic-digits" in r["command"]
+    assert "--prior vamp --pseudo-inputs 20" in runs["vamp"]["command"]
+    assert "--iw-samples 5 --iw-gradient dreg" in runs["dreg"]["command"]
+    snr = rec["snr"]["rows"]
+    assert sorted((r["k"], r["estimator"]) for r in snr) == [(k, e) for k in (1, 5, 50) for e in ("dreg", "iwae")]
+    for r in snr:
+        assert r["encoder"]["median"] > 0 and r["decoder"]["elements"] > 0
+    sampler = rec["sampler"]
+    assert 0.5 < sampler["classifier_accuracy"] <= 1
+    (seed,) = sampler["seeds"]
+    for name in ("prior", "gmm"):
+        assert seed[name]["frechet"] > sampler["real_images"]["frechet"] >= 0
+        assert sum(seed[name]["class_counts"]) == 300
+    if importlib.util.find_spec("matplotlib"):
+        assert set(sampler["pictures"]) == {"prior", "gmm"}
+        for path in sampler["pictures"].values():
+            assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    else:
+        assert sampler["pictures"] is None
+    assert "| standard VAE |" in proc.stdout and "| N(0, I) |" in proc.stdout

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 import scratchvae as sv
-from scratchvae.inference.complete import (Mask, cvae_complete, gibbs_complete, mean_image_complete, missing_pixel_errors,
-                                 nearest_neighbour_complete, observed_context)
+from scratchvae.inference.complete import (Mask, compare, cvae_complete, gibbs_complete, mean_image_complete,
+                                           missing_pixel_errors, nearest_neighbour_complete, observed_context)
 
 
 def test_masks_have_the_promised_shape():
@@ -94,6 +94,20 @@ def test_cvae_completion_uses_the_observed_context():
         cvae_complete(sv.VAE(16, [8], 2, context_dim=10), x, missing, rng)
     with pytest.raises(ValueError, match="plain VAE"):
         gibbs_complete(model, x, missing, rng)
+
+
+def test_a_flow_model_completes_by_pseudo_gibbs_only():
+    """The Metropolis ratio needs q(z|x) at the chain's state: a planar flow's needs its inverse."""
+    rng = np.random.default_rng(5)
+    model = sv.VAE(16, [8], 2, seed=1, flow="planar:2")
+    x = rng.random((3, 16)).astype(np.float32)
+    missing = Mask.parse("random:0.5").sample(rng, 3, (4, 4))
+    with pytest.raises(ValueError, match="pseudo-Gibbs"):
+        gibbs_complete(model, x, missing, rng, steps=4, burn_in=1)
+    results = compare(model, x, x, missing, rng, steps=4, burn_in=1)
+    assert "pseudo-Gibbs" in results and "Metropolis-within-Gibbs" not in results
+    done = results["pseudo-Gibbs"][0]
+    np.testing.assert_array_equal(done[~missing], x[~missing])
 
 
 def test_baselines_and_metrics():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import scratchvae as sv
-from scratchvae.data.datasets import one_hot
+from scratchvae.model.layers import one_hot
 
 
 @pytest.mark.usefixtures("backend")

@@ -9,6 +9,11 @@ NaN/inf, errors, per-thread buffers, and the vectorised kernel in the machine
 code. Compiles four specialisations (serial and parallel, float32 and
 float64): about 16 s the first time, then Numba's cache loads them in 0.4 s.
 """
+import os
+import re
+import subprocess
+import sys
+import textwrap
 import threading
 
 import numpy as np
@@ -230,12 +235,79 @@ def _cpu_flags():
     return set()
 
 
-def test_the_micro_kernel_is_vectorised():
-    """The register tile compiles to packed FMAs on vector registers (a fresh
-    compile of the blocked product, about 2 s)."""
-    if not {"avx2", "fma"} <= _cpu_flags():
-        pytest.skip("needs an x86 CPU with AVX2 and FMA")
-    asm = G.kernel_asm(np.float32)
-    fmas = [line.split() for line in asm.splitlines() if "vfmadd" in line]
-    packed = [f for f in fmas if f[0].endswith("ps") and any(r in f[-1] for r in ("ymm", "zmm"))]
-    assert len(packed) >= 2 * 12, f"expected the 12-accumulator loops as packed FMAs, found {len(packed)}"
+def _vector_ops(asm):
+    """(multiply-add lines, the register classes they use) of a float32 product's machine code."""
+    ops = [line for line in asm.splitlines() if re.search(r"\b(vfmadd\w*ps|v?mulps|v?addps)\b", line)]
+    return ops, {r for line in ops for r in re.findall(r"%([xyz]mm)\d+", line)}
+
+
+def test_the_micro_kernel_is_vectorised_for_this_cpu():
+    """The register tile compiles to packed FMAs on the vector registers of the ISA chosen
+    here (a fresh compile of the blocked product, about 2 s)."""
+    assert G.ISA == G.target_isa()
+    assert T32["lanes"] == G.ISA_BITS[G.ISA] // 32 and T32["NR"] == 2 * T32["lanes"]
+    ops, regs = _vector_ops(G.kernel_asm(np.float32))
+    assert len(ops) >= 2 * 12, f"expected the 12-accumulator loops as packed FMAs, found {len(ops)}"
+    assert regs == {{"avx512": "zmm", "avx2": "ymm", "sse": "xmm"}[G.ISA]}, regs
+
+
+# each path compiled for a CPU that has it (LLVM cross-compiles; nothing of it runs here):
+# znver4 has AVX-512 without the 256-bit preference LLVM gives Intel's AVX-512 cores
+PATHS = [("avx512", "znver4", "zmm", 32), ("avx2", "haswell", "ymm", 16), ("sse", "x86-64", "xmm", 8)]
+
+
+@pytest.mark.parametrize("isa,cpu,register,nr", PATHS, ids=[p[0] for p in PATHS])
+def test_each_isa_path_emits_its_vector_registers(isa, cpu, register, nr):
+    code = textwrap.dedent("""
+        import re, numpy as np
+        from scratchvae.kernels import gemm_numba as G
+        asm = G.kernel_asm(np.float32)
+        ops = [l for l in asm.splitlines() if re.search(r"\\b(vfmadd\\w*ps|v?mulps|v?addps)\\b", l)]
+        print(G.ISA, G.tiling(np.float32)["NR"], len(ops), " ".join(sorted({r for l in ops for r in re.findall(r"%([xyz]mm)\\d+", l)})))
+    """)
+    # an empty NUMBA_CPU_FEATURES takes the named CPU's own features, not the host's
+    env = dict(os.environ, SCRATCHVAE_GEMM_ISA=isa, NUMBA_CPU_NAME=cpu, NUMBA_CPU_FEATURES="")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    got_isa, got_nr, n_ops, regs = r.stdout.split(maxsplit=3)
+    assert (got_isa, int(got_nr)) == (isa, nr)
+    assert int(n_ops) >= 2 * 12 and regs.split() == [register], r.stdout
+
+
+def test_a_narrower_forced_isa_computes_the_same_product():
+    """SSE (128-bit) runs on every x86-64: the forced path is correct here, not only compiled."""
+    code = textwrap.dedent("""
+        import numpy as np
+        from scratchvae.kernels import gemm_numba as G
+        rng = np.random.default_rng(0)
+        worst = 0.0
+        for m, k, n in [(1, 1, 1), (7, 9, 17), (13, 15, 4), (128, 400, 20), (61, 257, 33)]:
+            for ta in (False, True):
+                for tb in (False, True):
+                    a = rng.standard_normal((k, m) if ta else (m, k)).astype(np.float32)
+                    b = rng.standard_normal((n, k) if tb else (k, n)).astype(np.float32)
+                    want = (a.T if ta else a) @ (b.T if tb else b)
+                    got = G.gemm(a, b, trans_a=ta, trans_b=tb)
+                    worst = max(worst, float(np.abs(got - want).max() / np.abs(want).max()))
+        print(G.ISA, G.tiling(np.float32)["NR"], worst)
+    """)
+    env = dict(os.environ, SCRATCHVAE_GEMM_ISA="sse")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    isa, nr, worst = r.stdout.split()
+    assert (isa, nr) == ("sse", "8") and float(worst) < 1e-5
+
+
+def test_a_bad_forced_isa_is_refused():
+    env = dict(os.environ, SCRATCHVAE_GEMM_ISA="avx1024")
+    r = subprocess.run([sys.executable, "-c", "import scratchvae.kernels.gemm_numba"], capture_output=True,
+                       text=True, timeout=120, env=env)
+    assert r.returncode != 0 and "SCRATCHVAE_GEMM_ISA must be one of avx512, avx2, sse" in r.stderr
+
+
+def test_the_cache_blocks_follow_the_cache_sizes():
+    sizes, lanes = G.CACHE_SIZES, T32["lanes"]
+    assert T32["KC"] * T32["NR"] * 4 <= sizes["L1d"] // 2
+    assert T32["MC"] * T32["KC"] * 4 <= sizes["L2"] // 3 and T32["MC"] % G.MR == 0
+    assert T32["KC"] * T32["NC"] * 4 <= sizes["L3"] // 8 and T32["NC"] % T32["NR"] == 0
+    assert lanes in (4, 8, 16)

@@ -144,3 +144,66 @@ def test_the_gemm_is_chosen_when_the_backend_is_set_not_at_import(monkeypatch):
         assert "BLAS" in sv.describe()["gemm"]
     finally:
         kernels.set_backend(before)
+
+
+def _params_after_steps(gemm, threads, steps=3):
+    import numba
+    before = (kernels.get_backend(), kernels.get_gemm(), numba.get_num_threads())
+    kernels.set_backend("numba", gemm=gemm)
+    numba.set_num_threads(threads)
+    try:
+        model = sv.VAE(784, [400], 20, seed=0)
+        opt = sv.Adam(model.params, max_grad_norm=50.0)
+        rng = np.random.default_rng(0)
+        x = rng.random((128, 784), dtype=np.float32)
+        for _ in range(steps):
+            opt.step(model.loss_and_grads(x, rng=rng)[1])
+        return model.flat_params.copy(), sv.describe()
+    finally:
+        numba.set_num_threads(before[2])
+        kernels.set_backend(*before[:2])
+
+
+def test_one_pool_for_the_whole_step_gives_the_same_bits_for_any_thread_count():
+    """With the hand-written GEMM every large kernel runs in Numba's pool; each splits
+    its work so that every number is computed as the serial kernel computes it."""
+    one, info = _params_after_steps("numba", 1)
+    two, _ = _params_after_steps("numba", 2)
+    again, _ = _params_after_steps("numba", 2)
+    assert info["kernels_parallel"] is True and "gemm_numba" in info["gemm"]
+    from scratchvae.kernels import gemm_numba
+    tile = gemm_numba.tiling(np.float32)
+    assert info["gemm_isa"] == gemm_numba.ISA in ("avx512", "avx2", "sse")
+    assert info["gemm_tile_float32"] == f"6x{tile['NR']} ({tile['lanes']} lanes)"
+    np.testing.assert_array_equal(one, two)
+    np.testing.assert_array_equal(two, again)
+
+
+def test_the_pool_kernels_conform_to_the_reference():
+    from scratchvae.kernels import numba as backend
+    before = (kernels.get_backend(), kernels.get_gemm())
+    kernels.set_backend("numba", gemm="numba")
+    try:
+        assert backend.POOL
+        report = sv.check_backend(backend, verbose=False)
+    finally:
+        kernels.set_backend(*before)
+    assert report.ok, str(report)
+    assert not backend.POOL or before[1] == "numba"          # BLAS products: serial kernels again
+
+
+def test_with_blas_the_same_thread_count_gives_the_same_bits():
+    code = """
+        import numpy as np, scratchvae as sv
+        sv.set_backend("numba")
+        m = sv.VAE(784, [400], 20, seed=0); opt = sv.Adam(m.params); rng = np.random.default_rng(0)
+        x = rng.random((128, 784), dtype=np.float32)
+        for _ in range(3):
+            opt.step(m.loss_and_grads(x, rng=rng)[1])
+        print(sv.describe()["kernels_parallel"], m.flat_params.astype(np.float64).sum().hex(),
+              float(np.abs(m.flat_params).max()))
+    """
+    runs = [_run(code, OPENBLAS_NUM_THREADS="2", OMP_NUM_THREADS="2", SCRATCHVAE_GEMM="blas") for _ in range(2)]
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr
+    assert runs[0].stdout.split()[0] == "False"
+    assert runs[0].stdout == runs[1].stdout

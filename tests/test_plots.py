@@ -232,6 +232,14 @@ def test_samples_are_decoded_prior_draws(tmp_path, figures, models):
     np.testing.assert_array_equal(canvas, plots.tile(expected, (6, 6), 4))
 
 
+def test_samples_of_a_vampprior_model_are_drawn_from_it(tmp_path, figures):
+    model = sv.VAE(36, [8], 2, seed=1, prior="vamp", pseudo_inputs=3)
+    plots.samples(model, np.random.default_rng(7), (6, 6), tmp_path / "s.png", n=4)
+    canvas, title = drawn_image(figures[-1])
+    assert "VampPrior" in title and "N(0, I)" not in title
+    np.testing.assert_array_equal(canvas, plots.tile(model.sample(4, np.random.default_rng(7)), (6, 6), 2))
+
+
 def test_manifold_decodes_the_prior_quantile_grid(tmp_path, figures, models):
     model, n = models[2], 5
     out = plots.manifold(model, (6, 6), tmp_path / "m.png", n=n)

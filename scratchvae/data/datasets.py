@@ -20,6 +20,7 @@ And ``synthetic-digits``, generated in memory by
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import zipfile
 from dataclasses import dataclass, field
@@ -252,12 +253,27 @@ class Dataset:
         """``d``, the number of values per example (784 for 28x28 images)."""
         return int(self.x_train.shape[1])
 
+    def fingerprint(self) -> Dict[str, dict]:
+        """``{"train": ..., "test": ...}``, each split's :func:`fingerprint`."""
+        return {"train": fingerprint(self.x_train, self.y_train), "test": fingerprint(self.x_test, self.y_test)}
+
     def __repr__(self) -> str:
         def lab(y: Optional[np.ndarray]) -> str:
             return "None" if y is None else f"int64{y.shape}"
         return (f"Dataset(name={self.name!r}, x_train=float32{self.x_train.shape}, "
                 f"y_train={lab(self.y_train)}, x_test=float32{self.x_test.shape}, "
                 f"y_test={lab(self.y_test)}, image_shape={self.image_shape})")
+
+
+def fingerprint(x: np.ndarray, y: Optional[np.ndarray] = None) -> dict:
+    """``{"shape": [n, d], "sha256": hex}``: x's shape and a SHA-256 of its
+    bytes (C order) followed by the labels' (int64), if any. Two splits with
+    the same fingerprint hold the same data; it takes about 0.15 s for
+    60,000 x 784 float32 values."""
+    digest = hashlib.sha256(np.ascontiguousarray(x).data)
+    if y is not None:
+        digest.update(np.ascontiguousarray(y, np.int64).data)
+    return {"shape": [int(s) for s in x.shape], "sha256": digest.hexdigest()}
 
 
 # ---------------------------------------------------------------------------
@@ -378,7 +394,8 @@ def find_dataset(name: str, data_dir: Optional[os.PathLike] = None) -> Path:
 
 
 def _read_split(name: str, files: Dict[str, Path], prefix: str) -> Tuple[np.ndarray, np.ndarray]:
-    """Read one split: images float32 (n, 784) in [0, 1], labels int64 (n,)."""
+    """Read one split: images float32 (n, 784) in [0, 1], labels int64 (n,) in
+    [0, number of classes); at least one image."""
     img_path = files[f"{prefix}-images-idx3-ubyte.gz"]
     lab_path = files[f"{prefix}-labels-idx1-ubyte.gz"]
     fix = (f"Replace the file: `scratchvae download {name}` fetches and verifies "
@@ -396,6 +413,12 @@ def _read_split(name: str, files: Dict[str, Path], prefix: str) -> Tuple[np.ndar
     if images.shape[0] != labels.shape[0]:
         raise IDXError(f"{img_path} has {images.shape[0]} images but {lab_path} has "
                        f"{labels.shape[0]} labels. {fix}")
+    if images.shape[0] == 0:
+        raise IDXError(f"{img_path}: holds no images (its header says 0). {fix}")
+    n_classes = len(DATASETS[name].classes)
+    if labels.max() >= n_classes:
+        raise IDXError(f"{lab_path}: labels must lie in 0-{n_classes - 1} ({name} has {n_classes} classes), "
+                       f"found {labels.max()}. {fix}")
     x = images.reshape(images.shape[0], -1).astype(np.float32)
     x /= np.float32(255.0)
     return x, labels.astype(np.int64)
@@ -575,15 +598,3 @@ def binarize(x: np.ndarray, rng: np.random.Generator, out: Optional[np.ndarray] 
     u_dtype = np.float32 if x.dtype == np.float32 else np.float64
     u = rng.random(None if scratch is not None else x.shape, dtype=u_dtype, out=scratch)
     return np.less(u, x, out=np.empty_like(x) if out is None else out)
-
-
-def one_hot(labels: np.ndarray, n_classes: int, dtype=np.float32) -> np.ndarray:
-    """Integer labels (n,) in [0, n_classes) -> (n, n_classes) rows of one 1 and zeros."""
-    labels = np.asarray(labels)
-    if labels.ndim != 1 or labels.dtype.kind not in "iu":
-        raise ValueError(f"labels must be a 1-D integer array, got {labels.dtype} of shape {labels.shape}")
-    if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
-        raise ValueError(f"labels must lie in [0, {n_classes}), got [{labels.min()}, {labels.max()}]")
-    out = np.zeros((len(labels), n_classes), dtype)
-    out[np.arange(len(labels)), labels] = 1
-    return out

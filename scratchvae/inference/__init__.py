@@ -1,3 +1,4 @@
 """Inference with a trained model: evaluation (ELBO, importance-weighted
-log p(x), active units) and completion of missing pixels. Both use the
-model's public API only."""
+log p(x), active units), completion of missing pixels, a Gaussian-mixture
+sampler of codes (``gmm``) and sample quality judged by a classifier trained
+on the real images (``quality``). They use the model's public API only."""

@@ -103,6 +103,9 @@ def gibbs_complete(model, x, missing, rng: np.random.Generator, steps: int = 200
                          "context (complete.cvae_complete)")
     if not (0 <= burn_in < steps):
         raise ValueError(f"need 0 <= burn_in < steps, got burn_in={burn_in}, steps={steps}")
+    if metropolis and model.flow_layers:
+        raise ValueError("the Metropolis ratio needs q(z|x) at the chain's state, and a planar flow's density "
+                         "at a given z needs its inverse: complete a flow model by pseudo-Gibbs (metropolis=False)")
     x, missing = _check(model, x, missing)
     x_hat = np.where(missing, np.asarray(init, model.dtype), x).astype(model.dtype)
     lik = model.likelihood_params
@@ -183,8 +186,9 @@ def missing_pixel_errors(x_true, x_completed, missing):
 def compare(model, x_train, x, missing, rng: np.random.Generator, steps: int = 200, burn_in: int = 50):
     """Every completion that applies to ``model``, with the two baselines.
 
-    A plain VAE gets pseudo-Gibbs and Metropolis-within-Gibbs; a completion
-    CVAE (context ``[x * (1 - m), m]``) its own completion. Returns
+    A plain VAE gets pseudo-Gibbs and Metropolis-within-Gibbs (pseudo-Gibbs
+    alone with a flow on q); a completion CVAE (context ``[x * (1 - m), m]``)
+    its own completion. Returns
     ``{method: (completed (n, d), {"bce", "mse"}, note)}``.
     """
     fills = {"training mean image": (mean_image_complete(x_train, x, missing), ""),
@@ -192,7 +196,8 @@ def compare(model, x_train, x, missing, rng: np.random.Generator, steps: int = 2
     if model.context_dim:
         fills["conditional VAE"] = (cvae_complete(model, x, missing, rng), "")
     else:
-        for name, metropolis in (("pseudo-Gibbs", False), ("Metropolis-within-Gibbs", True)):
+        methods = [("pseudo-Gibbs", False)] + ([] if model.flow_layers else [("Metropolis-within-Gibbs", True)])
+        for name, metropolis in methods:
             done, acceptance = gibbs_complete(model, x, missing, rng, steps, burn_in, metropolis)
             fills[name] = (done, f"acceptance {acceptance:.2f}" if metropolis else "")
     return {name: (done, missing_pixel_errors(x, done, missing), note) for name, (done, note) in fills.items()}

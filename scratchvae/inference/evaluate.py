@@ -17,8 +17,9 @@ def elbo(model: VAE, x: np.ndarray, rng: np.random.Generator, batch_size: int = 
     Returns ``{"total", "nll", "kl"}`` in nats per example with beta = 1:
     ``total = nll + kl`` is the loss the PyTorch reference VAE reports as
     "test set loss". ``nll`` uses z sampled from q(z|x) (``n_samples`` draws
-    per example, averaged); ``kl`` is analytic. ``c``: (n, m), the contexts
-    of a conditional model.
+    per example, averaged); ``kl`` is analytic, or with a flow or the
+    VampPrior its estimate at those z (``VAE.analytic_kl``). ``c``: (n, m),
+    the contexts of a conditional model.
     """
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")

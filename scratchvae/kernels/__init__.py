@@ -252,6 +252,8 @@ def set_backend(name: str, gemm: Optional[str] = None) -> None:
     for k in CONTRACT:
         setattr(ops, k, getattr(module, k))
     ops.gemm = gemm_fn
+    if hasattr(module, "bind_gemm"):        # a backend that runs its kernels where the products run
+        module.bind_gemm(gemm)
     _active.update(backend=name, gemm=gemm, module=module)
 
 
@@ -260,6 +262,12 @@ def get_backend() -> str:
     if _active["backend"] is None:
         set_backend(default_backend())
     return _active["backend"]
+
+
+def get_gemm() -> Optional[str]:
+    """The name in :data:`GEMMS` the products come from, or None for the backend's own."""
+    get_backend()
+    return _active["gemm"]
 
 
 def active_module() -> types.ModuleType:
@@ -291,6 +299,10 @@ def describe() -> dict:
     info = {"backend": get_backend()}
     if hasattr(module, "describe"):
         info.update(module.describe())
+    if _active["gemm"] is not None:
+        gemm_module = _import(GEMMS[_active["gemm"]], "gemm")
+        if hasattr(gemm_module, "describe"):
+            info.update(gemm_module.describe())
     # the GEMM that runs: the one chosen, else the backend's own, named when it is one of GEMMS
     gemm = _active["gemm"] or {path: key for key, path in GEMMS.items()}.get(getattr(ops.gemm, "__module__", None))
     info["gemm"] = GEMM_LABELS[gemm] if gemm else info.get("gemm", "the backend's own")

@@ -68,6 +68,7 @@ loop allocates nothing here except ``out`` when it is not given.
 """
 from __future__ import annotations
 
+import os
 import threading
 
 import numba
@@ -79,17 +80,108 @@ from numba.extending import intrinsic
 
 from . import FASTMATH
 
-__all__ = ["gemm", "gemm_parallel", "gemm_serial", "kernel_asm", "tiling"]
+__all__ = ["gemm", "gemm_parallel", "gemm_serial", "kernel_asm", "tiling", "describe", "ISA"]
 
-_JIT = {"cache": True, "fastmath": set(FASTMATH), "boundscheck": False, "nogil": True, "error_model": "numpy"}
+# --------------------------------------------------------------------------
+# The instruction set and the caches: the register tile and the block sizes
+# --------------------------------------------------------------------------
+
+#: vector register width in bits of each instruction set the micro-kernel targets
+ISA_BITS = {"avx512": 512, "avx2": 256, "sse": 128}
+
+
+def target_isa() -> str:
+    """The widest vectors Numba compiles for here: ``avx512`` (avx512f), ``avx2``
+    (avx2 and fma), else ``sse`` (128-bit vectors: SSE2 on x86-64, NEON on ARM).
+
+    Read from the features Numba targets (``NUMBA_CPU_FEATURES`` if set, else
+    the host's as LLVM sees them), so ``NUMBA_CPU_NAME=generic`` gives ``sse``.
+    """
+    from llvmlite import binding
+    if numba.config.CPU_FEATURES:
+        features = {f[1:] for f in numba.config.CPU_FEATURES.split(",") if f.startswith("+")}
+    elif numba.config.CPU_NAME in (None, "host"):
+        features = {k for k, on in binding.get_host_cpu_features().items() if on}
+    else:
+        features = set()
+    if "avx512f" in features:
+        return "avx512"
+    if {"avx2", "fma"} <= features:
+        return "avx2"
+    return "sse"
+
+
+def _isa() -> str:
+    forced = os.environ.get("SCRATCHVAE_GEMM_ISA")
+    if forced and forced not in ISA_BITS:
+        raise ValueError(f"SCRATCHVAE_GEMM_ISA must be one of {', '.join(ISA_BITS)}, got {forced!r}")
+    return forced or target_isa()
+
+
+#: the instruction set of the micro-kernel, fixed when this module is imported
+#: (``$SCRATCHVAE_GEMM_ISA`` forces one: the tests compile every path here)
+ISA = _isa()
+
+# Numba's on-disk cache is keyed by the CPU it compiled for, not by the tile
+# this module chose: a forced ISA compiles in memory, so that no later process
+# loads code built for another tile.
+_JIT = {"cache": ISA == target_isa(), "fastmath": set(FASTMATH), "boundscheck": False, "nogil": True,
+        "error_model": "numpy"}
 
 #: rows of the register tile (both dtypes)
 MR = 6
+
+
+def _cache_sizes() -> dict:
+    """L1 data, L2 and L3 sizes in bytes of CPU 0 (Linux sysfs; typical sizes elsewhere)."""
+    sizes = {"L1d": 32 << 10, "L2": 512 << 10, "L3": 8 << 20}
+    root = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        entries = os.listdir(root)
+    except OSError:
+        return sizes
+    for entry in entries:
+        try:
+            with open(os.path.join(root, entry, "level")) as f:
+                level = int(f.read())
+            with open(os.path.join(root, entry, "type")) as f:
+                kind = f.read().strip()
+            with open(os.path.join(root, entry, "size")) as f:
+                text = f.read().strip()
+        except (OSError, ValueError):
+            continue
+        scale = {"K": 1 << 10, "M": 1 << 20}.get(text[-1:], 1)
+        size = int(text.rstrip("KM")) * scale
+        if level == 1 and kind == "Data":
+            sizes["L1d"] = size
+        elif level in (2, 3) and kind == "Unified":
+            sizes[f"L{level}"] = size
+    return sizes
+
+
+CACHE_SIZES = _cache_sizes()
+
+
+def _tiling_for(dtype) -> tuple:
+    """``(lanes, NR, MC, KC, NC)`` for ``dtype`` on this ISA and these caches.
+
+    Register tile: MR x NR with NR = two vectors (6 x 16 float32 on AVX2,
+    6 x 32 on AVX-512). Cache blocks: a KC x NR strip of B fills half the L1
+    (KC at most 256); a packed MC x KC block of A about 2/7 of the L2 (144 KiB
+    of 512 for float32 on AVX2), leaving room for the B strips and C tiles
+    that stream through; KC x NC of B an eighth of the L3.
+    """
+    itemsize = np.dtype(dtype).itemsize
+    lanes = ISA_BITS[ISA] // (8 * itemsize)
+    nr = 2 * lanes
+    kc = max(lanes, min(256, CACHE_SIZES["L1d"] // (2 * nr * itemsize)))
+    mc = max(MR, int(CACHE_SIZES["L2"] / (3.5 * kc * itemsize)) // MR * MR)
+    nc = max(nr, CACHE_SIZES["L3"] // (8 * kc * itemsize) // nr * nr)
+    return lanes, nr, mc, kc, nc
+
+
 #: per dtype: (vector lanes, NR columns of the register tile, MC, KC, NC)
-_TILING = {
-    np.dtype(np.float32): (8, 16, 144, 256, 4096),
-    np.dtype(np.float64): (4, 8, 96, 192, 2048),
-}
+_TILING = {np.dtype(t): _tiling_for(t) for t in (np.float32, np.float64)}
 
 #: :func:`gemm` uses the threaded version from this many FLOP (2 m n k) on.
 #: Measured on 2 cores: the split costs about 2 us (Numba's pool wakes up) and
@@ -99,13 +191,22 @@ PARALLEL_MIN_FLOP = 2_000_000
 
 
 def tiling(dtype) -> dict:
-    """The block sizes used for ``dtype``: ``{"MR", "NR", "MC", "KC", "NC"}``."""
+    """The block sizes used for ``dtype``: ``{"MR", "NR", "MC", "KC", "NC", "lanes"}``."""
     lanes, nr, mc, kc, nc = _TILING[np.dtype(dtype)]
     return {"MR": MR, "NR": nr, "MC": mc, "KC": kc, "NC": nc, "lanes": lanes}
 
 
+def describe() -> dict:
+    """What this GEMM runs with: instruction set, register tile, cache blocks, threads."""
+    t = tiling(np.float32)
+    return {"gemm": "scratchvae gemm_numba (Numba)", "gemm_isa": ISA, "gemm_target_isa": target_isa(),
+            "gemm_tile_float32": f"{MR}x{t['NR']} ({t['lanes']} lanes)",
+            "gemm_blocks_float32": {k: t[k] for k in ("MC", "KC", "NC")}, "cache_sizes": CACHE_SIZES,
+            "gemm_threads": numba.get_num_threads(), "gemm_parallel_min_flop": PARALLEL_MIN_FLOP}
+
+
 # --------------------------------------------------------------------------
-# The micro-kernel (LLVM IR) and the compile-time block sizes
+# The micro-kernel (LLVM IR) and the compile-time register tile
 # --------------------------------------------------------------------------
 
 def _float_tiling(typingctx, dtype):
@@ -117,16 +218,17 @@ def _float_tiling(typingctx, dtype):
 
 
 @intrinsic
-def _blocking(typingctx, arr):
-    """``(lanes, NR, MC, KC, NC)`` for the dtype of ``arr``, as compile-time constants."""
+def _register_tile(typingctx, arr):
+    """``(lanes, NR)`` for the dtype of ``arr``, as compile-time constants (the
+    cache blocks MC, KC, NC are run-time arguments)."""
     t = _float_tiling(typingctx, getattr(arr, "dtype", None))
     if t is None:
         return None
-    sig = types.UniTuple(types.intp, 5)(arr)
+    sig = types.UniTuple(types.intp, 2)(arr)
 
     def codegen(context, builder, signature, args):
         intp = context.get_value_type(types.intp)
-        vals = [intp(v) for v in t]
+        vals = [intp(v) for v in t[:2]]
         return context.make_tuple(builder, signature.return_type, vals)
 
     return sig, codegen
@@ -474,10 +576,11 @@ def _pack_b(b, trans_b, p0, kc, j0, nc, buf, nr, lanes):
 # --------------------------------------------------------------------------
 
 @njit(**_JIT)
-def _gemm_block(a, b, c, ws, flags, i_lo, i_hi, j_lo, j_hi):
+def _gemm_block(a, b, c, ws, flags, i_lo, i_hi, j_lo, j_hi, blocks):
     """``c[i_lo:i_hi, j_lo:j_hi] (+)= op(a)[i_lo:i_hi, :] @ op(b)[:, j_lo:j_hi]``.
 
     ``flags``: bit 0 transposes a, bit 1 transposes b, bit 2 accumulates.
+    ``blocks``: the cache blocks ``(MC, KC, NC)``.
     ``ws`` is this thread's workspace (:func:`_workspace_size` elements):
     the scratch tile, packed A, then packed B.
 
@@ -489,7 +592,8 @@ def _gemm_block(a, b, c, ws, flags, i_lo, i_hi, j_lo, j_hi):
     trans_a = (flags & 1) != 0
     trans_b = (flags & 2) != 0
     accumulate = (flags & 4) != 0
-    lanes, nr, mc_max, kc_max, nc_max = _blocking(c)
+    lanes, nr = _register_tile(c)
+    mc_max, kc_max, nc_max = blocks
     k = a.shape[0] if trans_a else a.shape[1]
     m = i_hi - i_lo
     n = j_hi - j_lo
@@ -612,25 +716,25 @@ def _overlap(x, y):
 
 
 @njit(**_JIT)
-def _gemm_serial(a, b, c, ws, flags, nthreads, split_n):
+def _gemm_serial(a, b, c, ws, flags, nthreads, split_n, blocks):
     """The product on this thread, in ``nthreads`` strips; 1 if ``c`` overlaps an input."""
     if _overlap(c, a) or _overlap(c, b):
         return 1
     # the same argument types as _gemm_parallel: _gemm_block compiles once
     for t in range(nthreads):
-        i_lo, i_hi, j_lo, j_hi = _strip_bounds(c.shape[0], c.shape[1], _blocking(c)[1], t, nthreads, split_n)
-        _gemm_block(a, b, c, ws[t], flags, i_lo, i_hi, j_lo, j_hi)
+        i_lo, i_hi, j_lo, j_hi = _strip_bounds(c.shape[0], c.shape[1], _register_tile(c)[1], t, nthreads, split_n)
+        _gemm_block(a, b, c, ws[t], flags, i_lo, i_hi, j_lo, j_hi, blocks)
     return 0
 
 
 @njit(parallel=True, **_JIT)
-def _gemm_parallel(a, b, c, ws, flags, nthreads, split_n):
+def _gemm_parallel(a, b, c, ws, flags, nthreads, split_n, blocks):
     """One strip per thread; 1 if ``c`` overlaps an input."""
     if _overlap(c, a) or _overlap(c, b):
         return 1
     for t in prange(nthreads):
-        i_lo, i_hi, j_lo, j_hi = _strip_bounds(c.shape[0], c.shape[1], _blocking(c)[1], t, nthreads, split_n)
-        _gemm_block(a, b, c, ws[t], flags, i_lo, i_hi, j_lo, j_hi)
+        i_lo, i_hi, j_lo, j_hi = _strip_bounds(c.shape[0], c.shape[1], _register_tile(c)[1], t, nthreads, split_n)
+        _gemm_block(a, b, c, ws[t], flags, i_lo, i_hi, j_lo, j_hi, blocks)
     return 0
 
 
@@ -737,9 +841,9 @@ def _run(a, b, out, trans_a, trans_b, accumulate, threads):
         # the widest strip (see _strip_bounds) sizes the packed B
         tiles = -(-n // nr)
         ws = _workspace(dtype, threads, -(-tiles // threads) * nr if split_n else n)
-        status = _gemm_parallel(a, b, out, ws, flags, threads, split_n)
+        status = _gemm_parallel(a, b, out, ws, flags, threads, split_n, _TILING[dtype][2:])
     else:
-        status = _gemm_serial(a, b, out, _workspace(dtype, 1, n), flags, 1, True)
+        status = _gemm_serial(a, b, out, _workspace(dtype, 1, n), flags, 1, True, _TILING[dtype][2:])
     if status:
         raise ValueError("gemm: out must not overlap a or b")
     return out
@@ -778,16 +882,17 @@ def gemm_parallel(a, b, out=None, trans_a=False, trans_b=False, accumulate=False
 
 def kernel_asm(dtype=np.float32) -> str:
     """The machine code of the blocked product for ``dtype``, compiled afresh
-    (Numba shows no code it loaded from its cache).
+    for the CPU Numba targets (Numba shows no code it loaded from its cache).
 
-    The micro-kernel is the loop of ``vbroadcastss`` and ``vfmadd231ps`` on
-    ``ymm`` registers (AVX2; ``zmm`` with AVX-512): twelve accumulators,
-    no stack traffic.
+    The micro-kernel is a loop of broadcasts (``vbroadcastss``) and fused
+    multiply-adds (``vfmadd231ps``) with twelve accumulators and no stack
+    traffic: on ``zmm`` registers for :data:`ISA` ``avx512``, ``ymm`` for
+    ``avx2``; ``sse`` has no FMA and multiplies and adds ``xmm`` registers.
     """
     dtype = np.dtype(dtype)
     opts = dict(_JIT, cache=False)
     fn = njit(**opts)(_gemm_block.py_func)
     arr2 = numba.from_dtype(dtype)[:, ::1]
-    sig = (arr2, arr2, arr2, numba.from_dtype(dtype)[::1]) + (types.int64,) * 5
+    sig = (arr2, arr2, arr2, numba.from_dtype(dtype)[::1]) + (types.int64,) * 5 + (types.UniTuple(types.int64, 3),)
     fn.compile(sig)
     return fn.inspect_asm(sig)

@@ -12,8 +12,15 @@ live in ``_``-prefixed ``@njit`` functions. What is fused:
   one-sample estimate together;
 * ``adam_update``: one sweep over the flat parameter buffer.
 
-The products come from NumPy's BLAS (``gemm``); ``set_backend("numba",
-gemm="numba")`` takes them from the hand-written ``gemm_numba.py``.
+The products come from NumPy's BLAS (``gemm``), and the kernels run on the
+calling thread: BLAS already uses every core, and a second thread pool
+spinning beside OpenBLAS's made steps several times slower on 2 cores.
+``set_backend("numba", gemm="numba")`` takes the products from the
+hand-written ``gemm_numba.py`` instead, which runs in Numba's own thread
+pool; then the large kernels run in that same pool too (``POOL``): one pool
+for the whole step. Each parallel kernel splits its work so that every
+number is computed as the serial kernel computes it (rows for per-row sums,
+column blocks for column sums), so results do not depend on the thread count.
 
 Compilation: ``cache=True`` (compiled code is kept on disk and reloaded in
 later processes). Numba writes the cache next to this file, or, where that
@@ -44,17 +51,37 @@ repeat_rows = numpy_backend.repeat_rows
 sum_squares = numpy_backend.sum_squares
 
 
-def _jit(inline=False):
+#: run the large kernels in Numba's thread pool (set when the products come from
+#: gemm_numba, which runs there too; see bind_gemm)
+POOL = False
+#: elements from which a kernel is worth a parallel region (its start costs a few us)
+POOL_MIN_ELEMENTS = 32_768
+
+
+def bind_gemm(name) -> None:
+    """Called by ``kernels.set_backend``: with the hand-written GEMM (``name ==
+    "numba"``) the large kernels share its thread pool; with BLAS they stay serial."""
+    global POOL
+    POOL = name == "numba"
+
+
+def _chunks(elements) -> int:
+    """Chunks of the pool variant of a kernel over ``elements`` numbers, one per
+    thread; 0 for the serial variant. Which variant runs depends on the sizes
+    alone, never on the thread count, and each gives the same numbers for any
+    number of chunks: so results do not change with the threads."""
+    return nb.get_num_threads() if POOL and elements >= POOL_MIN_ELEMENTS else 0
+
+
+def _jit(inline=False, parallel=False):
     """njit with the shared flags; without a writable cache location, compile in memory.
 
-    The kernels are serial on purpose: BLAS already runs the GEMMs on every
-    core, and a second thread pool spinning beside OpenBLAS's made a step
-    several times slower on a 2-core machine. ``inline`` marks loop bodies
-    that a dispatching kernel instantiates once per activation (see below).
+    ``inline`` marks loop bodies that a dispatching kernel instantiates once
+    per activation (see below); ``parallel`` the pool variants of the kernels.
     """
     def decorate(fn):
         global CACHE_ENABLED
-        options = dict(fastmath=set(FASTMATH), nogil=True, error_model="numpy",
+        options = dict(fastmath=set(FASTMATH), nogil=True, error_model="numpy", parallel=parallel,
                        inline="always" if inline else "never")
         try:
             return nb.njit(cache=CACHE_ENABLED, **options)(fn)
@@ -110,32 +137,49 @@ def _act_grad(y, code, alpha):
     return ONE
 
 
+# Each kernel below is a body over a range (rows, or columns where it sums
+# columns) and two dispatchers: serial over everything, and parallel, one
+# chunk per thread of the pool.
+
 @_jit(inline=True)
-def _bias_act_loop(a, b, code, alpha, out):
-    n, m = a.shape
-    for i in range(n):
+def _bias_act_loop(a, b, code, alpha, out, lo, hi):
+    m = a.shape[1]
+    for i in range(lo, hi):
         for j in range(m):
             out[i, j] = _act(a[i, j] + b[j], code, alpha)
 
 
+@_jit(inline=True)
+def _bias_act_rows(a, b, code, alpha, out, lo, hi):
+    if code == RELU:
+        _bias_act_loop(a, b, RELU, alpha, out, lo, hi)
+    elif code == LEAKY_RELU:
+        _bias_act_loop(a, b, LEAKY_RELU, alpha, out, lo, hi)
+    else:
+        _bias_act_loop(a, b, IDENTITY, alpha, out, lo, hi)
+
+
 @_jit()
 def _bias_act(a, b, code, alpha, out):
-    if code == RELU:
-        _bias_act_loop(a, b, RELU, alpha, out)
-    elif code == LEAKY_RELU:
-        _bias_act_loop(a, b, LEAKY_RELU, alpha, out)
-    else:
-        _bias_act_loop(a, b, IDENTITY, alpha, out)
+    _bias_act_rows(a, b, code, alpha, out, 0, a.shape[0])
+
+
+@_jit(parallel=True)
+def _bias_act_pool(a, b, code, alpha, out, chunks):
+    n = a.shape[0]
+    for t in nb.prange(chunks):
+        _bias_act_rows(a, b, code, alpha, out, t * n // chunks, (t + 1) * n // chunks)
 
 
 @_jit(inline=True)
-def _act_backward_loop(y, d_y, code, alpha, out, d_b, want_d_b, row_scale, scaled):
-    n, m = y.shape
+def _act_backward_loop(y, d_y, code, alpha, out, d_b, want_d_b, row_scale, scaled, lo, hi):
+    """Columns lo..hi of every row: each d_b[j] sums its column in row order."""
+    n = y.shape[0]
     if want_d_b:
-        for j in range(m):
+        for j in range(lo, hi):
             d_b[j] = ZERO
     for i in range(n):
-        for j in range(m):
+        for j in range(lo, hi):
             d = d_y[i, j] * _act_grad(y[i, j], code, alpha)
             if scaled:
                 d *= row_scale[i]
@@ -144,20 +188,34 @@ def _act_backward_loop(y, d_y, code, alpha, out, d_b, want_d_b, row_scale, scale
                 d_b[j] += d
 
 
+@_jit(inline=True)
+def _act_backward_columns(y, d_y, code, alpha, out, d_b, want_d_b, row_scale, scaled, lo, hi):
+    if code == RELU:
+        _act_backward_loop(y, d_y, RELU, alpha, out, d_b, want_d_b, row_scale, scaled, lo, hi)
+    elif code == LEAKY_RELU:
+        _act_backward_loop(y, d_y, LEAKY_RELU, alpha, out, d_b, want_d_b, row_scale, scaled, lo, hi)
+    elif code == TANH:
+        _act_backward_loop(y, d_y, TANH, alpha, out, d_b, want_d_b, row_scale, scaled, lo, hi)
+    elif code == SIGMOID:
+        _act_backward_loop(y, d_y, SIGMOID, alpha, out, d_b, want_d_b, row_scale, scaled, lo, hi)
+    elif code == ELU:
+        _act_backward_loop(y, d_y, ELU, alpha, out, d_b, want_d_b, row_scale, scaled, lo, hi)
+    else:
+        _act_backward_loop(y, d_y, IDENTITY, alpha, out, d_b, want_d_b, row_scale, scaled, lo, hi)
+
+
 @_jit()
 def _act_backward(y, d_y, code, alpha, out, d_b, want_d_b, row_scale, scaled):
-    if code == RELU:
-        _act_backward_loop(y, d_y, RELU, alpha, out, d_b, want_d_b, row_scale, scaled)
-    elif code == LEAKY_RELU:
-        _act_backward_loop(y, d_y, LEAKY_RELU, alpha, out, d_b, want_d_b, row_scale, scaled)
-    elif code == TANH:
-        _act_backward_loop(y, d_y, TANH, alpha, out, d_b, want_d_b, row_scale, scaled)
-    elif code == SIGMOID:
-        _act_backward_loop(y, d_y, SIGMOID, alpha, out, d_b, want_d_b, row_scale, scaled)
-    elif code == ELU:
-        _act_backward_loop(y, d_y, ELU, alpha, out, d_b, want_d_b, row_scale, scaled)
-    else:
-        _act_backward_loop(y, d_y, IDENTITY, alpha, out, d_b, want_d_b, row_scale, scaled)
+    _act_backward_columns(y, d_y, code, alpha, out, d_b, want_d_b, row_scale, scaled, 0, y.shape[1])
+
+
+@_jit(parallel=True)
+def _act_backward_pool(y, d_y, code, alpha, out, d_b, want_d_b, row_scale, scaled, chunks):
+    m = y.shape[1]
+    for t in nb.prange(chunks):
+        # column blocks of whole cache lines (16 float32), so threads never share one
+        lo, hi = t * m // chunks // 16 * 16, (t + 1) * m // chunks // 16 * 16 if t < chunks - 1 else m
+        _act_backward_columns(y, d_y, code, alpha, out, d_b, want_d_b, row_scale, scaled, lo, hi)
 
 
 def bias_activation(a, b, activation, alpha, out=None):
@@ -165,7 +223,11 @@ def bias_activation(a, b, activation, alpha, out=None):
     if code not in (IDENTITY, RELU, LEAKY_RELU):
         return numpy_backend.bias_activation(a, b, activation, alpha, out)
     out = np.empty_like(a) if out is None else out
-    _bias_act(a, b, code, a.dtype.type(alpha), out)
+    chunks = _chunks(a.size)
+    if chunks:
+        _bias_act_pool(a, b, code, a.dtype.type(alpha), out, chunks)
+    else:
+        _bias_act(a, b, code, a.dtype.type(alpha), out)
     return out
 
 
@@ -176,7 +238,12 @@ def activation_backward(y, d_y, activation, alpha, out=None, d_b=None, row_scale
     out = np.empty((len(y), y.shape[1]), y.dtype) if out is None else out
     want = d_b is not None
     scale, scaled = _rows(row_scale, y)
-    _act_backward(y, d_y, code, y.dtype.type(alpha), out, d_b if want else out[0], want, scale, scaled)
+    args = (y, d_y, code, y.dtype.type(alpha), out, d_b if want else out[0], want, scale, scaled)
+    chunks = _chunks(y.size)
+    if chunks:
+        _act_backward_pool(*args, chunks)
+    else:
+        _act_backward(*args)
     return out
 
 
@@ -203,10 +270,10 @@ def _neg_abs(l, e):
             e[i, j] = -abs(l[i, j])
 
 
-@_jit()
-def _bernoulli(logits, x, e, chunk, d, nll):
-    n, m = logits.shape
-    for i in range(n):
+@_jit(inline=True)
+def _bernoulli_rows(logits, x, e, chunk, d, nll, lo, hi):
+    m = logits.shape[1]
+    for i in range(lo, hi):
         s = ZERO * logits[i, 0]
         for j in range(m):
             l, ej = logits[i, j], e[i, j]
@@ -222,6 +289,18 @@ def _bernoulli(logits, x, e, chunk, d, nll):
                     prod *= ONE + e[i, j]
                 s += math.log(prod)
         nll[i] = s
+
+
+@_jit()
+def _bernoulli(logits, x, e, chunk, d, nll):
+    _bernoulli_rows(logits, x, e, chunk, d, nll, 0, logits.shape[0])
+
+
+@_jit(parallel=True)
+def _bernoulli_pool(logits, x, e, chunk, d, nll, chunks):
+    n = logits.shape[0]
+    for t in nb.prange(chunks):
+        _bernoulli_rows(logits, x, e, chunk, d, nll, t * n // chunks, (t + 1) * n // chunks)
 
 
 @_jit()
@@ -266,9 +345,14 @@ def _loss_buffers(like, nll, grad, with_grad, scratch):
 def bernoulli_nll(logits, x, nll=None, grad=None, with_grad=True, scratch=None):
     nll, d = _loss_buffers(logits, nll, grad, with_grad, scratch)
     (e,) = temporaries(scratch, "bernoulli-e", logits, 1)
+    chunk = 64 if logits.dtype == np.float32 else 1
     _neg_abs(logits, e)
-    np.exp(e, out=e)
-    _bernoulli(logits, x, e, 64 if logits.dtype == np.float32 else 1, d, nll)
+    np.exp(e, out=e)            # NumPy's SIMD exp beats compiled code's scalar one, even on two threads
+    chunks = _chunks(logits.size)
+    if chunks:
+        _bernoulli_pool(logits, x, e, chunk, d, nll, chunks)
+    else:
+        _bernoulli(logits, x, e, chunk, d, nll)
     return nll, (d if with_grad else None)
 
 
@@ -461,16 +545,28 @@ def min_max(x):
 # optimizers: one sweep over (flat) buffers
 # --------------------------------------------------------------------------
 
-@_jit()
-def _adam(p, g, m, v, step_size, beta1, beta2, eps, inv_sqrt_bc2, decay, grad_scale):
-    n = p.shape[0]
-    for i in range(n):
+@_jit(inline=True)
+def _adam_range(p, g, m, v, step_size, beta1, beta2, eps, inv_sqrt_bc2, decay, grad_scale, lo, hi):
+    for i in range(lo, hi):
         gi = grad_scale * g[i]
         mi = beta1 * m[i] + (ONE - beta1) * gi
         vi = beta2 * v[i] + (ONE - beta2) * gi * gi
         m[i] = mi
         v[i] = vi
         p[i] = p[i] * decay - step_size * mi / (math.sqrt(vi) * inv_sqrt_bc2 + eps)
+
+
+@_jit()
+def _adam(p, g, m, v, step_size, beta1, beta2, eps, inv_sqrt_bc2, decay, grad_scale):
+    _adam_range(p, g, m, v, step_size, beta1, beta2, eps, inv_sqrt_bc2, decay, grad_scale, 0, p.shape[0])
+
+
+@_jit(parallel=True)
+def _adam_pool(p, g, m, v, step_size, beta1, beta2, eps, inv_sqrt_bc2, decay, grad_scale, chunks):
+    n = p.shape[0]
+    for t in nb.prange(chunks):
+        _adam_range(p, g, m, v, step_size, beta1, beta2, eps, inv_sqrt_bc2, decay, grad_scale,
+                    t * n // chunks, (t + 1) * n // chunks)
 
 
 @_jit()
@@ -486,8 +582,13 @@ def adam_update(p, g, m, v, lr, beta1, beta2, eps, step, weight_decay, grad_scal
     t = p.dtype.type
     bc1, bc2 = 1 - beta1 ** step, 1 - beta2 ** step
     # lr * m_hat / (sqrt(v_hat) + eps) == (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps)
-    _adam(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), t(lr / bc1), t(beta1), t(beta2),
-          t(eps), t(1 / math.sqrt(bc2)), t(1 - lr * weight_decay), t(grad_scale))
+    args = (p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), t(lr / bc1), t(beta1), t(beta2),
+            t(eps), t(1 / math.sqrt(bc2)), t(1 - lr * weight_decay), t(grad_scale))
+    chunks = _chunks(p.size)
+    if chunks:
+        _adam_pool(*args, chunks)
+    else:
+        _adam(*args)
 
 
 def sgd_update(p, g, buf, lr, momentum, weight_decay, grad_scale, scratch=None):
@@ -525,7 +626,7 @@ def warmup(dtypes=(np.float32, np.float64)) -> None:
 def describe() -> dict:
     """What this backend runs with: versions, threads, cache state."""
     return {"numba": nb.__version__, "numba_threads": nb.get_num_threads(),
-            "kernels_parallel": False, "cache": CACHE_ENABLED,
+            "kernels_parallel": POOL, "cache": CACHE_ENABLED,
             "gemm": "numpy.matmul (BLAS)", "threading_layer": _threading_layer()}
 
 

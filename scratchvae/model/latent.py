@@ -1,7 +1,8 @@
 """The latent layer: posterior q(z|x) = N(mu, diag(exp(logvar))), prior N(0, I).
 
 Forward and backward of the reparameterization with its KL, the Gaussian
-log-densities, the closed-form KL between full-covariance Gaussians, and the
+log-densities (and the mixture of diagonal Gaussians that is the VampPrior),
+the closed-form KL between full-covariance Gaussians, and the
 normalised importance weights that turn samples into the IWAE bound and the
 importance-weighted log p(x). Units are nats; a latent batch is (rows, k).
 """
@@ -85,6 +86,52 @@ def diag_gaussian_log_prob_backward(cache, d_logp):
     d_z = -w * (z - mu) * prec
     d_logvar = w * 0.5 * ((z - mu) ** 2 * prec - 1)
     return d_z, -d_z, d_logvar
+
+
+def diag_gaussian_mixture_log_prob(z, mu, logvar):
+    """``log p(z) = log (1/K) sum_k N(z; mu_k, diag(exp(logvar_k)))`` per row: the VampPrior's
+    density when (mu_k, logvar_k) are the encoder's posterior at the K pseudo-inputs.
+
+    z: (rows, k); mu, logvar: (K, k). The squared distances of every row to
+    every component, ``sum_j (z_j - mu_kj)^2 / var_kj``, are expanded into
+    ``z^2 @ prec^T - 2 z @ (mu prec)^T + sum_j mu_kj^2 prec_kj`` (prec = 1/var):
+    two matrix products through the kernels instead of a (rows, K, k) array.
+    The sum over components is a log-sum-exp (largest term first).
+    Returns ``(logp (rows,), cache)``.
+    """
+    prec = np.exp(-logvar)
+    mu_prec = mu * prec
+    quad = K.gemm(z * z, prec, trans_b=True)
+    quad -= 2 * K.gemm(z, mu_prec, trans_b=True)
+    quad += np.einsum("kj,kj->k", mu, mu_prec)
+    log_n = -(z.shape[1] * HALF_LOG_2PI) - 0.5 * (logvar.sum(axis=1) + quad)      # (rows, K)
+    top = log_n.max(axis=1, keepdims=True)
+    e = np.exp(log_n - top)
+    total = e.sum(axis=1, keepdims=True)
+    logp = (top + np.log(total))[:, 0] - np.log(len(mu))
+    return logp, (z, mu, prec, mu_prec, e / total)
+
+
+def diag_gaussian_mixture_log_prob_backward(cache, d_logp):
+    """Gradients of ``sum(d_logp * logp)``; d_logp: (rows,).
+
+    With the responsibilities ``gamma_rk`` (the softmax over k of the
+    components' log-densities) and ``G = d_logp gamma``:
+    ``d/dz_r = -sum_k G_rk prec_k (z_r - mu_k)``,
+    ``d/dmu_k = sum_r G_rk prec_k (z_r - mu_k)``,
+    ``d/dlogvar_k = 1/2 sum_r G_rk ((z_r - mu_k)^2 prec_k - 1)``, each a
+    product with G written out as in the forward.
+    Returns ``(d_z (rows, k), d_mu (K, k), d_logvar (K, k))``.
+    """
+    z, mu, prec, mu_prec, gamma = cache
+    G = (gamma * d_logp[:, None]).astype(z.dtype, copy=False)
+    mass = G.sum(axis=0)[:, None]                       # S_k = sum_r G_rk
+    d_z = K.gemm(G, mu_prec) - z * K.gemm(G, prec)
+    Gz = K.gemm(G, z, trans_a=True)                     # sum_r G_rk z_r
+    Gz2 = K.gemm(G, z * z, trans_a=True)
+    d_mu = prec * Gz - mu_prec * mass
+    d_logvar = 0.5 * (prec * (Gz2 - 2 * mu * Gz + mu * mu * mass) - mass)
+    return d_z, d_mu, d_logvar
 
 
 def kl_mvn(mu0, cov0, mu1, cov1):

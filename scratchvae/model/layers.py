@@ -213,3 +213,19 @@ class MLP:
                                      row_scale=row_scale if last else None, scratch=scratch)
             grads[name + ".W"], grads[name + ".b"] = d["W"], d["b"]
         return d_y
+
+
+# --------------------------------------------------------------------------
+# Labels as inputs
+# --------------------------------------------------------------------------
+
+def one_hot(labels: np.ndarray, n_classes: int, dtype=np.float32) -> np.ndarray:
+    """Integer labels (n,) in [0, n_classes) -> (n, n_classes) rows of one 1 and zeros."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise ValueError(f"labels must be a 1-D integer array, got {labels.dtype} of shape {labels.shape}")
+    if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
+        raise ValueError(f"labels must lie in [0, {n_classes}), got [{labels.min()}, {labels.max()}]")
+    out = np.zeros((len(labels), n_classes), dtype)
+    out[np.arange(len(labels)), labels] = 1
+    return out

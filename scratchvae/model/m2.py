@@ -28,9 +28,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..data.datasets import one_hot
 from ..kernels import ops as K
 from . import flat, layers
+from .layers import one_hot
 from .vae import VAE
 
 
@@ -167,27 +167,35 @@ def accuracy(predict, x, y) -> float:
     return float((predict(x) == y).mean())
 
 
+def train_classifier(x, y, n_classes: int, steps: int, batch_size: int = 100, lr: float = 1e-3, seed: int = 0,
+                     hidden=(400,), activation="relu", init="torch"):
+    """An MLP classifier ``cls`` trained by cross-entropy on (x (n, d), y (n,)) for
+    ``steps`` Adam steps on batches drawn with replacement. Returns ``(mlp, params)``."""
+    from ..optim import Adam
+
+    mlp = classifier(x.shape[1], hidden, n_classes, activation)
+    params = flat.pack(mlp.init(np.random.default_rng([seed, 1]), init, np.float32))
+    grads = flat.zeros_like(params)
+    opt = Adam(params, lr=lr)
+    rng = np.random.default_rng([seed, 9])
+    for _ in range(steps):
+        pick = rng.integers(0, len(x), batch_size)
+        logits, caches = mlp.forward(params, x[pick])
+        # mean cross-entropy: d/dlog q_y = -1/B at the label
+        d_log_q = -one_hot(y[pick], n_classes, np.float32) / batch_size
+        mlp.backward(caches, K.log_softmax_backward(K.log_softmax(logits), d_log_q), grads, need_d_x=False)
+        opt.step(grads)
+    return mlp, params
+
+
 def train_supervised_only(data, per_class: int = 100, steps: int = 4690, batch_size: int = 100,
                           lr: float = 1e-3, seed: int = 0, classifier_hidden=(400,), activation="relu",
                           init="torch"):
     """The baseline M2 is measured against: its classifier network alone, trained
     by cross-entropy on the same labelled examples for ``steps`` Adam steps.
     Returns the test accuracy."""
-    from ..optim import Adam
-
     labelled, _ = split_labels(data.y_train, per_class, seed)
     n_classes = int(data.y_train.max()) + 1
-    mlp = classifier(data.n_features, classifier_hidden, n_classes, activation)
-    params = flat.pack(mlp.init(np.random.default_rng([seed, 1]), init, np.float32))
-    grads = flat.zeros_like(params)
-    opt = Adam(params, lr=lr)
-    rng = np.random.default_rng([seed, 9])
-    x_l, y_l = data.x_train[labelled], data.y_train[labelled]
-    for _ in range(steps):
-        pick = rng.integers(0, len(x_l), batch_size)
-        logits, caches = mlp.forward(params, x_l[pick])
-        # mean cross-entropy: d/dlog q_y = -1/B at the label
-        d_log_q = -one_hot(y_l[pick], n_classes, np.float32) / batch_size
-        mlp.backward(caches, K.log_softmax_backward(K.log_softmax(logits), d_log_q), grads, need_d_x=False)
-        opt.step(grads)
+    mlp, params = train_classifier(data.x_train[labelled], data.y_train[labelled], n_classes, steps, batch_size,
+                                   lr, seed, classifier_hidden, activation, init)
     return accuracy(lambda x: classify(mlp, params, x), data.x_test, data.y_test)

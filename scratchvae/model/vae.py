@@ -13,7 +13,22 @@ The objectives are weightings of that one pair:
     ELBO (loss_and_grads)           w_nll = 1/n, w_kl = beta/n
     weighted (M2)                   w_nll = w, w_kl = beta w
     IWAE (iw_loss_and_grads)        w_nll = w_kl_sample = normalised importance weights / n
+    DReG (iw_loss_and_grads(dreg=True))   the same, and path_scale = the normalised weights
     log p(x) (inference.evaluate)   the forward's log w = -(nll + kl_sample), no backward
+
+Beyond the standard normal (each optional, each with its gradient by hand):
+
+* ``prior="vamp"``: the VampPrior (Tomczak and Welling 2018),
+  ``p(z) = 1/K sum_k q(z | u_k)`` with K learned pseudo-inputs ``prior.u``;
+* ``flow="planar:L"``: L planar flows on q (Rezende and Mohamed 2015),
+  ``z_L = f_L(... f_1(z_0))``, their parameters amortised (the head ``enc.flow``);
+* ``path_scale`` in :meth:`backward` (DReG, Tucker et al. 2019): the encoder's
+  gradient through z alone, without the score term of log q.
+
+With either of the first two the KL has no closed form: ``kl_sample`` is then
+``log q(z_L|x) - log p(z_L)`` and ``kl`` is its mean over the samples (an
+estimate, the same one the ELBO is trained on), and a weight on ``kl`` is a
+weight on those samples (see :meth:`_sampled_kl`).
 
 A conditional VAE (``context_dim > 0``) takes a context vector c with every
 example (a one-hot label, an observed part of the image, any vector): the
@@ -29,6 +44,9 @@ Parameter names (``model.params``; gradients use the same keys):
     dec.0.W, ... dec.{L}.*               decoder layers; dec.{L} outputs the
                                          likelihood's parameters (identity)
     dec.log_sigma                        learned Gaussian sigma, if any
+    enc.flow.W, enc.flow.b               the flow's parameters (u, w, b of each
+                                         layer) per example, with flow="planar:L"
+    prior.u                              the K pseudo-inputs (K, d), with prior="vamp"
 """
 from __future__ import annotations
 
@@ -37,10 +55,13 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from ..kernels import Scratch
+from ..kernels import HALF_LOG_2PI, Scratch
 from ..kernels import ops as K
-from . import flat, latent, layers
+from . import flat, flows, latent, layers, memory
 from .likelihoods import make_likelihood
+
+#: the priors p(z): N(0, I) and the VampPrior
+PRIORS = ("standard", "vamp")
 
 
 @dataclass
@@ -51,11 +72,12 @@ class Terms:
     sample-major (row ``t n + i`` is sample t of example i).
     """
     nll: np.ndarray         # (s n,) -log p(x | z), nats
-    kl: np.ndarray          # (n,) analytic KL(q(z|x) || N(0, I)), nats
+    kl: np.ndarray          # (n,) analytic KL(q(z|x) || N(0, I)), nats; with a flow or a
+                            # VampPrior the mean of kl_sample over the s samples
     kl_sample: np.ndarray   # (s n,) log q(z|x) - log p(z) at each z, nats
-    mu: np.ndarray          # (n, k) posterior means
-    logvar: np.ndarray      # (n, k) posterior log-variances
-    z: np.ndarray           # (s n, k) the drawn codes
+    mu: np.ndarray          # (n, k) posterior means (of q_0, before a flow)
+    logvar: np.ndarray      # (n, k) posterior log-variances (of q_0)
+    z: np.ndarray           # (s n, k) the drawn codes the decoder sees (z_L after a flow)
     out: np.ndarray         # (s n, d) decoder outputs: the likelihood's parameters
     samples: int            # s
 
@@ -82,6 +104,11 @@ class VAE:
     dtype : float32 (training) or float64 (gradient checks).
     sigma : fixed Gaussian sigma, or the starting value of a learned one.
     context_dim : size m of the context c of a conditional VAE (0: none).
+    prior : ``standard`` (N(0, I)) or ``vamp`` (the VampPrior, with
+        ``pseudo_inputs`` K >= 1 components; not with a context or a flow).
+        The pseudo-inputs start as uniform noise in [0, 1] (drawn with
+        ``seed``); :class:`~scratchvae.run.Run` starts them at K training images.
+    flow : ``none`` or ``planar:L``, L planar flows on q with amortised parameters.
 
     No value is clamped: a logvar that overflows ``exp`` makes the loss
     non-finite, and :meth:`loss_and_grads` then raises ``FloatingPointError``.
@@ -89,7 +116,8 @@ class VAE:
 
     def __init__(self, input_dim: int, hidden: Sequence[int] = (400,), latent_dim: int = 20,
                  likelihood="bernoulli", activation: str = "relu", init: str = "torch",
-                 seed: int = 0, dtype=np.float32, sigma: float = 1.0, context_dim: int = 0):
+                 seed: int = 0, dtype=np.float32, sigma: float = 1.0, context_dim: int = 0,
+                 prior: str = "standard", pseudo_inputs: int = 0, flow: str = "none"):
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise TypeError(f"dtype must be float32 or float64, got {self.dtype}")
@@ -97,6 +125,13 @@ class VAE:
         if not (isinstance(context_dim, (int, np.integer)) and context_dim >= 0):
             raise ValueError(f"context_dim must be an integer >= 0, got {context_dim!r}")
         self.context_dim = int(context_dim)
+        self.prior, self.pseudo_inputs = _check_prior(prior, pseudo_inputs, self.context_dim)
+        self.flow, self.flow_layers = ("none" if flow is None else flow), flows.parse_flow(flow)
+        if self.flow_layers and self.prior == "vamp":
+            raise ValueError("a VampPrior cannot go with a flow: its components are the encoder's posteriors, "
+                             "and a planar flow's density at a given z needs its inverse, which has no closed form")
+        #: KL(q || p) in closed form: the standard normal prior and a Gaussian q (no flow)
+        self.analytic_kl = self.prior == "standard" and not self.flow_layers
         self.activation = layers.check_activation(activation)
         self.likelihood = make_likelihood(likelihood, sigma)
         # the decoder's sizes include every size the model has: MLP validates them
@@ -106,6 +141,13 @@ class VAE:
         self.input_dim, self.hidden, self.latent_dim = int(input_dim), [int(h) for h in hidden], int(latent_dim)
         h_dim = self.hidden[-1] if hidden else self.input_dim + self.context_dim
         self.init, self.sigma = init, float(sigma)
+        layer_shapes = [(layer.fan_in, layer.fan_out) for layer in self.encoder.layers + self.decoder.layers]
+        layer_shapes += [(h_dim, self.latent_dim)] * 2 + (
+            [(h_dim, self.flow_layers * flows.params_per_layer(self.latent_dim))] if self.flow_layers else [])
+        memory.require(memory.init_bytes(layer_shapes, self.input_dim * (1 + self.pseudo_inputs),
+                                         self.dtype.itemsize),
+                       f"VAE({'-'.join(map(str, [self.input_dim, *self.hidden, self.latent_dim]))}): its "
+                       "parameters and gradients")
         rng = np.random.default_rng(seed)
         params = self.encoder.init(rng, init, self.dtype)
         for head in ("mu", "logvar"):
@@ -117,6 +159,13 @@ class VAE:
         for name, value in self.likelihood.init_params(input_dim, self.dtype).items():
             self.likelihood_keys[name] = "dec." + name
             params["dec." + name] = value
+        # the variants' parameters from a generator of their own: the rest stay those of a standard VAE
+        variant_rng = np.random.default_rng([seed, 2])
+        if self.flow_layers:
+            params["enc.flow.W"], params["enc.flow.b"] = layers.init_linear(
+                variant_rng, h_dim, self.flow_layers * flows.params_per_layer(latent_dim), init, self.dtype)
+        if self.prior == "vamp":
+            params["prior.u"] = variant_rng.random((self.pseudo_inputs, self.input_dim)).astype(self.dtype)
         # params and grads: plain dicts whose arrays are views into one flat buffer
         # each, so that an optimizer can update everything in one sweep
         self.params = flat.pack(params)
@@ -142,7 +191,8 @@ class VAE:
         """The constructor arguments that fix the architecture (JSON-ready)."""
         return {"input_dim": self.input_dim, "hidden": list(self.hidden), "latent_dim": self.latent_dim,
                 "likelihood": self.likelihood.name, "activation": self.activation, "init": self.init,
-                "sigma": self.sigma, "dtype": self.dtype.name, "context_dim": self.context_dim}
+                "sigma": self.sigma, "dtype": self.dtype.name, "context_dim": self.context_dim,
+                "prior": self.prior, "pseudo_inputs": self.pseudo_inputs, "flow": self.flow}
 
     @classmethod
     def from_config(cls, config: dict, seed: int = 0) -> "VAE":
@@ -216,28 +266,73 @@ class VAE:
     # the model's maps
     # ------------------------------------------------------------------
 
-    def _encode(self, x, c, ws):
+    def _encode(self, x, c, ws, with_prior: bool = False):
+        """The encoder's heads: ``(mu, logvar, lam, caches)``; lam (n, L (2k + 1)) is the
+        flow's parameters (None without a flow).
+
+        ``with_prior`` (a VampPrior's forward): the pseudo-inputs are encoded in
+        the same pass, as rows n.. of one batch ``[x; u]``, so that one backward
+        adds the encoder's gradient at u to its gradient at x; mu and logvar then
+        have n + K rows, the prior's components last.
+        """
         p, scratch = self.params, ws.scratch
+        if with_prior:
+            x = np.concatenate([x, p["prior.u"]], out=ws.x_enc)
         h, enc_cache = self.encoder.forward(p, x, ws.enc, c=c, scratch=scratch)
-        if not self.encoder.layers:                   # no hidden layer: the heads see [x, c]
-            mu, mu_cache = layers.linear_forward(h, p["enc.mu.W"], p["enc.mu.b"], out=ws.mu, c=c, scratch=scratch)
-            logvar, lv_cache = layers.linear_forward(h, p["enc.logvar.W"], p["enc.logvar.b"], out=ws.logvar,
-                                                     c=c, scratch=scratch)
-        else:
-            mu, mu_cache = layers.linear_forward(h, p["enc.mu.W"], p["enc.mu.b"], out=ws.mu)
-            logvar, lv_cache = layers.linear_forward(h, p["enc.logvar.W"], p["enc.logvar.b"], out=ws.logvar)
-        return mu, logvar, (enc_cache, mu_cache, lv_cache)
+        head_c = None if self.encoder.layers else c   # no hidden layer: the heads see [x, c]
+        mu, mu_cache = layers.linear_forward(h, p["enc.mu.W"], p["enc.mu.b"], out=ws.mu, c=head_c,
+                                             scratch=scratch)
+        logvar, lv_cache = layers.linear_forward(h, p["enc.logvar.W"], p["enc.logvar.b"], out=ws.logvar,
+                                                 c=head_c, scratch=scratch)
+        lam = lam_cache = None
+        if self.flow_layers:
+            lam, lam_cache = layers.linear_forward(h, p["enc.flow.W"], p["enc.flow.b"], out=ws.lam, c=head_c,
+                                                   scratch=scratch)
+        return mu, logvar, lam, (enc_cache, mu_cache, lv_cache, lam_cache)
 
     def _decode(self, z, c, ws):
-        """Decoder output for the rows of z (and c repeated to as many rows)."""
+        """Decoder output for the rows of z, each with its row of c."""
         return self.decoder.forward(self.params, z, ws.dec, c=c, scratch=ws.scratch)
 
     def encode(self, x, c=None):
-        """x: (batch, d) -> (mu, logvar), each (batch, k): the posterior q(z|x) (or q(z|x, c))."""
+        """x: (batch, d) -> (mu, logvar), each (batch, k): the posterior q(z|x) (or q(z|x, c));
+        with a flow, those of q_0, the Gaussian the flow starts from."""
         x = self.check_x(x)
         c = self.check_c(c, len(x))
-        mu, logvar, _ = self._encode(x, c, _Workspace(self, len(x), 1, allocate=False))
+        mu, logvar, _, _ = self._encode(x, c, _Workspace(self, len(x), 1, allocate=False))
         return mu, logvar
+
+    def embed(self, x, c=None):
+        """x: (batch, d) -> the code of each x for eps = 0, (batch, k): mu, or
+        ``f_L(... f_1(mu))`` with a flow (what a sampler fitted to the codes sees)."""
+        x = self.check_x(x)
+        c = self.check_c(c, len(x))
+        mu, _, lam, _ = self._encode(x, c, _Workspace(self, len(x), 1, allocate=False))
+        return flows.flow_forward(mu, lam, self.flow_layers)[0] if self.flow_layers else mu
+
+    def pseudo_posteriors(self):
+        """The VampPrior's components: ``(mu, logvar)``, each (K, k), the encoder at the pseudo-inputs."""
+        if self.prior != "vamp":
+            raise ValueError("this model's prior is N(0, I): it has no pseudo-inputs")
+        mu, logvar, _, _ = self._encode(self.params["prior.u"], None,
+                                        _Workspace(self, self.pseudo_inputs, 1, allocate=False))
+        return mu, logvar
+
+    def prior_sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """n draws of z from the prior, (n, k): N(0, I), or for the VampPrior a
+        component k uniform in 1..K, then z ~ q(z | u_k)."""
+        if self.prior == "standard":
+            return rng.standard_normal((n, self.latent_dim), dtype=self.dtype)
+        mu, logvar = self.pseudo_posteriors()
+        pick = rng.integers(0, self.pseudo_inputs, n)
+        return mu[pick] + np.exp(0.5 * logvar[pick]) * rng.standard_normal((n, self.latent_dim), dtype=self.dtype)
+
+    def log_prior(self, z) -> np.ndarray:
+        """``log p(z)`` per row of z (rows, k), float64: N(0, I) or the VampPrior."""
+        if self.prior == "standard":
+            return latent.standard_normal_log_prob(z)
+        mu, logvar = self.pseudo_posteriors()
+        return latent.diag_gaussian_mixture_log_prob(z, mu, logvar)[0].astype(np.float64)
 
     def decode(self, z, c=None):
         """z: (batch, k) -> E[x | z] (or E[x | z, c]), (batch, d) (probabilities for Bernoulli)."""
@@ -245,22 +340,26 @@ class VAE:
         out, _ = self._decode(z, self.check_c(c, len(z)), _Workspace(self, len(z), 1, allocate=False))
         return self.likelihood.mean(out, self.likelihood_params)
 
-    def sample(self, n: int, rng: np.random.Generator, mean: bool = True, c=None):
-        """Ancestral sampling: z ~ N(0, I), then the decoder (given c (n, m), if conditional).
+    def sample(self, n: int, rng: np.random.Generator, mean: bool = True, c=None, sampler=None):
+        """Ancestral sampling: z from the prior, then the decoder (given c (n, m), if conditional).
 
         Returns (n, d): the likelihood's mean for each z (``mean=True``, the
-        usual picture) or a draw x ~ p(x|z) (``mean=False``).
+        usual picture) or a draw x ~ p(x|z) (``mean=False``). ``sampler``:
+        anything whose ``sample(n, rng)`` gives (n, k) codes (a fitted
+        :class:`~scratchvae.inference.gmm.GaussianMixture`), used instead of the prior.
         """
         if not (isinstance(n, (int, np.integer)) and n > 0):
             raise ValueError(f"n must be a positive integer, got {n!r}")
+        memory.require(memory.decode_bytes(self, n), f"sampling {n:,} examples from {self!r}")
         c = self.check_c(c, n)
-        z = rng.standard_normal((n, self.latent_dim), dtype=self.dtype)
+        z = self.prior_sample(n, rng) if sampler is None else self._check_batch(sampler.sample(n, rng), "z",
+                                                                                 self.latent_dim)
         out, _ = self._decode(z, c, _Workspace(self, n, 1, allocate=False))
         lik = self.likelihood_params
         return self.likelihood.mean(out, lik) if mean else self.likelihood.sample(out, lik, rng)
 
     def log_joint(self, z, x, c=None):
-        """``log p(x, z) = log p(x | z, c) + log N(z; 0, I)`` per row, float64,
+        """``log p(x, z) = log p(x | z, c) + log p(z)`` per row, float64,
         and the decoder's output (from which ``likelihood.mean``/``sample`` draw).
 
         z: (n, k), x: (n, d), c: (n, m) if conditional. The decoder half of
@@ -273,7 +372,7 @@ class VAE:
         ws = _Workspace(self, len(x), 1, allocate=False)
         out, _ = self._decode(z, self.check_c(c, len(x)), ws)
         nll, _ = self.likelihood.nll(out, x, self.likelihood_params, with_grad=False, scratch=ws.scratch)
-        return latent.standard_normal_log_prob(z) - nll.astype(np.float64), out
+        return self.log_prior(z) - nll.astype(np.float64), out
 
     # ------------------------------------------------------------------
     # the one loss path: forward and weighted backward
@@ -302,51 +401,155 @@ class VAE:
 
     def _forward(self, x, c, eps, ws, with_grad=True):
         """:meth:`forward` on checked arrays, in the buffers of ``ws``."""
-        samples = ws.samples
-        mu, logvar, enc_caches = self._encode(x, c, ws)
+        samples, n = ws.samples, len(x)
+        mu, logvar, lam, enc_caches = self._encode(x, c, ws, with_prior=self.prior == "vamp")
+        prior_params = None
+        if self.prior == "vamp":                        # the encoder's last K rows: the prior's components
+            prior_params, mu, logvar = (mu[n:], logvar[n:]), mu[:n], logvar[:n]
         z, kl, kl_sample, lat_cache = latent.reparameterize(mu, logvar, eps, ws.z, ws.kl, ws.kl_sample)
+        var_cache = (z, None, None)
+        if not self.analytic_kl:
+            z, var_cache = self._sampled_kl(z, eps, logvar, lam, prior_params, kl, kl_sample)
         if samples > 1:                               # every sample of an example sees its x and c
             x = K.repeat_rows(x, samples, out=ws.x_rows)
             c = None if c is None else K.repeat_rows(c, samples, out=ws.c_rows)
         out, dec_caches = self._decode(z, c, ws)
         nll, grad = self.likelihood.nll(out, x, self.likelihood_params, ws.nll, ws.grad, with_grad, ws.scratch)
         terms = Terms(nll, kl, kl_sample, mu, logvar, z, out, samples)
-        return terms, (enc_caches, lat_cache, dec_caches, out, x, grad, ws)
+        return terms, (enc_caches, lat_cache, var_cache, dec_caches, out, x, grad, ws)
 
-    def backward(self, cache, w_nll, w_kl=None, w_kl_sample=None):
+    def _sampled_kl(self, z0, eps, logvar, lam, prior_params, kl, kl_sample):
+        """``kl_sample = log q(z_L|x) - log p(z_L)`` where the KL has no closed form
+        (a flow on q, or the VampPrior), written over the kernel's values; ``kl``
+        becomes its mean over the s samples.
+
+        ``log q(z_L|x) = log q_0(z_0|x) - sum_l log det_l`` (change of variables),
+        and with ``z_0 = mu + exp(logvar/2) eps`` the Gaussian's log-density is
+        ``log q_0(z_0|x) = -1/2 sum_j (log 2 pi + logvar_j + eps_j^2)``. log p is
+        N(0, I) or the mixture of the encoder's posteriors at the pseudo-inputs.
+        Returns ``(z_L, cache)``.
+        """
+        n, k = logvar.shape
+        s = len(eps) // n
+        log_q = (-k * HALF_LOG_2PI - 0.5 * (eps * eps).sum(axis=1).reshape(s, n) - 0.5 * logvar.sum(axis=1)).ravel()
+        z, flow_cache = z0, None
+        if self.flow_layers:
+            z, log_det, flow_cache = flows.flow_forward(z0, lam, self.flow_layers)
+            log_q -= log_det
+        prior_cache = None
+        if self.prior == "vamp":
+            log_p, prior_cache = latent.diag_gaussian_mixture_log_prob(z, *prior_params)
+        else:
+            log_p = latent.standard_normal_log_prob(z)
+        kl_sample[...] = log_q - log_p
+        kl[...] = kl_sample.reshape(s, n).mean(axis=0)
+        return z, (z, flow_cache, prior_cache)
+
+    def backward(self, cache, w_nll, w_kl=None, w_kl_sample=None, path_scale=None):
         """Gradient of ``sum_r w_nll_r nll_r + sum_i w_kl_i kl_i + sum_r w_kl_sample_r kl_sample_r``
         for every parameter, into ``self.grads`` (returned).
 
-        ``cache`` from :meth:`forward`; ``w_nll`` (s n,), ``w_kl`` (n,),
-        ``w_kl_sample`` (s n,): per-row weights (None: 0). The weights of the
-        nll are applied in the decoder's output layer, in the pass that
-        computes its bias gradient.
+        ``cache`` from :meth:`forward`; per-row weights ``w_nll`` (s n,),
+        ``w_kl`` (n,) and ``w_kl_sample`` (s n,), the last two None for 0. The
+        weights of the nll are applied in the decoder's output layer, in the
+        pass that computes its bias gradient.
+
+        ``path_scale`` (s n,), for the doubly reparameterised gradient (DReG):
+        the encoder then gets, from each row r, ``path_scale_r`` times that
+        row's gradient through z alone, with log q's density held fixed (its
+        path derivative; the score term of log q is left out). The decoder's
+        and the prior's parameters keep the weights above. With
+        ``w_nll = w_kl_sample = w~/n`` and ``path_scale = w~`` (the normalised
+        importance weights) the encoder's gradient is Tucker et al.'s
+        ``sum_r w~_r^2 d log w_r/dz_r dz_r/dphi / n``. Needs w_kl None and no flow.
         """
-        enc_caches, lat_cache, dec_caches, out, x, grad, ws = cache
+        enc_caches, lat_cache, var_cache, dec_caches, out, x, grad, ws = cache
         if grad is None:
             raise ValueError("this forward ran with with_grad=False: it has no backward")
+        if path_scale is not None and (w_kl is not None or self.flow_layers):
+            raise ValueError("the path derivative (DReG) takes the sampled terms only (w_kl None) and no flow: "
+                             "a planar flow's log-density at a fixed z_L needs its inverse")
         g = self.grads
         if self.likelihood_keys:
             self.likelihood.params_backward(out, x, self.likelihood_params, w_nll,
                                             {name: g[key] for name, key in self.likelihood_keys.items()})
         d_z = self.decoder.backward(dec_caches, grad, g, d_ins=ws.d_dec, overwrite_d_y=True,
                                     row_scale=w_nll, scratch=ws.scratch)
-        d_mu, d_logvar = latent.reparameterize_backward(lat_cache, d_z, w_kl, w_kl_sample, ws.d_mu, ws.d_logvar)
-        self._encoder_backward(enc_caches, d_mu, d_logvar, ws)
+        if self.analytic_kl and path_scale is None:
+            d_mu, d_logvar = latent.reparameterize_backward(lat_cache, d_z, w_kl, w_kl_sample, ws.d_mu, ws.d_logvar)
+            d_lam = None
+        else:
+            d_mu, d_logvar, d_lam = self._sampled_kl_backward(lat_cache, var_cache, d_z, w_kl, w_kl_sample,
+                                                              path_scale, ws)
+        self._encoder_backward(enc_caches, d_mu, d_logvar, d_lam, ws)
         return g
 
-    def _encoder_backward(self, enc_caches, d_mu, d_logvar, ws):
-        """From d_mu, d_logvar through both heads and the encoder into ``self.grads``."""
+    def _sampled_kl_backward(self, lat_cache, var_cache, d_z, w_kl, w_kl_sample, path_scale, ws):
+        """Backward of :meth:`_sampled_kl` (and of the kernel's kl_sample under DReG).
+
+        ``d_z`` (s n, k): the decoder's gradient at z_L. Every row's kl_sample
+        has the weight ``w_r = w_kl_sample_r + w_kl_i / s`` (kl is the mean of
+        its s samples). Its terms, last first:
+
+        * ``-log p(z_L)``: through z_L; and for the VampPrior into its components
+          (mu_k, logvar_k), which the encoder computed at the pseudo-inputs;
+        * ``-sum_l log det_l``: through the flow into z_0 and the flow's parameters;
+        * ``log q_0(z_0|x)``: with eps fixed it depends on logvar alone, ``d/dlogvar = -1/2``.
+          Under DReG only its path derivative counts instead,
+          ``d/dz_0 log q_0 = -(z_0 - mu)/var = -eps exp(-logvar/2)``.
+
+        Then the reparameterisation ``z_0 = mu + exp(logvar/2) eps`` (the kernel).
+        Returns ``(d_mu, d_logvar, d_lam)``: d_mu and d_logvar have the
+        encoder's rows (n + K for the VampPrior, the components' last).
+        """
+        mu, logvar, eps, z0 = lat_cache
+        z, flow_cache, prior_cache = var_cache
+        (n, k), rows = mu.shape, len(eps)
+        s, n_enc = rows // n, n + self.pseudo_inputs
+        w = np.zeros(rows, self.dtype) if w_kl_sample is None else np.array(w_kl_sample, self.dtype)
+        if w_kl is not None:
+            w += np.tile(np.asarray(w_kl, self.dtype) / s, s)
+        d_mu = np.empty((n_enc, k), self.dtype) if ws.d_mu is None else ws.d_mu
+        d_logvar = np.empty((n_enc, k), self.dtype) if ws.d_logvar is None else ws.d_logvar
+        if self.prior == "vamp":
+            d_z_prior, d_mu[n:], d_logvar[n:] = latent.diag_gaussian_mixture_log_prob_backward(prior_cache, -w)
+        else:
+            d_z_prior = w[:, None] * z                  # -d log N(z; 0, I)/dz = z
+        if path_scale is not None:
+            scale = np.asarray(path_scale, self.dtype)[:, None]
+            d_z *= scale
+            d_z_prior *= scale
+        d_z += d_z_prior
+        d_lam = None
+        if self.flow_layers:
+            d_z, d_lam = flows.flow_backward(flow_cache, d_z, -w, ws.d_lam)
+        if path_scale is not None:
+            d_z -= (scale * w[:, None]) * eps * np.tile(np.exp(-0.5 * logvar), (s, 1))
+        K.gaussian_latent_backward(mu, logvar, eps, z0, d_z, None, None, d_mu[:n], d_logvar[:n])
+        if path_scale is None:
+            d_logvar[:n] -= 0.5 * w.reshape(s, n).sum(axis=0)[:, None]
+        return d_mu, d_logvar, d_lam
+
+    def _encoder_backward(self, enc_caches, d_mu, d_logvar, d_lam, ws):
+        """From d_mu, d_logvar (and the flow's d_lam) through the heads and the encoder
+        into ``self.grads``; for the VampPrior on to the pseudo-inputs."""
         g = self.grads
-        enc_cache, mu_cache, lv_cache = enc_caches
-        need_d_h = bool(self.encoder.layers)        # without hidden layers h is x itself
+        enc_cache, mu_cache, lv_cache, lam_cache = enc_caches
+        vamp = self.prior == "vamp"
+        need_d_h = bool(self.encoder.layers) or vamp    # without hidden layers h is x itself
         d_h, _ = layers.linear_backward(mu_cache, d_mu, need_d_h, g["enc.mu.W"], g["enc.mu.b"], ws.d_h,
                                         overwrite_d_y=True)
-        # h feeds both heads: the logvar head's gradient adds to the mu head's
+        # h feeds every head: the others' gradients add to the mu head's
         layers.linear_backward(lv_cache, d_logvar, need_d_h, g["enc.logvar.W"], g["enc.logvar.b"], d_h,
                                overwrite_d_y=True, accumulate_d_x=True, scratch=ws.scratch)
-        if need_d_h:
-            self.encoder.backward(enc_cache, d_h, g, need_d_x=False, d_ins=ws.d_enc, overwrite_d_y=True)
+        if lam_cache is not None:
+            layers.linear_backward(lam_cache, d_lam, need_d_h, g["enc.flow.W"], g["enc.flow.b"], d_h,
+                                   overwrite_d_y=True, accumulate_d_x=True, scratch=ws.scratch)
+        d_x = d_h
+        if self.encoder.layers:
+            d_x = self.encoder.backward(enc_cache, d_h, g, need_d_x=vamp, d_ins=ws.d_enc, overwrite_d_y=True)
+        if vamp:
+            g["prior.u"][...] = d_x[-self.pseudo_inputs:]
 
     # ------------------------------------------------------------------
     # objectives: weightings of forward and backward
@@ -394,13 +597,21 @@ class VAE:
         np.multiply(w, beta, out=ws.w_kl)
         return per_row, self.backward(cache, w, ws.w_kl)
 
-    def iw_loss_and_grads(self, x, k: int, rng: Optional[np.random.Generator] = None, eps=None, c=None):
+    def iw_loss_and_grads(self, x, k: int, rng: Optional[np.random.Generator] = None, eps=None, c=None,
+                          dreg: bool = False):
         """The importance-weighted bound (IWAE, Burda et al. 2016) of one batch and its gradient.
 
         ``L_k = log (1/k) sum_i w_i``, ``log w_i = log p(x|z_i) + log p(z_i) - log q(z_i|x)
         = -(nll_i + kl_sample_i)``, ``z_i = mu + exp(logvar/2) eps_i``. Its gradient is
         ``sum_i w~_i grad log w_i`` with the normalised weights ``w~ = softmax(log w)``:
         the one backward with ``w_nll = w_kl_sample = w~ / batch``.
+
+        ``dreg``: the encoder's gradient is instead the doubly reparameterised one
+        (Tucker et al. 2019), ``sum_i w~_i^2 (d log w_i / dz_i) dz_i/dphi`` with q's
+        density held fixed: the score-function term, whose variance grows with k
+        (Rainforth et al. 2018), is replaced by its reparameterised equivalent. It
+        has the same expectation; the decoder's (and the prior's) gradient is the
+        IWAE one. Not with a flow (see :meth:`backward`).
 
         x: (batch, d); eps, if given: (k, batch, latent); c: (batch, m) if conditional.
         Returns ``(losses, grads)``: ``losses["total"]`` is ``-L_k`` averaged over the
@@ -409,6 +620,9 @@ class VAE:
         """
         if not (isinstance(k, (int, np.integer)) and k >= 1):
             raise ValueError(f"k (importance samples) must be an integer >= 1, got {k!r}")
+        if dreg and self.flow_layers:
+            raise ValueError("DReG needs log q(z|x) at a fixed z, and a planar flow's needs its inverse, "
+                             "which has no closed form: train a flow with the IWAE gradient")
         x = self.check_x(x)
         b = len(x)
         c = self.check_c(c, b)
@@ -422,7 +636,11 @@ class VAE:
         if not np.isfinite(total):
             raise _diverged(f"-L_k = {total}")
         np.divide(w.reshape(-1), b, out=ws.w_nll)    # w~ / batch, in the model's dtype
-        self.backward(cache, ws.w_nll, None, ws.w_nll)
+        path_scale = None
+        if dreg:                                     # w~ on top of w~ / batch: w~^2 / batch on the path
+            path_scale = ws.w_path
+            path_scale[...] = w.reshape(-1)
+        self.backward(cache, ws.w_nll, None, ws.w_nll, path_scale)
         return {"total": total, "nll": float(terms.nll[:b].mean()), "kl": float(terms.kl.mean())}, self.grads
 
     def _elbo_forward(self, x, rng, eps, beta, c):
@@ -444,6 +662,8 @@ class VAE:
         key = (n, samples)
         ws = self._workspaces.get(key)
         if ws is None:
+            memory.require(memory.step_bytes(self, n, samples),
+                           f"a training step of {self!r} on {n:,} examples x {samples} samples")
             if len(self._workspaces) >= 4:
                 self._workspaces.pop(next(iter(self._workspaces)))
             ws = self._workspaces[key] = _Workspace(self, n, samples)
@@ -453,8 +673,28 @@ class VAE:
         sizes = "-".join(map(str, [self.input_dim, *self.hidden, self.latent_dim]))
         if self.context_dim:
             sizes += f", context_dim={self.context_dim}"
+        if self.prior == "vamp":
+            sizes += f", VampPrior K={self.pseudo_inputs}"
+        if self.flow_layers:
+            sizes += f", flow={self.flow}"
         return (f"VAE({sizes}, likelihood={self.likelihood.name}, activation={self.activation}, "
                 f"dtype={self.dtype.name}, params={sum(v.size for v in self.params.values())})")
+
+
+def _check_prior(prior, pseudo_inputs, context_dim):
+    """``(prior, K)`` checked: ``standard`` with K = 0, or ``vamp`` with K >= 1 pseudo-inputs."""
+    if prior not in PRIORS:
+        raise ValueError(f"prior must be one of {', '.join(PRIORS)}, got {prior!r}")
+    if not isinstance(pseudo_inputs, (int, np.integer)) or pseudo_inputs < 0:
+        raise ValueError(f"pseudo_inputs must be an integer >= 0, got {pseudo_inputs!r}")
+    if prior == "vamp" and pseudo_inputs < 1:
+        raise ValueError("the VampPrior needs pseudo_inputs >= 1 (its number of components)")
+    if prior == "standard" and pseudo_inputs:
+        raise ValueError(f"pseudo_inputs ({pseudo_inputs}) belong to the VampPrior: use prior='vamp'")
+    if prior == "vamp" and context_dim:
+        raise ValueError("the VampPrior encodes its pseudo-inputs without a context: "
+                         "it cannot go with a conditional VAE")
+    return prior, int(pseudo_inputs)
 
 
 def _means(terms: Terms, beta: float) -> dict:
@@ -472,7 +712,8 @@ def _diverged(values: str) -> FloatingPointError:
 class _Workspace:
     """Every array one step on n examples with s samples of z each writes, allocated once.
 
-    Forward: encoder layer outputs, mu, logvar (n rows); eps, z, kl_sample,
+    Forward: encoder layer outputs, mu, logvar (n rows; n + K with the
+    VampPrior, whose pseudo-inputs are encoded with x), the flow's parameters; eps, z, kl_sample,
     decoder layer outputs, nll, the likelihood's gradient (s n rows); the
     rows of x and c repeated per sample (s > 1). Backward: the gradients of
     each decoder layer's input (``d_dec[0]`` is d_z), d_mu, d_logvar, d_h
@@ -484,8 +725,9 @@ class _Workspace:
     def __init__(self, model: VAE, n: int, samples: int, allocate: bool = True):
         self.n, self.samples = n, samples
         if not allocate:
-            for name in ("scratch", "enc", "mu", "logvar", "eps", "z", "kl", "kl_sample", "nll", "x_rows",
-                         "c_rows", "dec", "grad", "d_dec", "d_mu", "d_logvar", "d_h", "d_enc", "w_nll", "w_kl"):
+            for name in ("scratch", "x_enc", "enc", "mu", "logvar", "lam", "eps", "z", "kl", "kl_sample", "nll",
+                         "x_rows", "c_rows", "dec", "grad", "d_dec", "d_mu", "d_logvar", "d_lam", "d_h", "d_enc",
+                         "w_nll", "w_kl", "w_path"):
                 setattr(self, name, None)
             return
 
@@ -494,9 +736,16 @@ class _Workspace:
 
         k, d, rows = model.latent_dim, model.input_dim, n * samples
         enc, dec = model.encoder.layers, model.decoder.layers
+        vamp = model.prior == "vamp"
+        n_enc = n + model.pseudo_inputs                 # the encoder's rows: [x; u] for the VampPrior
+        lam_width = model.flow_layers * flows.params_per_layer(k)
         self.scratch = Scratch()
-        self.enc = [buf(n, layer.fan_out) for layer in enc]
-        self.mu, self.logvar = buf(n, k), buf(n, k)
+        self.x_enc = buf(n_enc, d) if vamp else None
+        self.enc = [buf(n_enc, layer.fan_out) for layer in enc]
+        self.mu, self.logvar = buf(n_enc, k), buf(n_enc, k)
+        self.lam = self.d_lam = None
+        if lam_width:
+            self.lam, self.d_lam = buf(n, lam_width), buf(n, lam_width)
         self.eps, self.z = buf(rows, k), buf(rows, k)
         self.kl, self.kl_sample, self.nll = buf(n), buf(rows), buf(rows)
         self.x_rows = buf(rows, d) if samples > 1 else None
@@ -504,7 +753,8 @@ class _Workspace:
         self.dec = [buf(rows, layer.fan_out) for layer in dec]
         self.grad = buf(rows, d)
         self.d_dec = [buf(rows, k)] + [buf(rows, layer.fan_in) for layer in dec[1:]]
-        self.d_mu, self.d_logvar = buf(n, k), buf(n, k)
-        self.d_h = buf(n, enc[-1].fan_out) if enc else None
-        self.d_enc = [None] + [buf(n, layer.fan_in) for layer in enc[1:]]
-        self.w_nll, self.w_kl = buf(rows), buf(n)
+        self.d_mu, self.d_logvar = buf(n_enc, k), buf(n_enc, k)
+        self.d_h = buf(n_enc, enc[-1].fan_out) if enc else buf(n_enc, d) if vamp else None
+        # the gradient of the encoder's input: for the VampPrior's pseudo-inputs only
+        self.d_enc = [buf(n_enc, d) if vamp and enc else None] + [buf(n_enc, layer.fan_in) for layer in enc[1:]]
+        self.w_nll, self.w_kl, self.w_path = buf(rows), buf(n), buf(rows)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import os
 import sys
 from pathlib import Path
@@ -16,13 +17,15 @@ from pathlib import Path
 import numpy as np
 
 from .._version import __version__
+from ..atomic import atomic_write, make_dirs
 
 EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
 
 # train options that define the run; on --resume they must agree with the checkpoint
 RUN_OPTIONS = ("dataset", "batch_size", "lr", "hidden", "latent_dim", "activation", "likelihood",
                "sigma", "init", "beta", "warmup_epochs", "binarize", "seed", "max_grad_norm", "iw_samples",
-               "conditional", "semi_supervised", "labels_per_class", "alpha", "labelled_batch")
+               "conditional", "semi_supervised", "labels_per_class", "alpha", "labelled_batch", "iw_gradient",
+               "prior", "pseudo_inputs", "flow")
 # those whose command-line flag is not "--" + the name with dashes
 FLAGS = {"latent_dim": "--latent", "warmup_epochs": "--warmup"}
 
@@ -39,8 +42,13 @@ def _hidden(text: str):
     return sizes
 
 
+#: integers the command line takes stay below this (they are stored as 64-bit integers)
+MAX_INT = 2 ** 63
+
+
 def _number(kind, strict=True):
-    """argparse type: a finite ``kind`` (int or float) > 0, or >= 0 when not ``strict``."""
+    """argparse type: a finite ``kind`` (int or float) > 0, or >= 0 when not
+    ``strict``; integers below :data:`MAX_INT`."""
     noun = "an integer" if kind is int else "a finite number"
 
     def parse(text):
@@ -48,8 +56,10 @@ def _number(kind, strict=True):
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}")
-        if not (np.isfinite(value) and (value > 0 if strict else value >= 0)):
+        if not ((kind is int or np.isfinite(value)) and (value > 0 if strict else value >= 0)):
             raise argparse.ArgumentTypeError(f"must be {noun} {'>' if strict else '>='} 0, got {text!r}")
+        if kind is int and value >= MAX_INT:
+            raise argparse.ArgumentTypeError(f"must be an integer below 2**63, got {text!r}")
         return value
     return parse
 
@@ -58,12 +68,27 @@ _positive_int, _positive_float = _number(int), _number(float)
 _seed, _nonneg_float = _number(int, strict=False), _number(float, strict=False)
 
 
+def _parsed(parse):
+    """argparse type from a parser of the library that raises ValueError: the value as
+    given if it parses (the run stores the text), else argparse's one-line error."""
+    def check(text):
+        try:
+            parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e))
+        return text
+    return check
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ..data.datasets import DATASET_NAMES
+    from ..inference.gmm import parse_sampler
     from ..kernels import ACTIVATIONS
+    from ..model.flows import parse_flow
     from ..model.layers import INITS
     from ..model.likelihoods import LIKELIHOODS
-    from .run import BINARIZE, CONDITIONAL, TrainConfig
+    from ..model.vae import PRIORS
+    from .run import BINARIZE, CONDITIONAL, IW_GRADIENTS, TrainConfig
 
     d = TrainConfig()
     parser = argparse.ArgumentParser(
@@ -102,6 +127,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train on the importance-weighted bound with K samples (IWAE; needs beta 1, "
                         "no warm-up, a likelihood without learned sigma); the train loss shown is "
                         "then -L_K, the test loss stays the ELBO [1: the ELBO]")
+    t.add_argument("--iw-gradient", choices=IW_GRADIENTS,
+                   help="with --iw-samples K > 1, the encoder's gradient: iwae (the bound's own) or dreg, the "
+                        "doubly reparameterised gradient of Tucker et al. (2019): the same expectation without "
+                        "the score-function term, whose noise grows with K; the decoder's gradient is the same "
+                        f"(not with --flow) [{d.iw_gradient}]")
+    t.add_argument("--prior", choices=PRIORS,
+                   help="p(z): standard, N(0, I); or vamp, the VampPrior of Tomczak and Welling (2018), the "
+                        "mixture of the encoder's posteriors at --pseudo-inputs learned pseudo-inputs (started "
+                        "at training images); the KL is then estimated from the drawn z (not with --conditional, "
+                        f"--semi-supervised or --flow) [{d.prior}]")
+    t.add_argument("--pseudo-inputs", type=_positive_int, metavar="K",
+                   help=f"with --prior vamp: the number of pseudo-inputs, the prior's components [{d.pseudo_inputs}]")
+    t.add_argument("--flow", type=_parsed(parse_flow), metavar="none|planar:L",
+                   help="L planar normalising flows on q(z|x) (Rezende and Mohamed 2015), their parameters "
+                        "output by the encoder for every x; the KL is then estimated from the drawn z "
+                        f"[{d.flow}]")
     t.add_argument("--conditional", metavar="|".join(CONDITIONAL),
                    help="a conditional VAE, q(z|x, c) and p(x|z, c). label: c is the one-hot label (the "
                         "data set needs labels; sample with --label). mask:KIND: c is the observed part "
@@ -119,7 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--labelled-batch", type=_positive_int, metavar="N",
                    help="with --semi-supervised: labelled examples drawn (with replacement) to go with each "
                         f"batch of unlabelled ones [{d.labelled_batch}]")
-    t.add_argument("--out", help="run directory [runs/<dataset>-<date>-<time>]")
+    t.add_argument("--out", help="run directory [runs/<dataset>-<date>-<time>]; a directory that holds a run "
+                                 "is refused (continue it with --resume, or replace it with --overwrite)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace the run that --out holds: its checkpoint, history and pictures are replaced "
+                        "when the new run saves its first checkpoint (until then the old run stays intact)")
     t.add_argument("--resume", metavar="CKPT", help="continue the run in this checkpoint or run directory "
                                                     "(--epochs may extend it)")
     t.add_argument("--no-plots", action="store_true", help="skip the pictures at the end")
@@ -151,16 +196,22 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-o", "--output", metavar="FILE.png", help="the picture of --posterior")
 
     s = sub.add_parser("sample", help="draw samples from a trained model",
-                       description="Ancestral samples: z ~ N(0, I), then the decoder's mean. A "
-                                   "conditional model draws -n samples of class --label, or without "
-                                   "--label -n samples of every class, one row per class.")
+                       description="Ancestral samples: z from the prior (N(0, I), or the VampPrior), or from "
+                                   "a mixture fitted to the training codes (--sampler gmm:N), then the "
+                                   "decoder's mean. A conditional model draws -n samples of class --label, or "
+                                   "without --label -n samples of every class, one row per class.")
     s.add_argument("checkpoint", help="checkpoint file or run directory")
     s.add_argument("-n", type=_positive_int, default=64, help="number of samples [64] (per class for a "
                                                                 "conditional model without --label)")
     s.add_argument("--label", type=_seed, help="class to draw, for a model trained with --conditional label")
     s.add_argument("-o", "--output", required=True, help="FILE.png (a grid) or FILE.npy (array (n, d))")
-    s.add_argument("--seed", type=_seed, default=0, help="seed of z [0]")
+    s.add_argument("--seed", type=_seed, default=0, help="seed of z (and of the mixture's fit) [0]")
     s.add_argument("--draw", action="store_true", help="draw x ~ p(x|z) instead of its mean")
+    s.add_argument("--sampler", type=_parsed(parse_sampler), default="prior", metavar="prior|gmm:N",
+                   help="where z comes from: the model's prior, or gmm:N, a mixture of N full-covariance "
+                        "Gaussians fitted by EM to the codes of the training set (needs the run's data; "
+                        "not for a conditional model) [prior]")
+    s.add_argument("--data-dir", help="with --sampler gmm:N: where to look for the data set first")
 
     p = sub.add_parser("plot", help="all pictures of a trained model",
                        description="Reconstructions, samples, latent space, manifold (2-D latent) "
@@ -220,6 +271,22 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--name", default="vae", help="module name: the files are NAME.py, NAME.npz, NAME.json [vae]")
     x.add_argument("--overwrite", action="store_true", help="replace the files of an earlier export of that name")
 
+    b = sub.add_parser("bench", help="a roofline report of one training step, kernel by kernel",
+                       description="Times every kernel call of training steps of a VAE on random data (float32, "
+                                   "Bernoulli, Adam): per kernel and GEMM shape, calls, time, GFLOP/s or GB/s "
+                                   "against the measured compute peak and memory bandwidth; then the whole step "
+                                   "in examples/s and as a share of the GEMM limit. Threads come from the "
+                                   "environment (OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, NUMBA_NUM_THREADS).")
+    b.add_argument("--backend", help="kernel backend (reference, numpy, numba or a module path) [the default]")
+    b.add_argument("--gemm", choices=("blas", "numba", "reference"), help="where the products come from "
+                                                                          "[the backend's own]")
+    b.add_argument("--batch-size", type=_positive_int, default=128, help="examples per step [128]")
+    b.add_argument("--input-dim", type=_positive_int, default=784, help="pixels per example [784]")
+    b.add_argument("--hidden", type=_hidden, default=[400], help="encoder hidden widths [400]")
+    b.add_argument("--latent", type=_positive_int, default=20, help="latent size [20]")
+    b.add_argument("--seconds", type=_positive_float, default=4.0,
+                   help="seconds of steps to time, half alone and half profiled [4]")
+
     dl = sub.add_parser("download", help="fetch and verify a named data set",
                         description="Download the official files, check each SHA-256, write atomically.")
     dl.add_argument("name", help="mnist, fashion-mnist or kmnist")
@@ -235,13 +302,17 @@ def build_parser() -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------
 
 def cmd_train(args) -> int:
-    from .run import Run, TrainConfig
+    from .run import Run, TrainConfig, data_source
     from .train import Trainer, default_run_dir
 
     given = {k: getattr(args, k) for k in RUN_OPTIONS if getattr(args, k) is not None}
+    if "dataset" in given:
+        given["dataset"] = data_source(given["dataset"])
     if args.resume:
         if args.out:
             raise ValueError("--out cannot be combined with --resume: a run continues in its own directory")
+        if args.overwrite:
+            raise ValueError("--overwrite replaces a run with a new one; --resume continues it: give one of them")
         run = Run.open(args.resume, args.data_dir)
         if run.config is None:
             raise ValueError(f"{args.resume}: holds a model only, not a training run to resume")
@@ -253,13 +324,18 @@ def cmd_train(args) -> int:
                 for k, (v, s) in clash.items()))
         if args.epochs is not None:
             run.config.epochs = args.epochs
+        if run.epoch >= run.config.epochs:
+            asked = (f"--epochs {args.epochs} asks for no more than the {run.epoch} epochs {args.resume} has "
+                     "trained" if args.epochs is not None else f"{args.resume} has trained all its {run.epoch} epochs")
+            raise ValueError(f"{asked}: nothing to do; give --epochs {run.epoch + 1} or more to train it further")
     else:
         if args.epochs is not None:
             given["epochs"] = args.epochs
         if args.data_dir:
             given["data_dir"] = args.data_dir
         config = TrainConfig(**given)
-        run = Run(config, out_dir=Path(args.out) if args.out else default_run_dir(config.dataset))
+        run = Run(config, out_dir=Path(args.out) if args.out else default_run_dir(config.dataset),
+                  overwrite=args.overwrite)
     trainer = Trainer(run, quiet=args.quiet)
     cfg, data = run.config, run.data
     if not args.quiet:
@@ -329,7 +405,8 @@ def cmd_evaluate(args) -> int:
     rng = np.random.default_rng(args.seed)
     r = elbo(model, x_test, rng, n_samples=args.samples, c=c_test)
     print(f"{run.data.name} test set ({len(x_test):,} examples), nats per example:")
-    print(f"  -ELBO {r['total']:.3f}   reconstruction {r['nll']:.3f}   KL {r['kl']:.3f}")
+    estimated = "" if model.analytic_kl else " (estimated at the drawn z: no closed form)"
+    print(f"  -ELBO {r['total']:.3f}   reconstruction {r['nll']:.3f}   KL {r['kl']:.3f}{estimated}")
     count, _ = active_units(model, x_test, c=c_test)
     print(f"  active units {count} of {model.latent_dim} (variance of E[z|x] over the data > 0.01)")
     k = args.iw_samples or (1000 if args.exact else None)
@@ -373,15 +450,21 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    from ..data.datasets import one_hot
+    from ..inference.gmm import fit_to_codes, parse_sampler
+    from ..model.layers import one_hot
     from .run import Run
 
     out = Path(args.output)
     if out.suffix not in (".png", ".npy"):
         raise ValueError(f"-o must end in .png or .npy, got {out}")
-    run = Run.open(args.checkpoint)
+    components = parse_sampler(args.sampler)
+    run = _open_run(args.checkpoint, args.data_dir) if components else Run.open(args.checkpoint)
     model = run.vae
     classes = model.context_dim
+    sampler = None
+    if components:        # fitted to the codes of the training set as the model trained on it
+        rng = np.random.default_rng([args.seed, 1])
+        sampler = fit_to_codes(model, run.x_train_seen(rng), components, rng)
     if args.label is not None and not classes:
         raise ValueError("--label needs a conditional model (trained with --conditional label)")
     if args.label is not None and args.label >= classes:
@@ -389,25 +472,41 @@ def cmd_sample(args) -> int:
     labels = (None if not classes else np.full(args.n, args.label) if args.label is not None
               else np.repeat(np.arange(classes), args.n))
     c = None if labels is None else one_hot(labels, classes, model.dtype)
-    x = model.sample(args.n if c is None else len(c), np.random.default_rng(args.seed), mean=not args.draw, c=c)
+    x = model.sample(args.n if c is None else len(c), np.random.default_rng(args.seed), mean=not args.draw, c=c,
+                     sampler=sampler)
+    if not np.isfinite(x).all():
+        raise ValueError(f"the samples are not finite (NaN or inf): the decoder overflows; {out} was not written")
     if out.suffix == ".npy":
-        np.save(out, x)
+        save_npy(out, x)
     else:
         from . import plots
         if run.image_shape is None:
             raise ValueError("this model's data are not images; write .npy instead")
         what = "" if labels is None else f" of class {args.label}" if args.label is not None else \
             ", one row per class"
+        if components:
+            what += f", z from a {components}-component mixture fitted to the training codes"
         plots.image_grid(x, run.image_shape, out, f"{len(x)} samples{what} from {args.checkpoint}",
                          cols=args.n if classes and args.label is None else None)
     print(out)
     return 0
 
 
+def save_npy(path: Path, x: np.ndarray) -> None:
+    """``np.save(path, x)``, atomically. The data go through Python's write (NumPy's
+    own writes lose the error number of a full disk, and so the file's name)."""
+    x = np.ascontiguousarray(x)
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(x))
+    with atomic_write(path, size=header.tell() + x.nbytes) as f:
+        f.write(header.getvalue())
+        f.write(x.data)
+
+
 def cmd_plot(args) -> int:
     run = _open_run(args.checkpoint, args.data_dir)
     out = Path(args.out) if args.out else run.out_dir
-    out.mkdir(parents=True, exist_ok=True)
+    make_dirs(out)
     _pictures(run, out, False, args.seed, required=True)
     print(out)
     return 0
@@ -532,6 +631,13 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from .roofline import profile
+    print(profile(args.backend, args.gemm, args.batch_size, args.input_dim, args.hidden, args.latent,
+                  args.seconds))
+    return 0
+
+
 def cmd_download(args) -> int:
     from ..data.download import download
     path = download(args.name, args.dest, base_url=args.base_url,
@@ -555,7 +661,7 @@ def cmd_datasets(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample, "plot": cmd_plot,
-            "complete": cmd_complete, "interpolate": cmd_interpolate, "export": cmd_export,
+            "complete": cmd_complete, "interpolate": cmd_interpolate, "export": cmd_export, "bench": cmd_bench,
             "download": cmd_download, "datasets": cmd_datasets}
 
 
@@ -570,10 +676,11 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("scratchvae: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (ValueError, TypeError, OSError, ImportError, RuntimeError, FloatingPointError) as e:
+    except (ValueError, TypeError, OSError, ImportError, RuntimeError, FloatingPointError, MemoryError) as e:
         if os.environ.get("SCRATCHVAE_DEBUG"):
             raise
-        message = str(e).strip().splitlines() or [type(e).__name__]
+        message = str(e).strip().splitlines() or ["out of memory" if isinstance(e, MemoryError)
+                                                   else type(e).__name__]
         print(f"scratchvae: error: {' '.join(line.strip() for line in message)}", file=sys.stderr)
         return EXIT_ERROR
 

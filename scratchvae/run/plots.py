@@ -1,15 +1,24 @@
 """The classic VAE pictures, as PNG files (Matplotlib, imported only here).
 
 Each function takes a model (and data) and a path, draws one figure and
-returns the path. Images are shown with 0 = white, 1 = black ink.
+returns the path. Images are shown with 0 = white, 1 = black ink. A figure
+is rendered in memory and then written atomically (:mod:`scratchvae.atomic`):
+a full disk leaves the previous picture, never an empty or cut one.
 """
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+
+from ..atomic import write_bytes
+
+#: the pictures of a run directory, ``<kind>.png`` (:func:`all_pictures` draws those that apply)
+KINDS = ("reconstructions", "samples", "manifold", "latent", "curves")
+PICTURES = tuple(f"{kind}.png" for kind in KINDS)
 
 
 def pyplot():
@@ -38,11 +47,15 @@ def tile(images: np.ndarray, image_shape, cols: int, pad: int = 1) -> np.ndarray
 
 
 def save(fig, path, dpi: int = 100) -> Path:
-    """Lay out, write and close a Matplotlib figure; returns the path."""
-    fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
-    pyplot().close(fig)
-    return Path(path)
+    """Lay out, write (atomically, in the format the suffix names) and close a
+    Matplotlib figure; returns the path."""
+    buffer = io.BytesIO()
+    try:
+        fig.tight_layout()
+        fig.savefig(buffer, format=Path(path).suffix.lstrip(".") or "png", dpi=dpi)
+    finally:
+        pyplot().close(fig)
+    return write_bytes(path, buffer.getvalue())
 
 
 def _save_grid(canvas, path, title):
@@ -75,13 +88,14 @@ def image_grid(images: np.ndarray, image_shape, path, title: str = "", cols: Opt
 
 
 def samples(model, rng, image_shape, path, n: int = 64):
-    """A grid of E[x | z] for z drawn from the prior N(0, I)."""
-    return image_grid(model.sample(n, rng), image_shape, path, f"{n} samples: z ~ N(0, I), decoded mean")
+    """A grid of E[x | z] for z drawn from the prior (N(0, I), or the VampPrior)."""
+    prior = "N(0, I)" if model.prior == "standard" else "the VampPrior"
+    return image_grid(model.sample(n, rng), image_shape, path, f"{n} samples: z ~ {prior}, decoded mean")
 
 
 def class_samples(model, rng, image_shape, path, per_class: int = 10):
     """A conditional model's samples, one row per class: z ~ N(0, I), c = one-hot(row)."""
-    from ..data.datasets import one_hot
+    from ..model.layers import one_hot
     n_classes = model.context_dim
     labels = np.repeat(np.arange(n_classes), per_class)
     x = model.sample(len(labels), rng, c=one_hot(labels, n_classes, model.dtype))
@@ -170,22 +184,22 @@ def all_pictures(model, data, history, out_dir, rng, c_test=None, context: str =
     (``mask:KIND``) has no samples picture (``scratchvae complete`` draws its
     completions).
     """
-    out_dir = Path(out_dir)
+    path = {kind: Path(out_dir) / f"{kind}.png" for kind in KINDS}
     shape = data.image_shape
     written = []
     if shape is not None:
-        written.append(reconstructions(model, data.x_test, shape, out_dir / "reconstructions.png", c=c_test))
+        written.append(reconstructions(model, data.x_test, shape, path["reconstructions"], c=c_test))
         if context == "label":
-            written.append(class_samples(model, rng, shape, out_dir / "samples.png"))
+            written.append(class_samples(model, rng, shape, path["samples"]))
         elif not model.context_dim:
-            written.append(samples(model, rng, shape, out_dir / "samples.png"))
+            written.append(samples(model, rng, shape, path["samples"]))
             if model.latent_dim == 2:
-                written.append(manifold(model, shape, out_dir / "manifold.png"))
+                written.append(manifold(model, shape, path["manifold"]))
     n = min(5000, len(data.x_test))
     written.append(latent_space(model, data.x_test[:n], None if data.y_test is None else data.y_test[:n],
-                                out_dir / "latent.png", None if c_test is None else c_test[:n]))
+                                path["latent"], None if c_test is None else c_test[:n]))
     if history:
-        written.append(curves(history, out_dir / "curves.png"))
+        written.append(curves(history, path["curves"]))
     return written
 
 

@@ -7,6 +7,12 @@
 a :class:`Run`, so the sequence data -> binarisation -> contexts -> model is
 written once, here.
 
+A run's directory holds ``checkpoint.npz``, ``history.csv``/``.json`` and
+the pictures; a new run refuses a directory that holds another run unless
+told to replace it (``overwrite=True``). Its checkpoints record a
+fingerprint of the data (shape and SHA-256 of each split), and a run opened
+from one refuses data that differ from it, saying what changed.
+
 Randomness: the model's weights come from ``seed``; the training stream
 (shuffling, eps, dynamic binarisation, M2's labelled draws) from a generator
 seeded by ``seed`` and saved in every checkpoint, so a resumed run continues
@@ -16,6 +22,9 @@ per epoch and does not touch the training stream.
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
+import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -23,16 +32,67 @@ from typing import List, Optional
 
 import numpy as np
 
-from ..data.datasets import Dataset, binarize, load_array_file, load_dataset, one_hot
+from ..atomic import remove_stale_temporaries
+from ..data.datasets import Dataset, binarize, load_array_file, load_dataset
 from ..inference.complete import MASK_KINDS, Mask, observed_context
 from ..model import M2, VAE
+from ..model.flows import parse_flow
+from ..model.layers import one_hot
 from ..model.m2 import split_labels
+from ..model.vae import PRIORS
 from ..optim import Adam
 from . import checkpoint as ckpt
+from .plots import PICTURES
 
 BINARIZE = ("none", "dynamic", "static")
 CONDITIONAL = ("none", "label", "mask:KIND")
+IW_GRADIENTS = ("iwae", "dreg")
+DEFAULT_PSEUDO_INPUTS = 500
 CHECKPOINT = "checkpoint.npz"
+#: the files that make a directory a run's (besides its pictures)
+RUN_FILES = (CHECKPOINT, "history.csv", "history.json")
+
+_FINGERPRINT = ckpt.Fields({"shape": (ckpt.SIZES, True), "sha256": (ckpt.SHA256, True)})
+#: a checkpoint's loop state (:meth:`Run.state`); without an optimizer every field is optional
+TRAIN_STATE = ckpt.Fields({
+    "config": (ckpt.OBJECT, True), "epoch": (ckpt.integer(0), True), "batch": (ckpt.integer(0), True),
+    "step": (ckpt.integer(0), True), "rng": (ckpt.OBJECT, True), "sums": (ckpt.OBJECT, True),
+    "history": (ckpt.RECORDS, True),
+    "data": (ckpt.Fields({"name": (ckpt.TEXT, True), "image_shape": (ckpt.IMAGE_SHAPE, False),
+                          "fingerprint": (ckpt.Fields({"train": (_FINGERPRINT, True), "test": (_FINGERPRINT, True)}),
+                                          False)}), False)})
+
+
+class RunExistsError(ValueError):
+    """A new run was pointed at a directory that holds another run."""
+
+
+class DataChangedError(ValueError):
+    """A saved run was given data other than those it was trained on."""
+
+
+def data_source(name: str) -> str:
+    """A data set's name as a run stores it: a named set as given, an array
+    file's path made absolute (so the run finds it from any directory)."""
+    return _absolute(name) if name.endswith((".npy", ".npz")) else name
+
+
+def _absolute(path) -> str:
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def _integer(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _number(v) -> bool:
+    """A finite real number (not a bool, which Python counts as an int)."""
+    if not isinstance(v, (int, float, np.number)) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:                       # an int beyond any float
+        return False
 
 
 @dataclass
@@ -60,24 +120,40 @@ class TrainConfig:
     labels_per_class: int = 100      # M2: labelled examples per class, the rest unlabelled
     alpha: float = 10.0              # M2: weight of the labelled examples' cross-entropy
     labelled_batch: int = 100        # M2: labelled examples drawn (with replacement) per step
+    iw_gradient: str = "iwae"        # iwae | dreg: the encoder's gradient of the IWAE bound (dreg: Tucker et al.)
+    prior: str = "standard"          # standard (N(0, I)) | vamp (the VampPrior)
+    pseudo_inputs: int = DEFAULT_PSEUDO_INPUTS   # vamp: its number of pseudo-inputs (components)
+    flow: str = "none"               # none | planar:L: L planar flows on q, amortised
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size", "latent_dim", "labels_per_class", "labelled_batch"):
+        for name in ("dataset", "activation", "likelihood", "init", "binarize", "conditional", "iw_gradient",
+                     "prior", "flow"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a string, got {getattr(self, name)!r}")
+        if not isinstance(self.semi_supervised, bool):
+            raise ValueError(f"semi_supervised must be true or false, got {self.semi_supervised!r}")
+        if not (isinstance(self.hidden, (list, tuple)) and all(_integer(h) and h > 0 for h in self.hidden)):
+            raise ValueError(f"hidden must be a list of positive integers, got {self.hidden!r}")
+        for name in ("epochs", "batch_size", "latent_dim", "labels_per_class", "labelled_batch", "pseudo_inputs"):
             v = getattr(self, name)
-            if not (isinstance(v, (int, np.integer)) and v > 0):
+            if not (_integer(v) and v > 0):
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if not (_integer(self.seed) and self.seed >= 0):
+            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
         for name in ("lr", "sigma"):
-            if not (np.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+            if not (_number(getattr(self, name)) and getattr(self, name) > 0):
                 raise ValueError(f"{name} must be a positive number, got {getattr(self, name)!r}")
         for name in ("beta", "warmup_epochs", "alpha"):
-            if not (np.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+            if not (_number(getattr(self, name)) and getattr(self, name) >= 0):
                 raise ValueError(f"{name} must be a number >= 0, got {getattr(self, name)!r}")
+        if self.max_grad_norm is not None and not (_number(self.max_grad_norm) and self.max_grad_norm > 0):
+            raise ValueError(f"max_grad_norm must be a positive number or None, got {self.max_grad_norm!r}")
         if self.binarize not in BINARIZE:
             raise ValueError(f"binarize must be one of {', '.join(BINARIZE)}, got {self.binarize!r}")
         if self.binarize != "none" and self.likelihood != "bernoulli":
             raise ValueError(f"binarization makes 0/1 data for the bernoulli likelihood; "
                              f"it makes no sense with {self.likelihood}")
-        if not (isinstance(self.iw_samples, (int, np.integer)) and self.iw_samples >= 1):
+        if not (_integer(self.iw_samples) and self.iw_samples >= 1):
             raise ValueError(f"iw_samples must be an integer >= 1, got {self.iw_samples!r}")
         if self.iw_samples > 1 and (self.beta != 1 or self.warmup_epochs):
             raise ValueError("the importance-weighted bound has no KL term to weight: "
@@ -91,7 +167,35 @@ class TrainConfig:
                                      or self.warmup_epochs):
             raise ValueError("semi-supervised (M2) training conditions on the label itself and trains its "
                              "own bound: it takes no conditional, iw_samples, beta or warm-up")
+        self._check_variants()
         self.hidden = [int(h) for h in self.hidden]
+        self.dataset = data_source(self.dataset)
+        if self.data_dir is not None:
+            self.data_dir = _absolute(self.data_dir)
+
+    def _check_variants(self):
+        """The prior, the flow and the IWAE gradient, alone and in combination."""
+        if self.iw_gradient not in IW_GRADIENTS:
+            raise ValueError(f"iw_gradient must be one of {', '.join(IW_GRADIENTS)}, got {self.iw_gradient!r}")
+        if self.prior not in PRIORS:
+            raise ValueError(f"prior must be one of {', '.join(PRIORS)}, got {self.prior!r}")
+        layers = parse_flow(self.flow)
+        if self.iw_gradient == "dreg" and self.iw_samples < 2:
+            raise ValueError("the DReG gradient is a gradient of the importance-weighted bound: "
+                             "give iw_samples K > 1 (--iw-samples K) with iw_gradient dreg")
+        if self.iw_gradient == "dreg" and layers:
+            raise ValueError("DReG needs log q(z|x) at a fixed z, and a planar flow's needs its inverse: "
+                             "train a flow with iw_gradient iwae")
+        if self.prior == "standard" and self.pseudo_inputs != DEFAULT_PSEUDO_INPUTS:
+            raise ValueError("pseudo_inputs set the VampPrior's size: use them with prior vamp (--prior vamp)")
+        if self.prior == "vamp" and layers:
+            raise ValueError("the VampPrior cannot go with a flow: its components are the encoder's posteriors, "
+                             "and a planar flow's density at a given z needs its inverse")
+        if self.prior == "vamp" and self.context != "none":
+            raise ValueError("the VampPrior encodes its pseudo-inputs without a context: it takes no "
+                             "conditional or semi-supervised model")
+        if self.semi_supervised and (layers or self.iw_gradient != "iwae"):
+            raise ValueError("semi-supervised (M2) training takes no flow and no iw_gradient")
 
     @property
     def context(self) -> str:
@@ -101,7 +205,8 @@ class TrainConfig:
 
 def stream(seed: int, key: int) -> np.random.Generator:
     """An independent generator for one purpose (1 training, 2 binarisation,
-    3 test split of an array file, 4 test masks, 100+ evaluation of epoch e)."""
+    3 test split of an array file, 4 test masks, 5 the VampPrior's starting
+    pseudo-inputs, 100+ evaluation of epoch e)."""
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(key,)))
 
 
@@ -109,20 +214,31 @@ class Run:
     """One training run. ``Run(config, data=None, out_dir=None)`` starts a new one
     (``data`` defaults to the data set ``config`` names); :meth:`open` reads a saved one.
 
+    A new run refuses an ``out_dir`` that holds another run
+    (:class:`RunExistsError`) unless ``overwrite``: then the old run's files
+    are replaced when the new run saves its first checkpoint, and not before.
+
     Attributes: ``config``, ``model`` (a :class:`VAE`, or :class:`M2` for a
     semi-supervised run; ``vae`` is the VAE either way), ``optimizer``, the
     loop state (``epoch``, ``batch``, ``step``, ``perm``, ``sums``,
-    ``history``, ``rng``), and, loaded when first used, ``data``,
-    ``x_train``/``x_test`` (binarised as the run says), ``c_test`` and the
-    training contexts.
+    ``history``, ``rng``), ``trained_on`` (the fingerprint of the data a
+    saved run was trained on, or None), and, loaded when first used,
+    ``data``, ``x_train``/``x_test`` (binarised as the run says), ``c_test``
+    and the training contexts.
     """
 
     def __init__(self, config: Optional[TrainConfig], data: Optional[Dataset] = None, out_dir=None, *,
-                 model=None):
+                 model=None, overwrite: bool = False):
         self.config = config
         self.out_dir = None if out_dir is None else Path(out_dir)
-        if data is not None:
-            self.data = data
+        found = [] if model is not None or self.out_dir is None else run_files(self.out_dir)
+        if found and not overwrite:
+            raise RunExistsError(
+                f"{self.out_dir} already holds a run ({', '.join(found)}); continue it with "
+                f"scratchvae train --resume {self.out_dir}, or replace it with --overwrite (Run(..., overwrite=True))")
+        self._replaces = bool(found)
+        self._data = data
+        self.trained_on: Optional[dict] = None
         self.model = self._build_model() if model is None else model
         self.optimizer = None if config is None else Adam(self.model.params, lr=config.lr,
                                                           max_grad_norm=config.max_grad_norm)
@@ -141,11 +257,20 @@ class Run:
 
     @cached_property
     def data(self) -> Dataset:
-        """The data set the configuration names (loaded on first use)."""
+        """The data set the configuration names (loaded on first use), checked
+        against :attr:`trained_on`."""
         if self.config is None:
             raise ValueError("this checkpoint holds a model only, no training configuration: "
                              "its data set is unknown")
-        return load_data(self.config)
+        data = load_data(self.config) if self._data is None else self._data
+        if self.trained_on is not None:
+            check_fingerprint(self.trained_on, data, self.out_dir)
+        return data
+
+    @cached_property
+    def fingerprint(self) -> dict:
+        """The data's fingerprint (:meth:`Dataset.fingerprint`), as its checkpoints store it."""
+        return self.data.fingerprint()
 
     @property
     def image_shape(self):
@@ -185,6 +310,11 @@ class Run:
         """A semi-supervised run's ``(labelled, unlabelled)`` training indices."""
         return split_labels(self.data.y_train, self.config.labels_per_class, self.config.seed)
 
+    def x_train_seen(self, rng: np.random.Generator) -> np.ndarray:
+        """The training images as the model trains on them: x_train, binarised once
+        with ``rng`` when the run binarises every batch (``dynamic``)."""
+        return binarize(self.x_train, rng) if self.config.binarize == "dynamic" else self.x_train
+
     @property
     def train_indices(self) -> np.ndarray:
         """The examples an epoch passes over: all of x_train, or M2's unlabelled ones."""
@@ -209,9 +339,16 @@ class Run:
                       activation=cfg.activation, likelihood=cfg.likelihood, init=cfg.init, alpha=cfg.alpha,
                       seed=cfg.seed)
         c_test = self.c_test
-        return VAE(data.n_features, cfg.hidden, cfg.latent_dim, likelihood=cfg.likelihood,
-                   activation=cfg.activation, init=cfg.init, seed=cfg.seed, sigma=cfg.sigma,
-                   context_dim=0 if c_test is None else c_test.shape[1])
+        vamp = cfg.prior == "vamp"
+        model = VAE(data.n_features, cfg.hidden, cfg.latent_dim, likelihood=cfg.likelihood,
+                    activation=cfg.activation, init=cfg.init, seed=cfg.seed, sigma=cfg.sigma,
+                    context_dim=0 if c_test is None else c_test.shape[1], prior=cfg.prior,
+                    pseudo_inputs=cfg.pseudo_inputs if vamp else 0, flow=cfg.flow)
+        if vamp:        # the pseudo-inputs start at K training images chosen with the seed, not at noise
+            x = self.x_train
+            pick = stream(cfg.seed, 5).choice(len(x), cfg.pseudo_inputs, replace=cfg.pseudo_inputs > len(x))
+            model.params["prior.u"][...] = x[pick]
+        return model
 
     # ------------------------------------------------------------------
     # saving and opening
@@ -225,12 +362,19 @@ class Run:
         """The loop state as stored in a checkpoint's header (JSON)."""
         return {"config": dataclasses.asdict(self.config), "epoch": self.epoch, "batch": self.batch,
                 "step": self.step, "rng": self.rng.bit_generator.state, "sums": self.sums,
-                "history": self.history, "data": {"name": self.data.name, "image_shape": self.data.image_shape}}
+                "history": self.history, "data": {"name": self.data.name, "image_shape": self.data.image_shape,
+                                                  "fingerprint": self.fingerprint}}
 
     def save(self) -> Path:
-        """Write the run's checkpoint (atomically) into its directory."""
+        """Write the run's checkpoint (atomically) into its directory; the first
+        save of a run that replaces another then removes the old history and pictures."""
         arrays = {} if self.perm is None else {"perm": self.perm}
-        return ckpt.save(self.checkpoint_path, self.model, self.optimizer, self.state(), arrays)
+        path = ckpt.save(self.checkpoint_path, self.model, self.optimizer, self.state(), arrays)
+        if self._replaces:
+            for name in RUN_FILES[1:] + PICTURES:
+                (self.out_dir / name).unlink(missing_ok=True)
+            self._replaces = False
+        return path
 
     @classmethod
     def open(cls, path, data_dir: Optional[str] = None, data: Optional[Dataset] = None) -> "Run":
@@ -245,21 +389,44 @@ class Run:
         """
         header, groups = ckpt.read(path)
         path = Path(path)
+        out_dir = path if path.is_dir() else path.parent
+        remove_stale_temporaries(out_dir)
         state = header.get("train")
+        resumable = "optimizer" in header
+        if state is not None:
+            ckpt.check_fields(state, TRAIN_STATE if resumable else TRAIN_STATE.optional(), "train", str(path))
         model = ckpt.model_from(header, groups, str(path), m2=state is not None and "m2" in state)
-        config = None if state is None else config_from(state["config"], str(path))
+        config = None if state is None else config_from(state.get("config", {}), str(path))
         if config is not None and data_dir:
-            config.data_dir = data_dir
-        run = cls(config, data, out_dir=path if path.is_dir() else path.parent, model=model)
+            config = dataclasses.replace(config, data_dir=data_dir)
+        run = cls(config, data, out_dir=out_dir, model=model)
         if state is None:
             return run
         run.history = state.get("history", [])
-        run._image_shape = state.get("data", {}).get("image_shape")
-        if "optimizer" not in header:
+        stored_data = state.get("data", {})
+        run._image_shape = stored_data.get("image_shape")
+        if run._image_shape is not None and int(np.prod(run._image_shape)) != run.vae.input_dim:
+            raise ckpt.CheckpointError(f"{path}: header field train.data.image_shape {run._image_shape} does "
+                                       f"not hold the model's {run.vae.input_dim} inputs")
+        run.trained_on = stored_data.get("fingerprint")
+        if not resumable:
             run.optimizer = None
             return run
-        run.optimizer.load_state_dict(groups["optim"])
-        run.rng.bit_generator.state = state["rng"]
+        made = json.loads(json.dumps(run.optimizer.config()))        # as the header stores it
+        differ = sorted(k for k in set(made) | set(header["optimizer"]) if made.get(k) != header["optimizer"].get(k))
+        if differ:
+            raise ckpt.CheckpointError(
+                f"{path}: the optimizer in the header is not the one its training configuration makes ("
+                + ", ".join(f"{k} {header['optimizer'].get(k)!r} vs {made.get(k)!r}" for k in differ) + ")")
+        try:
+            run.optimizer.load_state_dict(groups["optim"])
+        except ValueError as e:
+            raise ckpt.CheckpointError(f"{path}: {e}") from None
+        try:
+            run.rng.bit_generator.state = state["rng"]
+        except (TypeError, ValueError, KeyError) as e:
+            raise ckpt.CheckpointError(f"{path}: header field train.rng is not a state of NumPy's "
+                                       f"{type(run.rng.bit_generator).__name__} generator ({e!r})") from None
         run.epoch, run.batch, run.step = state["epoch"], state["batch"], state["step"]
         run.sums = state["sums"]
         run.perm = groups["train"].get("perm")
@@ -272,11 +439,39 @@ class Run:
 
 
 def config_from(stored: dict, source: str) -> TrainConfig:
-    """A :class:`TrainConfig` from a checkpoint's stored configuration."""
+    """A :class:`TrainConfig` from a checkpoint's stored configuration (fields
+    it lacks take their defaults; fields this version does not know are refused)."""
+    unknown = sorted(set(stored) - {f.name for f in dataclasses.fields(TrainConfig)})
+    if unknown:
+        raise ckpt.CheckpointError(f"{source}: the training configuration in the header has fields this "
+                                   f"scratchvae does not know: {', '.join(unknown)} (written by a newer scratchvae?)")
     try:
         return TrainConfig(**stored)
     except (TypeError, ValueError) as e:
         raise ckpt.CheckpointError(f"{source}: bad training configuration in the header ({e})") from None
+
+
+def run_files(directory) -> List[str]:
+    """Which of :data:`RUN_FILES` ``directory`` holds (none: it holds no run)."""
+    return [name for name in RUN_FILES if (Path(directory) / name).exists()]
+
+
+def check_fingerprint(trained_on: dict, data: Dataset, where) -> None:
+    """Raise :class:`DataChangedError`, saying what changed, unless ``data``
+    has the fingerprint ``trained_on`` (a :meth:`Dataset.fingerprint`)."""
+    now = data.fingerprint()
+    changes = []
+    for split, label in (("train", "training"), ("test", "test")):
+        then, new = trained_on[split], now[split]
+        if then["shape"] != new["shape"]:
+            changes.append(f"the {label} set has shape {tuple(new['shape'])} now, "
+                           f"{tuple(then['shape'])} when the run was trained")
+        elif then["sha256"] != new["sha256"]:
+            changes.append(f"the {label} set has the shape it had, {tuple(new['shape'])}, but other values "
+                           f"(SHA-256 {new['sha256'][:12]}... now, {then['sha256'][:12]}... then)")
+    if changes:
+        raise DataChangedError(f"{where}: {data.name} is not the data this run was trained on: "
+                               + "; ".join(changes) + "; restore those data, or train a new run on these")
 
 
 def n_classes(data: Dataset) -> int:

@@ -22,16 +22,18 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from ..atomic import check_writable, make_dirs, remove_empty, remove_stale_temporaries, write_bytes
 from ..data.datasets import binarize
 from ..inference.evaluate import elbo
+from ..model import M2, memory
 from ..model.m2 import accuracy
-from ..atomic import atomic_write
+from .checkpoint import CheckpointError, NotFiniteError
 from .progress import Progress
 from .run import Run, stream
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or inf; the last good checkpoint is left as it was."""
+    """The loss or the weights became NaN or inf; the last good checkpoint is left as it was."""
 
 
 # --------------------------------------------------------------------------
@@ -59,13 +61,14 @@ class Objective:
 
 
 class ImportanceWeighted(Objective):
-    """The importance-weighted bound with ``k`` samples (IWAE); the test loss stays the ELBO."""
+    """The importance-weighted bound with ``k`` samples (IWAE), the encoder's gradient
+    the bound's own or DReG's (``dreg``); the test loss stays the ELBO."""
 
-    def __init__(self, k: int):
-        self.k = k
+    def __init__(self, k: int, dreg: bool = False):
+        self.k, self.dreg = k, dreg
 
     def losses_and_grads(self, run, x, idx, rng, beta):
-        return run.model.iw_loss_and_grads(x, self.k, rng=rng, c=run.train_context(idx, x, rng))
+        return run.model.iw_loss_and_grads(x, self.k, rng=rng, c=run.train_context(idx, x, rng), dreg=self.dreg)
 
 
 class SemiSupervised(Objective):
@@ -95,7 +98,7 @@ def objective_of(run: Run) -> Objective:
     if run.config.semi_supervised:
         return SemiSupervised()
     if run.config.iw_samples > 1:
-        return ImportanceWeighted(run.config.iw_samples)
+        return ImportanceWeighted(run.config.iw_samples, dreg=run.config.iw_gradient == "dreg")
     return Objective()
 
 
@@ -116,6 +119,10 @@ class Trainer:
     ``run.out_dir`` receives ``checkpoint.npz`` (after every epoch, and on
     Ctrl-C), ``history.csv`` and ``history.json``. ``on_batch(trainer)`` is
     called after every optimizer step (tests use it; so can a user's logger).
+
+    Before anything is trained it checks what a saved run resumes from (its
+    epoch's order and position, its loss sums) and that a step fits in
+    memory (:class:`~scratchvae.model.memory.NotEnoughMemoryError`).
     """
 
     def __init__(self, run: Run, *, quiet: bool = False, stream=None,
@@ -129,8 +136,38 @@ class Trainer:
         self.fields = history_fields(self.objective)
         if not run.sums:
             run.sums = self._zero_sums()
+        self._check_position()
+        self._require_memory()
         self._stop = False
         self._buffers = {}
+
+    def _check_position(self):
+        """Refuse loop state that does not fit this run's data (a damaged or foreign checkpoint)."""
+        run, where = self.run, self.run.checkpoint_path
+        if set(run.sums) != set(self._zero_sums()) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in run.sums.values()):
+            raise CheckpointError(f"{where}: header field train.sums must hold the numbers "
+                                  f"{', '.join(sorted(self._zero_sums()))}, got {sorted(run.sums)}")
+        n = len(run.train_indices)
+        if run.perm is not None and not is_permutation(run.perm, n):
+            raise CheckpointError(f"{where}: train/perm is not an order of the {n:,} training examples "
+                                  f"(shape {run.perm.shape}, dtype {run.perm.dtype})")
+        if run.batch > self.batches_per_epoch or (run.batch and run.perm is None):
+            raise CheckpointError(f"{where}: header field train.batch {run.batch} is not a position in an "
+                                  f"epoch of {self.batches_per_epoch} batches")
+
+    def _require_memory(self):
+        """Refuse, before the first step, a step that would not fit in memory: its
+        workspace and the run's untouched buffers (a new run's gradients and
+        Adam moments are zeros the system has not handed out yet; a resumed
+        run's moments were filled when it was opened)."""
+        run, cfg = self.run, self.run.config
+        rows = min(cfg.batch_size, len(run.train_indices))
+        if isinstance(run.model, M2):                   # the labelled rows and every class's copy of a batch
+            rows = cfg.labelled_batch + run.model.n_classes * rows
+        untouched = sum(v.nbytes for v in run.model.params.values()) * (1 if run.step else 3)
+        memory.require(untouched + memory.step_bytes(run.vae, rows, cfg.iw_samples),
+                       f"training {run.model!r} on batches of {rows:,} rows x {cfg.iw_samples:,} samples")
 
     @property
     def batches_per_epoch(self) -> int:
@@ -150,23 +187,41 @@ class Trainer:
         """Train up to ``config.epochs``. Returns ``"done"`` or ``"interrupted"``.
 
         Ctrl-C finishes the current step, saves a checkpoint and returns
-        ``"interrupted"`` (a second Ctrl-C aborts at once). A non-finite loss
-        raises :class:`TrainingDiverged` and saves nothing.
+        ``"interrupted"`` (a second Ctrl-C aborts at once). A non-finite loss,
+        or weights that are not finite when a checkpoint is due, raise
+        :class:`TrainingDiverged` and save nothing.
+
+        The run directory is made if need be, checked to be writable, and
+        cleared of temporaries that killed processes left; directories this
+        call made are removed again if it fails before writing into them.
         """
-        self.run.out_dir.mkdir(parents=True, exist_ok=True)
+        out_dir = self.run.out_dir
+        made = make_dirs(out_dir)
         previous = None
         if threading.current_thread() is threading.main_thread():
             previous = signal.signal(signal.SIGINT, self._on_sigint)
         try:
+            remove_stale_temporaries(out_dir)
+            check_writable(out_dir)
             while self.run.epoch < self.run.config.epochs:
                 if not self.train_epoch():
-                    self.run.save()
+                    self._save("at the interruption", self.run.epoch + 1)
                     return "interrupted"
                 self._end_epoch()
             return "done"
+        except BaseException:
+            remove_empty(made)
+            raise
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
+
+    def _save(self, where: str, epoch: int) -> None:
+        """The run's checkpoint, or :class:`TrainingDiverged` (in ``epoch``) if its weights are not finite."""
+        try:
+            self.run.save()
+        except NotFiniteError as e:
+            raise self._diverged(where, e, epoch) from None
 
     def _on_sigint(self, signum, frame):
         self._stop = True
@@ -210,11 +265,13 @@ class Trainer:
         progress.close()
         return True
 
-    def _diverged(self, where: str, e: FloatingPointError) -> TrainingDiverged:
+    def _diverged(self, where: str, e: Exception, epoch: Optional[int] = None) -> TrainingDiverged:
+        """The error for a blow-up in ``epoch`` (1-based; default: the one in progress)."""
+        epoch = self.run.epoch + 1 if epoch is None else epoch
         path = self.run.checkpoint_path
-        last = (f"the last good checkpoint (epoch {self.run.epoch}) is {path}"
+        last = (f"the last good checkpoint (epoch {epoch - 1}) is {path}"
                 if path.exists() else "no checkpoint was written")
-        return TrainingDiverged(f"training diverged at epoch {self.run.epoch + 1}, {where}: {e}; {last}")
+        return TrainingDiverged(f"training diverged at epoch {epoch}, {where}: {e}; {last}")
 
     def _batch_buffers(self, n):
         """(x, scratch) buffers for a batch of n rows, made once per batch size."""
@@ -239,7 +296,7 @@ class Trainer:
         run.history.append(row)
         run.batch, run.perm = 0, None
         run.sums = self._zero_sums()
-        run.save()
+        self._save("at the end of the epoch", run.epoch)
         self.write_history()
         if not self.quiet:
             print(f"epoch {row['epoch']:>3}/{run.config.epochs}  {self.objective.summary(row)}  "
@@ -247,12 +304,15 @@ class Trainer:
 
     def write_history(self) -> None:
         out_dir = self.run.out_dir
-        with atomic_write(out_dir / "history.json") as f:
-            f.write(json.dumps(self.run.history, indent=1).encode())
-        with atomic_write(out_dir / "history.csv") as f:
-            rows = [",".join(self.fields)] + [",".join(f"{r[k]:.6g}" for k in self.fields)
-                                              for r in self.run.history]
-            f.write(("\n".join(rows) + "\n").encode())
+        write_bytes(out_dir / "history.json", json.dumps(self.run.history, indent=1, allow_nan=False).encode())
+        rows = [",".join(self.fields)] + [",".join(f"{r[k]:.6g}" for k in self.fields) for r in self.run.history]
+        write_bytes(out_dir / "history.csv", ("\n".join(rows) + "\n").encode())
+
+
+def is_permutation(perm: np.ndarray, n: int) -> bool:
+    """Is ``perm`` an order of ``range(n)``: 1-D integers, each index once?"""
+    return (perm.ndim == 1 and perm.dtype.kind in "iu" and len(perm) == n
+            and (n == 0 or (perm.min() >= 0 and perm.max() < n and bool((np.bincount(perm, minlength=n) == 1).all()))))
 
 
 def default_run_dir(dataset: str) -> Path:
