@@ -153,6 +153,18 @@ def test_the_export_records_its_architecture_and_fills_in_the_docstring(tmp_path
     assert not list((tmp_path / "out").glob(".*.part"))              # atomic writes leave no temporaries
 
 
+def test_a_full_disk_keeps_the_earlier_export_and_names_the_file(tmp_path, monkeypatch):
+    from scratchvae import atomic
+    model = _model(*CASES["bernoulli-relu"])
+    paths = export(model, tmp_path)
+    before = {p: p.read_bytes() for p in paths}
+    monkeypatch.setattr(atomic, "free_disk", lambda directory: 100)
+    with pytest.raises(atomic.WriteError, match=rf"{tmp_path / 'vae.npz'}.*100 bytes free"):
+        export(model, tmp_path, overwrite=True)
+    assert {p: p.read_bytes() for p in paths} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vae.json", "vae.npz", "vae.py"]
+
+
 def test_an_existing_export_is_replaced_only_when_asked(tmp_path):
     model = _model(*CASES["bernoulli-relu"])
     py = export(model, tmp_path)[2]
@@ -166,10 +178,14 @@ def test_an_existing_export_is_replaced_only_when_asked(tmp_path):
 
 
 def test_export_refuses_what_the_module_cannot_compute(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="implements prior 'standard' only, and this model has prior 'vamp'"):
+        export(sv.VAE(D, [8], 2, prior="vamp", pseudo_inputs=3), tmp_path)
+    with pytest.raises(ValueError, match="implements flow 'none' only, and this model has flow 'planar:2'"):
+        export(sv.VAE(D, [8], 2, flow="planar:2"), tmp_path)
     model = _model(*CASES["bernoulli-relu"])
     config = sv.VAE.config(model)
-    monkeypatch.setattr(model, "config", lambda: {**config, "prior": "vamp"})
-    with pytest.raises(ValueError, match=r"does not implement prior='vamp'"):
+    monkeypatch.setattr(model, "config", lambda: {**config, "posterior": "mixture"})
+    with pytest.raises(ValueError, match=r"does not implement posterior='mixture'"):
         export(model, tmp_path)
     monkeypatch.setattr(model, "config", lambda: {**config, "activation": "gelu"})
     with pytest.raises(ValueError, match=r"does not implement its activation 'gelu' \(it knows identity"):

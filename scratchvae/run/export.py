@@ -14,6 +14,7 @@ is refused with a message that names what.
 """
 from __future__ import annotations
 
+import io
 import json
 import keyword
 import string
@@ -23,15 +24,19 @@ from typing import List, Optional
 import numpy as np
 
 from .._version import __version__
-from ..atomic import atomic_write
+from ..atomic import make_dirs, write_bytes
 from ..kernels import ACTIVATIONS
 from ..model import VAE
 from ..model.likelihoods import LIKELIHOODS
 
 TEMPLATE = Path(__file__).with_name("export_template.py")
 FORMAT, FORMAT_VERSION = "scratchvae-export", 1
-#: the configuration the exported module computes with (``init`` only starts training)
+#: the configuration the exported module computes with
 CONFIG_KEYS = ("input_dim", "hidden", "latent_dim", "likelihood", "activation", "sigma", "dtype", "context_dim")
+#: options it computes at one value only: the prior N(0, I) and a Gaussian q without a flow
+ONLY = {"prior": "standard", "flow": "none"}
+#: options it has no use for: ``init`` only starts training, ``pseudo_inputs`` only serve the VampPrior
+UNUSED = ("init", "pseudo_inputs")
 #: modules the exported module imports: a module of the same name beside it would shadow them
 IMPORTED = ("json", "math", "pathlib", "numpy")
 
@@ -49,10 +54,14 @@ def check_exportable(model) -> None:
     if type(model) is not VAE:
         raise ValueError(f"export writes a plain or conditional VAE; this is a {type(model).__name__}")
     config = model.config()
-    extra = sorted(set(config) - set(CONFIG_KEYS) - {"init"})
+    extra = sorted(set(config) - set(CONFIG_KEYS) - set(ONLY) - set(UNUSED))
     if extra:
         raise ValueError("cannot export this model: the exported module does not implement "
                          + ", ".join(f"{k}={config[k]!r}" for k in extra))
+    for key, value in ONLY.items():
+        if config.get(key, value) != value:
+            raise ValueError(f"cannot export this model: the exported module implements {key} {value!r} only, "
+                             f"and this model has {key} {config[key]!r}")
     for key, known in (("likelihood", LIKELIHOODS), ("activation", ACTIVATIONS)):
         if config[key] not in known:
             raise ValueError(f"cannot export this model: the exported module does not implement its {key} "
@@ -98,18 +107,16 @@ def export(model: VAE, directory, name: str = "vae", overwrite: bool = False, co
     if existing and not overwrite:
         raise ValueError(f"{directory} already holds {', '.join(existing)}; pass --overwrite to replace "
                          "them, or choose another directory or --name")
-    directory.mkdir(parents=True, exist_ok=True)
+    make_dirs(directory)
     config = model.config()
     header = {key: config[key] for key in CONFIG_KEYS}
     header.update(format=FORMAT, format_version=FORMAT_VERSION, scratchvae_version=__version__,
                   context=context if model.context_dim else "none", image_shape=image_shape, source=source)
     module = string.Template(TEMPLATE.read_text()).substitute(
         version=__version__, name=name, model=repr(model), context=_describe_context(context, model))
-    npz, js, py = paths
-    with atomic_write(npz) as f:
-        np.savez(f, **{k: np.asarray(v) for k, v in model.params.items()})
-    with atomic_write(js) as f:
-        f.write((json.dumps(header, indent=1) + "\n").encode("utf-8"))
-    with atomic_write(py) as f:
-        f.write(module.encode("utf-8"))
+    weights = io.BytesIO()                 # made in memory: the write below knows its exact size
+    np.savez(weights, **{k: np.asarray(v) for k, v in model.params.items()})
+    for path, data in zip(paths, (weights.getvalue(), (json.dumps(header, indent=1) + "\n").encode("utf-8"),
+                                  module.encode("utf-8"))):
+        write_bytes(path, data)
     return paths
