@@ -128,5 +128,24 @@ def test_a_label_model_interpolates_with_its_label_held(capsys, tmp_path, monkey
     r = Run.open(out)
     mu, _ = r.vae.encode(r.x_test[[0, 1]], r.c_test[[0, 1]])      # each image with its own label
     np.testing.assert_allclose(np.load(tmp_path / "i.npy"), interpolate(r.vae, mu[0], mu[1], 10, r.c_test[0]))
-    z = np.random.default_rng(0).standard_normal((2, 2))
+    z = r.vae.prior_sample(2, np.random.default_rng(0))
     np.testing.assert_allclose(np.load(tmp_path / "p.npy"), interpolate(r.vae, z[0], z[1], 10, np.eye(10)[3]))
+
+
+@pytest.mark.parametrize("variant", [["--prior", "vamp", "--pseudo-inputs", "4"], ["--flow", "planar:2"]])
+def test_the_paths_start_from_the_models_own_codes(capsys, tmp_path, variant):
+    """A VampPrior's draws come from the VampPrior; a flow's image codes are the posterior
+    means carried through the flow (``embed``)."""
+    from scratchvae.run.run import Run
+    np.savez(tmp_path / "bars.npz", x=bars(200))
+    code, _, err = run(capsys, "train", "--dataset", tmp_path / "bars.npz", *SMALL, "--epochs", "1", "--no-plots",
+                       *variant, "--out", tmp_path / "run")
+    assert code == 0, err
+    r = Run.open(tmp_path / "run")
+    for argv, (z0, z1) in ((["--prior", "--seed", "5"], r.vae.prior_sample(2, np.random.default_rng(5))),
+                           (["--from", "3", "--to", "4"], r.vae.embed(r.x_test[[3, 4]]))):
+        code, _, err = run(capsys, "interpolate", tmp_path / "run", *argv, "--array", tmp_path / "i.npy")
+        assert code == 0, err
+        np.testing.assert_allclose(np.load(tmp_path / "i.npy"), interpolate(r.vae, z0, z1, 10), rtol=1e-6)
+    if r.vae.flow_layers:
+        assert not np.allclose(r.vae.embed(r.x_test[[3]]), r.vae.encode(r.x_test[[3]])[0])

@@ -243,15 +243,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("interpolate", help="decode the paths between two latent codes",
                        description="Decoded means E[x | z] along a straight and a spherical (slerp) path "
-                                   "between the posterior means of two test images (--from, --to) or two "
-                                   "draws from the prior (--prior), the ends included: one row per path, "
+                                   "between the codes of two test images (--from, --to: the posterior means, "
+                                   "through the flow if the model has one) or two draws from the prior "
+                                   "(--prior), the ends included: one row per path, "
                                    "linear above spherical. A conditional model's context is held fixed "
                                    "along the path: the --from image's (or --label).")
     i.add_argument("checkpoint", help="checkpoint file or run directory")
     i.add_argument("--from", dest="start", type=_seed, metavar="I", help="index of the first test image")
     i.add_argument("--to", dest="end", type=_seed, metavar="J", help="index of the last test image")
     i.add_argument("--prior", action="store_true",
-                   help="start and end at two draws z ~ N(0, I) (seeded by --seed) instead of test images")
+                   help="start and end at two draws from the model's prior (N(0, I), or its VampPrior; seeded "
+                        "by --seed) instead of test images")
     i.add_argument("--steps", type=_positive_int, default=10, help="codes per path, both ends included [10]")
     i.add_argument("--label", type=_seed, help="for a model trained with --conditional label: the class to "
                                                "hold fixed [the --from image's]")
@@ -551,8 +553,7 @@ def cmd_complete(args) -> int:
 
 
 def cmd_interpolate(args) -> int:
-    from ..atomic import atomic_write
-    from ..data.datasets import one_hot
+    from ..model.layers import one_hot
     from ..inference.interpolate import interpolate
 
     out = Path(args.output) if args.output else None
@@ -565,7 +566,7 @@ def cmd_interpolate(args) -> int:
     if args.steps < 2:
         raise ValueError("--steps must be at least 2: the two ends are included")
     if args.prior == (args.start is not None or args.end is not None):
-        raise ValueError("give either --from I --to J (two test images) or --prior (two draws from N(0, I))")
+        raise ValueError("give either --from I --to J (two test images) or --prior (two draws from the prior)")
     run = _open_run(args.checkpoint, args.data_dir)
     model, context = run.vae, run.config.context
     if args.label is not None and context != "label":
@@ -576,8 +577,8 @@ def cmd_interpolate(args) -> int:
                              "test images (--from I --to J)")
         if context == "label" and args.label is None:
             raise ValueError("this model is conditioned on the label: give --label to hold fixed")
-        z_from, z_to = np.random.default_rng(args.seed).standard_normal((2, model.latent_dim))
-        c, what = None, f"two draws from N(0, I), seed {args.seed}"
+        z_from, z_to = model.prior_sample(2, np.random.default_rng(args.seed))
+        c, what = None, f"two draws from the prior, seed {args.seed}"
     else:
         if args.start is None or args.end is None:
             raise ValueError("give both --from I and --to J")
@@ -587,7 +588,7 @@ def cmd_interpolate(args) -> int:
                 raise ValueError(f"{flag} must lie in [0, {n - 1}] (the test set has {n:,} images), got {index}")
         pair = [args.start, args.end]
         c_pair = None if run.c_test is None else run.c_test[pair]
-        (z_from, z_to), _ = model.encode(run.x_test[pair], c_pair)    # each image with its own context
+        z_from, z_to = model.embed(run.x_test[pair], c_pair)          # each image with its own context
         c, what = (None if c_pair is None else c_pair[0]), f"test images {args.start} and {args.end}"
     if args.label is not None:
         if args.label >= model.context_dim:
@@ -595,8 +596,7 @@ def cmd_interpolate(args) -> int:
         c = one_hot(np.array([args.label]), model.context_dim, model.dtype)[0]
     images = interpolate(model, z_from, z_to, args.steps, c)
     if args.array:
-        with atomic_write(args.array) as f:
-            np.save(f, images)
+        save_npy(Path(args.array), images)
         print(args.array)
     if out is not None:
         from . import plots
