@@ -213,11 +213,11 @@ def small_runs(tmp_path_factory):
     from test_cli import bars
     folder = tmp_path_factory.mktemp("exact")
     np.savez(folder / "bars.npz", x=bars(200))
-    for latent in (2, 3):
+    for name, extra in (("latent2", ["--latent", "2"]), ("latent3", ["--latent", "3"]),
+                        ("flow", ["--latent", "2", "--flow", "planar:2"])):
         with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
-            assert cli.main(["train", "--dataset", str(folder / "bars.npz"), "--hidden", "16", "--latent", str(latent),
-                             "--epochs", "2", "--batch-size", "32", "--no-plots",
-                             "--out", str(folder / f"latent{latent}")]) == 0
+            assert cli.main(["train", "--dataset", str(folder / "bars.npz"), "--hidden", "16", *extra,
+                             "--epochs", "2", "--batch-size", "32", "--no-plots", "--out", str(folder / name)]) == 0
     return folder
 
 
@@ -240,6 +240,13 @@ def test_evaluate_exact_prints_the_chain_of_bounds_and_its_gaps(capsys, small_ru
     assert -minus_elbo < iw + 0.05 and iw < exact + 0.05                  # within the estimates' noise
 
 
+def test_evaluate_exact_of_a_flow_model(capsys, small_runs):
+    from test_cli import run
+    code, out, err = run(capsys, "evaluate", small_runs / "flow", "--exact", "--iw-samples", "50")
+    assert code == 0, err
+    assert "exact - ELBO = KL(q(z|x) || p(z|x))" in out
+
+
 def test_evaluate_posterior_draws_the_picture(capsys, small_runs, tmp_path):
     from test_cli import assert_png, run
     png = tmp_path / "post.png"
@@ -260,6 +267,7 @@ def test_evaluate_posterior_draws_the_picture(capsys, small_runs, tmp_path):
     (["latent2", "-o", "p.png"], "--posterior I and -o FILE.png go together"),
     (["latent2", "--posterior", "0", "-o", "p.pdf"], "-o must end in .png"),
     (["latent2", "--posterior", "20", "-o", "p.png"], "--posterior must lie in [0, 19]"),
+    (["flow", "--posterior", "0", "-o", "p.png"], "carried through a flow (planar:2)"),
 ])
 def test_evaluate_refuses_what_it_cannot_do(capsys, small_runs, tmp_path, monkeypatch, argv, needle):
     from test_cli import assert_one_error, run
@@ -280,3 +288,43 @@ def test_posterior_picture_of_a_one_dimensional_latent(tmp_path):
     assert np.exp(grid["log_posterior"]).sum() * (z[1] - z[0]) == pytest.approx(1, abs=1e-3)
     for shape, name in (((3, 4), "image.png"), (None, "vector.png")):
         assert_png(plots.posterior(grid, x[0], shape, tmp_path / name, "title"))
+
+
+def test_quadrature_integrates_the_models_own_prior():
+    """With a VampPrior, p(x) = ∫ p(x|z) p_vamp(z) dz: against Monte Carlo over that prior."""
+    model = sv.VAE(12, [8], 2, activation="tanh", prior="vamp", pseudo_inputs=3, dtype=np.float64, seed=2)
+    for name, value in model.params.items():
+        if name != "prior.u":
+            value *= 2
+    x = model.sample(6, np.random.default_rng(0), mean=False)
+    exact = log_marginal(model, x).log_px
+    z = model.prior_sample(200_000, np.random.default_rng(1))
+    for xi, value in zip(x, exact):
+        log_joint, _ = model.log_joint(z, np.broadcast_to(xi, (len(z), len(xi))))
+        log_lik = log_joint - model.log_prior(z)
+        assert value == pytest.approx(log_lik.max() + math.log(np.exp(log_lik - log_lik.max()).mean()), abs=0.02)
+    plain = sv.VAE.from_config({**model.config(), "prior": "standard", "pseudo_inputs": 0})
+    for name, value in plain.params.items():
+        value[...] = model.params[name]
+    assert np.all(np.abs(log_marginal(plain, x).log_px - exact) > 1e-3)     # the prior does matter
+
+
+def test_exact_log_p_x_does_not_depend_on_the_encoder_and_a_flow_has_no_picture():
+    flowing = sv.VAE(12, [8], 2, activation="tanh", flow="planar:2", dtype=np.float64, seed=3)
+    plain = sv.VAE(12, [8], 2, activation="tanh", dtype=np.float64, seed=4)
+    for name, value in plain.params.items():
+        if name.startswith("dec."):
+            value[...] = flowing.params[name]           # same decoder and prior, other encoders
+    x = plain.sample(8, np.random.default_rng(0), mean=False)
+    np.testing.assert_allclose(log_marginal(flowing, x).log_px, log_marginal(plain, x).log_px, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match=r"q is a Gaussian carried through a flow \(planar:2\)"):
+        posterior_grid(flowing, x[0])
+
+
+def test_quadrature_refuses_more_images_than_memory_holds(monkeypatch):
+    from scratchvae.model import memory
+    model, x = _nonlinear(2)
+    monkeypatch.setattr(memory, "available_memory", lambda: 50_000_000)      # 50 MB
+    log_marginal(model, x)                                                    # 12 images fit
+    with pytest.raises(memory.NotEnoughMemoryError, match=r"exact log p\(x\) of 12,000 examples would take"):
+        log_marginal(model, np.tile(x, (1000, 1)))

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..model import VAE, latent
+from ..model import VAE, latent, memory
 
 #: nats: a tile whose mass lies this far below an image's total is left out (e^-25 ~ 1e-11 of it)
 NEGLIGIBLE = 25.0
@@ -57,12 +57,16 @@ def as_float64(model: VAE) -> VAE:
     return twin
 
 
-def check_latent(model: VAE) -> None:
-    """A ValueError unless the latent has 1 or 2 dimensions (a lattice in k dimensions needs m^k points)."""
+def check_latent(model: VAE, q_density: bool = False) -> None:
+    """A ValueError unless the latent has 1 or 2 dimensions (a lattice in k dimensions needs m^k
+    points); with ``q_density``, also unless q(z|x) has a density to draw on the lattice (no flow)."""
     if model.latent_dim > 2:
         raise ValueError(f"exact log p(x) integrates over z on a grid, which is feasible for a latent of size 1 "
                          f"or 2; this model's latent has {model.latent_dim} dimensions (estimate log p(x) with "
                          "importance sampling instead)")
+    if q_density and model.flow_layers:
+        raise ValueError(f"the picture draws q(z|x) on a grid, and this model's q is a Gaussian carried through "
+                         f"a flow ({model.flow}) whose density at a given z has no closed form; --exact works")
 
 
 def log_marginal(model: VAE, x, c=None, tol: float = 1e-3, radius: float = 6.0, tile: float = 0.25,
@@ -81,6 +85,11 @@ def log_marginal(model: VAE, x, c=None, tol: float = 1e-3, radius: float = 6.0, 
     model = as_float64(model)
     x = model.check_x(x)
     c = model.check_c(c, len(x))
+    tiles = round(2 * radius / tile) ** model.latent_dim
+    # per image its terms T (d), and per tile a mass and three masks; a block of scores and their
+    # exponentials, the all-zero images and the decoder's outputs for a block of points
+    memory.require(len(x) * (8 * model.input_dim + 11 * tiles) + 8 * (2 * min(ROWS, len(x)) + model.input_dim)
+                   * POINTS + memory.decode_bytes(model, POINTS), f"exact log p(x) of {len(x):,} examples")
     groups = [(None, np.arange(len(x)))] if c is None else _same_rows(c)
     log_px, parts, done = np.empty(len(x)), [], 0
     for context, rows in groups:
@@ -245,7 +254,7 @@ def posterior_grid(model: VAE, x, c=None, rng=None, points: int = 201, samples: 
     ``logvar`` (k,), q's parameters. ``log_px - elbo`` estimates
     KL(q(z|x) || p(z|x)).
     """
-    check_latent(model)
+    check_latent(model, q_density=True)
     model = as_float64(model)
     x = np.reshape(x, (1, -1))
     c = None if c is None else np.reshape(c, (1, -1))

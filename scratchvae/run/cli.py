@@ -400,7 +400,7 @@ def cmd_evaluate(args) -> int:
     run = _open_run(args.checkpoint, args.data_dir)
     model, x_test, c_test = run.vae, run.x_test, run.c_test
     if args.exact or args.posterior is not None:
-        check_latent(model)
+        check_latent(model, q_density=args.posterior is not None)
     if args.posterior is not None and args.posterior >= len(x_test):
         raise ValueError(f"--posterior must lie in [0, {len(x_test) - 1}] (the test set has {len(x_test):,} "
                          f"images), got {args.posterior}")
