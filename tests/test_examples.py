@@ -54,3 +54,22 @@ def test_issue_7_examples_run(example, argv, expect, tmp_path, monkeypatch, caps
     assert expect in out
     if example != "semi_supervised":
         assert (tmp_path / "out.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_exact_vs_sampling_example_agrees_with_monte_carlo_over_the_prior(tmp_path, monkeypatch, capsys):
+    import numpy as np
+    from scratchvae.run import cli
+    from test_cli import bars
+    np.savez(tmp_path / "bars.npz", x=bars(200))
+    assert cli.main(["train", "--dataset", str(tmp_path / "bars.npz"), "--hidden", "16", "--latent", "2",
+                     "--epochs", "2", "--batch-size", "32", "--no-plots", "-q", "--out", str(tmp_path / "run")]) == 0
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "argv", ["exact_vs_sampling.py", str(tmp_path / "run"), "--images", "20", "--check", "2",
+                                      "--draws", "100000", "--big-k", "2000"])
+    runpy.run_path(str(EXAMPLES / "exact_vs_sampling.py"), run_name="__main__")
+    rows = capsys.readouterr().out.splitlines()[2:]
+    assert len(rows) == 2
+    for row in rows:
+        _, exact, _, _, monte_carlo, kl_q, kl_g = (float(v) for v in row.split())
+        assert abs(exact - monte_carlo) < 0.02
+        assert kl_q > -0.05 and kl_g > -1e-3                  # KL divergences, up to sampling and grid error

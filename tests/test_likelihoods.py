@@ -77,3 +77,17 @@ def test_unknown_likelihood_and_bad_sigma_are_refused():
     with pytest.raises(ValueError, match="sigma must be a positive"):
         D.make_likelihood("gaussian_pixel", sigma=0.0)
     assert D.make_likelihood("continuous-bernoulli").name == "continuous_bernoulli"
+
+
+@pytest.mark.parametrize("name", LIKELIHOODS)
+def test_log_likelihood_is_linear_in_out_plus_the_zero_image(name):
+    """linear_terms: log p(x|out) = T . out + h + log p(0|out), for every out (what the
+    quadrature's one matrix product relies on)."""
+    rng = np.random.default_rng(9)
+    lik = D.make_likelihood(name, sigma=0.7)
+    params = {k: v + 0.3 * rng.standard_normal(v.shape) for k, v in lik.init_params(6, np.float64).items()}
+    out, x = rng.standard_normal((7, 6)) * 3, _data(name, rng, (5, 6))
+    T, h = lik.linear_terms(x, params)
+    log_p_zero = -lik.nll(out, np.zeros_like(out), params, with_grad=False)[0]
+    direct = np.array([[-lik.nll(o[None], xi[None], params, with_grad=False)[0][0] for o in out] for xi in x])
+    np.testing.assert_allclose(T @ out.T + h[:, None] + log_p_zero[None, :], direct, rtol=1e-12)

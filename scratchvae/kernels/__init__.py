@@ -103,6 +103,9 @@ BUILTIN_BACKENDS = {"reference": "scratchvae.kernels.reference", "numpy": "scrat
 #: where each GEMM lives: a module whose ``gemm`` follows the contract
 GEMMS = {"blas": "scratchvae.kernels.numpy", "numba": "scratchvae.kernels.gemm_numba",
          "reference": "scratchvae.kernels.reference"}
+#: how :func:`describe` names each of them
+GEMM_LABELS = {"blas": "numpy.matmul (BLAS)", "numba": "scratchvae gemm_numba (Numba)",
+               "reference": "reference (numpy.einsum)"}
 
 
 def check_activation(name: str) -> str:
@@ -297,12 +300,12 @@ def describe() -> dict:
     if hasattr(module, "describe"):
         info.update(module.describe())
     if _active["gemm"] is not None:
-        info["gemm"] = {"blas": "numpy.matmul (BLAS)", "numba": "scratchvae gemm_numba (Numba)",
-                        "reference": "reference (numpy.einsum)"}[_active["gemm"]]
         gemm_module = _import(GEMMS[_active["gemm"]], "gemm")
         if hasattr(gemm_module, "describe"):
             info.update(gemm_module.describe())
-    info.setdefault("gemm", "the backend's own")
+    # the GEMM that runs: the one chosen, else the backend's own, named when it is one of GEMMS
+    gemm = _active["gemm"] or {path: key for key, path in GEMMS.items()}.get(getattr(ops.gemm, "__module__", None))
+    info["gemm"] = GEMM_LABELS[gemm] if gemm else info.get("gemm", "the backend's own")
     info["numpy"] = np.__version__
     return info
 

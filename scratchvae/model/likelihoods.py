@@ -46,6 +46,19 @@ class Likelihood(abc.ABC):
         """Write ``d/dparam`` of ``sum_i w_i nll_i`` into ``d_params`` (keyed like
         ``params``); nothing to do for a likelihood without parameters."""
 
+    def linear_terms(self, x, params) -> Tuple[np.ndarray, np.ndarray]:
+        """``(T, h)``, T (n, d) and h (n,), such that for every decoder output ``out``
+
+            log p(x | out) = T . out + h + log p(0 | out)
+
+        (x = 0 the all-zero image): log p(x | out) - log p(0 | out) is linear in
+        out. So n images are scored against N decoder outputs by one (n, d) @ (d, N)
+        product plus a term per image and a term per output (exact log p(x) by
+        quadrature). A likelihood without it cannot be integrated that way.
+        """
+        raise NotImplementedError(f"the {self.name} likelihood does not say how log p(x | out) "
+                                  "depends on out (linear_terms)")
+
     @abc.abstractmethod
     def mean(self, out, params):
         """E[x | out], shape (batch, d)."""
@@ -73,6 +86,10 @@ class Bernoulli(Likelihood):
     def nll(self, out, x, params, nll=None, grad=None, with_grad=True, scratch=None):
         return K.bernoulli_nll(out, x, nll, grad, with_grad, scratch)
 
+    def linear_terms(self, x, params):
+        """``T = x``, ``h = 0``: ``-log p(x|l) = softplus(l) - x l``, and softplus(l) is ``-log p(0|l)``."""
+        return x, np.zeros(len(x), x.dtype)
+
     def mean(self, out, params):
         return sigmoid(out)
 
@@ -92,6 +109,8 @@ class ContinuousBernoulli(Likelihood):
 
     def nll(self, out, x, params, nll=None, grad=None, with_grad=True, scratch=None):
         return K.continuous_bernoulli_nll(out, x, nll, grad, with_grad, scratch)
+
+    linear_terms = Bernoulli.linear_terms     # x l again: log C(l) is part of log p(0|l)
 
     def mean(self, out, params):
         """E[x] = 1/(1 - e^-l) - 1/l; 1/2 + l/12 - l^3/720 near l = 0."""
@@ -148,6 +167,13 @@ class Gaussian(Likelihood):
     def params_backward(self, out, x, params, w, d_params):
         if self.mode != "fixed":
             K.gaussian_log_sigma_grad(out, x, params["log_sigma"], w, out=d_params["log_sigma"])
+
+    def linear_terms(self, x, params):
+        """``T = x / sigma^2``, ``h = -sum_j x_j^2 / (2 sigma_j^2)``: expanding the square,
+        ``-(x - out)^2 / (2 sigma^2) = x out / sigma^2 - x^2 / (2 sigma^2) - out^2 / (2 sigma^2)``
+        and the last term is part of ``log p(0 | out)``."""
+        precision = np.exp(-2 * self.log_sigma(params, x.dtype))
+        return x * precision, -0.5 * (x * x * precision).sum(axis=1)
 
     def mean(self, out, params):
         return out

@@ -1,5 +1,6 @@
 """Running the model: the run object, the training loop, checkpoints, atomic
-files, progress, pictures and the ``scratchvae`` command."""
+files, progress, pictures, the one-file NumPy export and the ``scratchvae``
+command."""
 from .run import Run, TrainConfig
 from .train import Trainer, TrainingDiverged
 

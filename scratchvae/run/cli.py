@@ -1,4 +1,5 @@
-"""The ``scratchvae`` command: train, evaluate, sample, plot, download, datasets.
+"""The ``scratchvae`` command: train, evaluate, sample, plot, complete, interpolate, export, download,
+datasets.
 
 Every error a user can cause ends with one line ``scratchvae: error: ...``
 on stderr and a non-zero exit code (set ``SCRATCHVAE_DEBUG=1`` for the
@@ -171,15 +172,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="test-set ELBO, active units and log-likelihood of a checkpoint",
                        description="Negative ELBO (total = reconstruction + KL) of the test split, "
-                                   "nats per example, with z sampled from q(z|x); active units; and, "
-                                   "with --iw-samples, the importance-weighted log p(x).")
+                                   "nats per example, with z sampled from q(z|x); active units; with "
+                                   "--iw-samples, the importance-weighted log p(x); for a latent of size 1 "
+                                   "or 2, with --exact, log p(x) itself by quadrature, and with --posterior, "
+                                   "the picture of one image's true posterior beside the encoder's.")
     e.add_argument("checkpoint", help="checkpoint file or run directory")
     e.add_argument("--data-dir", help="where to look for the data set first")
     e.add_argument("--samples", type=_positive_int, default=1, help="z samples per example, averaged [1]")
     e.add_argument("--seed", type=_seed, default=0, help="seed of the z samples [0]")
     e.add_argument("--iw-samples", type=_positive_int, metavar="K",
                    help="also estimate log p(x) with K importance samples per example (Burda et al. "
-                        "2016; 1000 or more for a tight estimate) [off]")
+                        "2016; 1000 or more for a tight estimate) [off; 1000 with --exact]")
+    e.add_argument("--exact", action="store_true",
+                   help="for a latent of size 1 or 2: also compute log p(x) of every test image by quadrature "
+                        "over z (float64, the grid refined until no value changes by more than --tol) and "
+                        "print ELBO <= importance-weighted bound <= exact log p(x) with the gaps in nats")
+    e.add_argument("--tol", type=_positive_float, default=1e-3,
+                   help="with --exact or --posterior: the largest change of any log p(x), in nats, at which "
+                        "halving the grid's spacing stops [0.001]")
+    e.add_argument("--posterior", type=_seed, metavar="I",
+                   help="for a latent of size 1 or 2: draw the true posterior p(z|x) of test image I (by "
+                        "quadrature) beside the encoder's q(z|x) into -o FILE.png, and print their gap")
+    e.add_argument("-o", "--output", metavar="FILE.png", help="the picture of --posterior")
 
     s = sub.add_parser("sample", help="draw samples from a trained model",
                        description="Ancestral samples: z from the prior (N(0, I), or the VampPrior), or from "
@@ -226,6 +240,38 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--burn-in", type=_seed, default=50, help="iterations left out of the average [50]")
     c.add_argument("--seed", type=_seed, default=0, help="seed of the masks and the chains [0]")
     c.add_argument("--data-dir", help="where to look for the data set first")
+
+    i = sub.add_parser("interpolate", help="decode the paths between two latent codes",
+                       description="Decoded means E[x | z] along a straight and a spherical (slerp) path "
+                                   "between the codes of two test images (--from, --to: the posterior means, "
+                                   "through the flow if the model has one) or two draws from the prior "
+                                   "(--prior), the ends included: one row per path, "
+                                   "linear above spherical. A conditional model's context is held fixed "
+                                   "along the path: the --from image's (or --label).")
+    i.add_argument("checkpoint", help="checkpoint file or run directory")
+    i.add_argument("--from", dest="start", type=_seed, metavar="I", help="index of the first test image")
+    i.add_argument("--to", dest="end", type=_seed, metavar="J", help="index of the last test image")
+    i.add_argument("--prior", action="store_true",
+                   help="start and end at two draws from the model's prior (N(0, I), or its VampPrior; seeded "
+                        "by --seed) instead of test images")
+    i.add_argument("--steps", type=_positive_int, default=10, help="codes per path, both ends included [10]")
+    i.add_argument("--label", type=_seed, help="for a model trained with --conditional label: the class to "
+                                               "hold fixed [the --from image's]")
+    i.add_argument("-o", "--output", help="FILE.png for the picture")
+    i.add_argument("--array", metavar="FILE.npy", help="also (or instead) write the images as an array of "
+                                                        "shape (2, steps, d): linear path, then spherical")
+    i.add_argument("--seed", type=_seed, default=0, help="seed of the prior draws [0]")
+    i.add_argument("--data-dir", help="where to look for the data set first")
+
+    x = sub.add_parser("export", help="write a trained model as one Python module that needs NumPy only",
+                       description="Write DIR/NAME.py (encode, decode, sample and elbo of the trained VAE, "
+                                   "importing nothing but NumPy), DIR/NAME.npz (its weights as plain arrays) "
+                                   "and DIR/NAME.json (its architecture). Copy the three files anywhere and "
+                                   "import NAME. Files of an earlier export are replaced only with --overwrite.")
+    x.add_argument("checkpoint", help="checkpoint file or run directory")
+    x.add_argument("-o", "--output", required=True, metavar="DIR", help="directory to write into (made if missing)")
+    x.add_argument("--name", default="vae", help="module name: the files are NAME.py, NAME.npz, NAME.json [vae]")
+    x.add_argument("--overwrite", action="store_true", help="replace the files of an earlier export of that name")
 
     b = sub.add_parser("bench", help="a roofline report of one training step, kernel by kernel",
                        description="Times every kernel call of training steps of a VAE on random data (float32, "
@@ -344,10 +390,20 @@ def _open_run(checkpoint, data_dir):
 
 def cmd_evaluate(args) -> int:
     from ..inference.evaluate import active_units, elbo, log_likelihood
+    from ..inference.exact import check_latent, log_marginal, posterior_grid
     from .progress import Progress
 
+    if (args.posterior is None) != (args.output is None):
+        raise ValueError("--posterior I and -o FILE.png go together: the picture of test image I's posterior")
+    if args.output is not None and Path(args.output).suffix != ".png":
+        raise ValueError(f"-o must end in .png, got {args.output}")
     run = _open_run(args.checkpoint, args.data_dir)
     model, x_test, c_test = run.vae, run.x_test, run.c_test
+    if args.exact or args.posterior is not None:
+        check_latent(model, q_density=args.posterior is not None)
+    if args.posterior is not None and args.posterior >= len(x_test):
+        raise ValueError(f"--posterior must lie in [0, {len(x_test) - 1}] (the test set has {len(x_test):,} "
+                         f"images), got {args.posterior}")
     rng = np.random.default_rng(args.seed)
     r = elbo(model, x_test, rng, n_samples=args.samples, c=c_test)
     print(f"{run.data.name} test set ({len(x_test):,} examples), nats per example:")
@@ -355,12 +411,43 @@ def cmd_evaluate(args) -> int:
     print(f"  -ELBO {r['total']:.3f}   reconstruction {r['nll']:.3f}   KL {r['kl']:.3f}{estimated}")
     count, _ = active_units(model, x_test, c=c_test)
     print(f"  active units {count} of {model.latent_dim} (variance of E[z|x] over the data > 0.01)")
-    if args.iw_samples:
-        progress = Progress(len(x_test), f"log p(x), k={args.iw_samples}")
-        log_px = log_likelihood(model, x_test, args.iw_samples, rng,
-                                progress=lambda done, total: progress.update(done), c=c_test)
+    k = args.iw_samples or (1000 if args.exact else None)
+    if k:
+        progress = Progress(len(x_test), f"log p(x), k={k}")
+        iw = log_likelihood(model, x_test, k, rng, progress=lambda done, total: progress.update(done), c=c_test)
         progress.close()
-        print(f"  log p(x) >= {log_px.mean():.3f} (importance-weighted, k = {args.iw_samples})")
+        print(f"  log p(x) >= {iw.mean():.3f} (importance-weighted, k = {k})")
+    if args.exact:
+        progress = Progress(len(x_test), "log p(x) by quadrature")
+        q = log_marginal(model, x_test, c_test, tol=args.tol, progress=lambda done, total: progress.update(done))
+        progress.close()
+        exact, lower = q.log_px.mean(), -r["total"]
+        print(f"  log p(x) = {exact:.3f} (exact: quadrature over z in [-{q.radius:g}, {q.radius:g}]^"
+              f"{model.latent_dim}, spacing down to {q.spacing:.3g}, {q.points:,} decoded points; the last "
+              f"halving changed no log p(x) by more than {q.change:.2g})")
+        print(f"  ELBO {lower:.3f} <= IW bound (k = {k}) {iw.mean():.3f} <= exact log p(x) {exact:.3f}")
+        print(f"  gaps: IW - ELBO {iw.mean() - lower:.3f}, exact - IW {exact - iw.mean():.3f}, "
+              f"exact - ELBO = KL(q(z|x) || p(z|x)) {exact - lower:.3f} nats per example")
+        missed = q.log_px - iw
+        worst = int(np.argmax(missed))
+        print(f"  exact - IW per image: median {np.median(missed):.3f}, more than 1 nat for {int((missed > 1).sum()):,} "
+              f"of {len(missed):,} images, largest {missed[worst]:.2f} at test image {worst} (see it with "
+              f"--posterior {worst} -o FILE.png)")
+        if not lower <= iw.mean() <= exact:
+            print("  (the bounds hold in expectation; an estimate on the wrong side of one is the sampling noise "
+                  "of its z draws: raise --samples or --iw-samples)")
+    if args.posterior is not None:
+        from . import plots
+        i = args.posterior
+        c_i = None if c_test is None else c_test[i]
+        grid = posterior_grid(model, x_test[i], c_i, np.random.default_rng(args.seed), tol=args.tol)
+        gap = grid["log_px"] - grid["elbo"]
+        print(f"  test image {i}: log p(x) = {grid['log_px']:.3f}, ELBO {grid['elbo']:.3f} (10,000 samples), "
+              f"KL(q(z|x) || p(z|x)) = {gap:.3f} nats")
+        plots.posterior(grid, x_test[i], run.image_shape, args.output,
+                        f"test image {i}: log p(x) {grid['log_px']:.2f}, ELBO {grid['elbo']:.2f}, "
+                        f"KL(q || p(z|x)) {gap:.3f} nats")
+        print(args.output)
     return 0
 
 
@@ -465,6 +552,85 @@ def cmd_complete(args) -> int:
     return 0
 
 
+def cmd_interpolate(args) -> int:
+    from ..model.layers import one_hot
+    from ..inference.interpolate import interpolate
+
+    out = Path(args.output) if args.output else None
+    if out is None and not args.array:
+        raise ValueError("give -o FILE.png for the picture, --array FILE.npy for the array, or both")
+    if out is not None and out.suffix != ".png":
+        raise ValueError(f"-o must end in .png, got {out}")
+    if args.array and Path(args.array).suffix != ".npy":
+        raise ValueError(f"--array must end in .npy, got {args.array}")
+    if args.steps < 2:
+        raise ValueError("--steps must be at least 2: the two ends are included")
+    if args.prior == (args.start is not None or args.end is not None):
+        raise ValueError("give either --from I --to J (two test images) or --prior (two draws from the prior)")
+    run = _open_run(args.checkpoint, args.data_dir)
+    model, context = run.vae, run.config.context
+    if args.label is not None and context != "label":
+        raise ValueError("--label needs a model trained with --conditional label")
+    if args.prior:
+        if context.startswith("mask:"):
+            raise ValueError("this model's context is a test image's observed pixels: interpolate between "
+                             "test images (--from I --to J)")
+        if context == "label" and args.label is None:
+            raise ValueError("this model is conditioned on the label: give --label to hold fixed")
+        z_from, z_to = model.prior_sample(2, np.random.default_rng(args.seed))
+        c, what = None, f"two draws from the prior, seed {args.seed}"
+    else:
+        if args.start is None or args.end is None:
+            raise ValueError("give both --from I and --to J")
+        n = len(run.x_test)
+        for flag, index in (("--from", args.start), ("--to", args.end)):
+            if index >= n:
+                raise ValueError(f"{flag} must lie in [0, {n - 1}] (the test set has {n:,} images), got {index}")
+        pair = [args.start, args.end]
+        c_pair = None if run.c_test is None else run.c_test[pair]
+        z_from, z_to = model.embed(run.x_test[pair], c_pair)          # each image with its own context
+        c, what = (None if c_pair is None else c_pair[0]), f"test images {args.start} and {args.end}"
+    if args.label is not None:
+        if args.label >= model.context_dim:
+            raise ValueError(f"--label must lie in [0, {model.context_dim - 1}] for this model, got {args.label}")
+        c = one_hot(np.array([args.label]), model.context_dim, model.dtype)[0]
+    images = interpolate(model, z_from, z_to, args.steps, c)
+    if args.array:
+        save_npy(Path(args.array), images)
+        print(args.array)
+    if out is not None:
+        from . import plots
+        if run.image_shape is None:
+            raise ValueError("this model's data are not images; write --array FILE.npy instead")
+        held = ("" if c is None else f", label {int(np.argmax(c))} held fixed" if context == "label"
+                else f", the context of test image {args.start} held fixed")
+        plots.image_grid(images.reshape(-1, images.shape[-1]), run.image_shape, out,
+                         f"linear (top) and spherical (bottom) paths between {what}{held}", cols=args.steps)
+        print(out)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from ..model import M2
+    from .export import export
+    from .run import Run
+
+    run = Run.open(args.checkpoint)
+    context = "none" if run.config is None else run.config.context
+    try:
+        image_shape = None if run.config is None else run.image_shape
+    except FileNotFoundError:            # not stored, and the data set is not on this machine to tell
+        image_shape = None
+    paths = export(run.vae, args.output, args.name, args.overwrite, context, source=str(args.checkpoint),
+                   image_shape=image_shape)
+    for path in paths:
+        print(path)
+    if isinstance(run.model, M2):
+        print("note: the label-conditional VAE of this M2 run is exported, not its classifier q(y|x)",
+              file=sys.stderr)
+    return 0
+
+
 def cmd_bench(args) -> int:
     from .roofline import profile
     print(profile(args.backend, args.gemm, args.batch_size, args.input_dim, args.hidden, args.latent,
@@ -495,7 +661,7 @@ def cmd_datasets(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample, "plot": cmd_plot,
-            "complete": cmd_complete, "bench": cmd_bench,
+            "complete": cmd_complete, "interpolate": cmd_interpolate, "export": cmd_export, "bench": cmd_bench,
             "download": cmd_download, "datasets": cmd_datasets}
 
 

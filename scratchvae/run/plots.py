@@ -201,3 +201,46 @@ def all_pictures(model, data, history, out_dir, rng, c_test=None, context: str =
     if history:
         written.append(curves(history, path["curves"]))
     return written
+
+
+def posterior(grid: dict, image, image_shape, path, title: str = ""):
+    """The true posterior p(z|x) beside the encoder's q(z|x) of one example, from
+    :func:`scratchvae.inference.exact.posterior_grid`, with the image itself.
+
+    2-D latent: contours at the density's maximum times exp(-r^2 / 2), r = 1, 2, 3 (the
+    1-, 2-, 3-standard-deviation ellipses for a Gaussian), q's mean marked in both
+    panels; 1-D latent: both densities as curves.
+    """
+    plt = pyplot()
+    axes = grid["axes"]
+    panels = 1 + (len(axes) == 2) + (image_shape is not None)
+    fig, ax = plt.subplots(1, panels, figsize=(4 * panels, 3.8), squeeze=False)
+    ax = list(ax[0])
+    if image_shape is not None:
+        ax[0].imshow(np.reshape(image, image_shape), cmap="gray_r", vmin=0, vmax=1)
+        ax[0].set_title("x")
+        ax[0].axis("off")
+        ax = ax[1:]
+    if len(axes) == 1:
+        ax[0].plot(axes[0], np.exp(grid["log_posterior"]), label="p(z|x), by quadrature")
+        ax[0].plot(axes[0], np.exp(grid["log_q"]), "--", label="q(z|x), the encoder's")
+        ax[0].set_xlabel("z")
+        ax[0].set_ylabel("density")
+        ax[0].legend(fontsize=8)
+    else:
+        for a, key, name in zip(ax, ("log_posterior", "log_q"), ("true posterior p(z|x)", "encoder's q(z|x)")):
+            log_density = grid[key].T                     # contour wants (y, x)
+            top = log_density.max()
+            a.contour(axes[0], axes[1], log_density, levels=[top - 4.5, top - 2, top - 0.5],
+                      colors=["#9ecae1", "#4292c6", "#08306b"])
+            a.plot(*grid["mu"], "+", color="crimson", label="mean of q")
+            a.set_title(name)
+            a.set_xlabel("z1")
+            a.set_ylabel("z2")
+            a.legend(fontsize=8, loc="lower right")
+        ax[1].set_xlim(ax[0].get_xlim())
+        ax[1].set_ylim(ax[0].get_ylim())
+    if len(axes) == 2:
+        title += "\ncontours at exp(-r^2/2) of each density's peak, r = 1, 2, 3"
+    fig.suptitle(title, fontsize=9)
+    return save(fig, path)
