@@ -33,6 +33,12 @@ from importlib import metadata
 from typing import Dict, Iterable, List, Optional, Sequence
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+#: the checkout the benchmarks belong to: importing this module puts it first
+#: on sys.path, so the scripts measure this checkout's scratchvae, installed or
+#: not (a benchmark venv may hold only torch and JAX)
+ROOT = os.path.dirname(HERE)
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
 #: committed records (``--save``) and the untracked default
 RESULTS_DIR, OUT_DIR = os.path.join(HERE, "results"), os.path.join(HERE, "out")
 #: environment variables that force OpenBLAS's kernel or cache model (this

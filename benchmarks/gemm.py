@@ -52,7 +52,6 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.dirname(HERE))
 import common  # noqa: E402 (imports no array library)
 
 
