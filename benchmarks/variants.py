@@ -276,7 +276,8 @@ def main(argv=None) -> int:
 
 
 def _pictures(run, drawn, json_path, components):
-    """The first 64 samples of each sampler as PNG grids next to the JSON file (None without Matplotlib)."""
+    """The first 64 samples of each sampler as PNG grids next to the JSON file; returns their file
+    names, or None without Matplotlib."""
     try:
         from scratchvae.run import plots
         plots.pyplot()
@@ -289,7 +290,7 @@ def _pictures(run, drawn, json_path, components):
         path = os.path.splitext(json_path)[0] + f"_{name}.png"
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         plots.image_grid(x[:64], run.image_shape, path, f"64 samples, {titles[name]}")
-        paths[name] = path
+        paths[name] = os.path.basename(path)          # beside the record, wherever it is moved
     return paths
 
 
