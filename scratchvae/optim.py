@@ -11,13 +11,13 @@ from typing import Dict, Optional
 
 import numpy as np
 
+from . import flat
 from .kernels import Scratch
 from .kernels import ops as K
-from .model import flat
 
 
 def _buffer(arrays) -> Optional[np.ndarray]:
-    """The one flat buffer ``arrays`` tile (a :class:`~scratchvae.model.flat.FlatDict`'s), or None."""
+    """The one flat buffer ``arrays`` tile (a :class:`~scratchvae.flat.FlatDict`'s), or None."""
     return getattr(arrays, "buffer", None)
 
 
@@ -37,7 +37,7 @@ class Optimizer:
     by the latest step.
 
     When the parameters are views into one flat buffer (a
-    :class:`~scratchvae.model.flat.FlatDict`, as a ``VAE``'s are) and so are
+    :class:`~scratchvae.flat.FlatDict`, as a ``VAE``'s are) and so are
     the gradients, the state is kept flat too and each step is one kernel
     call over all parameters; otherwise it loops over them.
     """

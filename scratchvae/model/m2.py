@@ -28,8 +28,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .. import flat
 from ..kernels import ops as K
-from . import flat, layers
+from . import layers
 from .layers import one_hot
 from .vae import VAE
 
