@@ -73,7 +73,7 @@ class Optimizer:
         return min(1.0, self.max_grad_norm / (self.last_grad_norm + 1e-6))
 
     def config(self) -> dict:
-        """The optimizer's type and hyperparameters (JSON-ready); see :func:`make_optimizer`."""
+        """The optimizer's type and hyperparameters (JSON-ready), as a checkpoint's header records them."""
         return {"type": type(self).__name__, **{k: getattr(self, k) for k in self.hyperparameters}}
 
     def step(self, grads: Dict[str, np.ndarray]) -> None:
@@ -162,16 +162,6 @@ class SGD(Optimizer):
 
     def _update(self, p, g, buf, grad_scale):
         K.sgd_update(p, g, buf, self.lr, self.momentum, self.weight_decay, grad_scale, self.scratch)
-
-
-def make_optimizer(params, config: dict) -> Optimizer:
-    """An optimizer from :meth:`Optimizer.config`'s output."""
-    kinds = {"Adam": Adam, "SGD": SGD}
-    config = dict(config)
-    kind = config.pop("type", None)
-    if kind not in kinds:
-        raise ValueError(f"unknown optimizer {kind!r}; choose one of {', '.join(kinds)}")
-    return kinds[kind](params, **config)
 
 
 def _check_nonneg(name, value, strictly=False):
