@@ -14,7 +14,7 @@ import tempfile
 
 from scratchvae.data import load_dataset
 from scratchvae.data.datasets import Dataset
-from scratchvae.model.m2 import train_supervised_only
+from scratchvae.inference.quality import train_supervised_only
 from scratchvae.run import Run, TrainConfig, Trainer
 
 

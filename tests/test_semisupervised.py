@@ -7,7 +7,8 @@ import pytest
 
 import scratchvae as sv
 from scratchvae.data.datasets import Dataset
-from scratchvae.model.m2 import M2, split_labels, train_supervised_only
+from scratchvae.inference.quality import train_supervised_only
+from scratchvae.model.m2 import M2, split_labels
 from scratchvae.run import Run, TrainConfig, Trainer
 from scratchvae.run import checkpoint as ckpt
 

@@ -3,23 +3,28 @@
 Generative model ``p(x | y, z) p(y) p(z)``: y a class with a uniform prior
 ``p(y) = 1/K``, z ~ N(0, I), the decoder sees ``[z, one-hot(y)]``. Inference:
 ``q(z | x, y)``, an encoder that sees ``[x, one-hot(y)]`` (together they are
-a conditional :class:`~scratchvae.vae.VAE` with the label as context), and a
-classifier ``q(y | x) = softmax(f(x))``, an MLP.
+a conditional :class:`~scratchvae.model.vae.VAE` with the label as context),
+and a classifier ``q(y | x) = softmax(f(x))``, an MLP.
 
-Losses, in nats per example (minimised):
+Losses, in nats per example (minimised), with
+``L(x, y) = -log p(x | y, z) + KL(q(z|x,y) || p(z)) - log p(y)`` the negative
+ELBO of ``log p(x, y)``:
 
-    labelled (x, y):   L(x, y) = -log p(x | y, z) + KL(q(z|x,y) || p(z)) - log p(y)
-                                + alpha * (-log q(y | x))
+    labelled (x, y):   L(x, y) + alpha * (-log q(y | x))
     unlabelled x:      U(x) = sum_y q(y|x) L(x, y) - H(q(y|x))
 
-with ``L(x, y)`` (without the alpha term) the negative ELBO of ``log p(x, y)``,
-and y summed out exactly over the K classes for U. A step's loss is the mean
-of L over a labelled batch plus the mean of U over an unlabelled one.
+y summed out exactly over the K classes for U. A step's loss is the mean of
+the first over a labelled batch plus the mean of U over an unlabelled one.
 
 Gradients by hand: the CVAE's come from one weighted pass over the labelled
 rows (weight 1/B_l) and K copies of every unlabelled row (copy y weighted
 q(y|x)/B_u); the classifier's from ``dU/dlog q(y|x) = q(y|x) (L(x, y) + log q(y|x) + 1)``
 and the cross-entropy's ``-alpha`` at the label, back through the log-softmax.
+
+Beside the model: the classifier network on its own (:func:`classifier`,
+:func:`classify`; :mod:`scratchvae.inference.quality` trains it alone), the
+split of a data set's labels into labelled and unlabelled examples, and the
+accuracy of a classifier.
 """
 from __future__ import annotations
 
@@ -165,38 +170,5 @@ def split_labels(y: np.ndarray, per_class: int, seed: int):
 
 
 def accuracy(predict, x, y) -> float:
+    """The fraction of the rows of x (n, d) that ``predict`` assigns to their label y (n,)."""
     return float((predict(x) == y).mean())
-
-
-def train_classifier(x, y, n_classes: int, steps: int, batch_size: int = 100, lr: float = 1e-3, seed: int = 0,
-                     hidden=(400,), activation="relu", init="torch"):
-    """An MLP classifier ``cls`` trained by cross-entropy on (x (n, d), y (n,)) for
-    ``steps`` Adam steps on batches drawn with replacement. Returns ``(mlp, params)``."""
-    from ..optim import Adam
-
-    mlp = classifier(x.shape[1], hidden, n_classes, activation)
-    params = flat.pack(mlp.init(np.random.default_rng([seed, 1]), init, np.float32))
-    grads = flat.zeros_like(params)
-    opt = Adam(params, lr=lr)
-    rng = np.random.default_rng([seed, 9])
-    for _ in range(steps):
-        pick = rng.integers(0, len(x), batch_size)
-        logits, caches = mlp.forward(params, x[pick])
-        # mean cross-entropy: d/dlog q_y = -1/B at the label
-        d_log_q = -one_hot(y[pick], n_classes, np.float32) / batch_size
-        mlp.backward(caches, K.log_softmax_backward(K.log_softmax(logits), d_log_q), grads, need_d_x=False)
-        opt.step(grads)
-    return mlp, params
-
-
-def train_supervised_only(data, per_class: int = 100, steps: int = 4690, batch_size: int = 100,
-                          lr: float = 1e-3, seed: int = 0, classifier_hidden=(400,), activation="relu",
-                          init="torch"):
-    """The baseline M2 is measured against: its classifier network alone, trained
-    by cross-entropy on the same labelled examples for ``steps`` Adam steps.
-    Returns the test accuracy."""
-    labelled, _ = split_labels(data.y_train, per_class, seed)
-    n_classes = int(data.y_train.max()) + 1
-    mlp, params = train_classifier(data.x_train[labelled], data.y_train[labelled], n_classes, steps, batch_size,
-                                   lr, seed, classifier_hidden, activation, init)
-    return accuracy(lambda x: classify(mlp, params, x), data.x_test, data.y_test)
