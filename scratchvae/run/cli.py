@@ -18,14 +18,13 @@ import numpy as np
 
 from .._version import __version__
 from ..atomic import atomic_write, make_dirs
+from .run import TrainConfig
 
 EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
 
-# train options that define the run; on --resume they must agree with the checkpoint
-RUN_OPTIONS = ("dataset", "batch_size", "lr", "hidden", "latent_dim", "activation", "likelihood",
-               "sigma", "init", "beta", "warmup_epochs", "binarize", "seed", "max_grad_norm", "iw_samples",
-               "conditional", "semi_supervised", "labels_per_class", "alpha", "labelled_batch", "iw_gradient",
-               "prior", "pseudo_inputs", "flow")
+# train options that define the run: every field of TrainConfig but how long it trains and where its
+# data lie; on --resume they must agree with the checkpoint
+RUN_OPTIONS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("epochs", "data_dir"))
 # those whose command-line flag is not "--" + the name with dashes
 FLAGS = {"latent_dim": "--latent", "warmup_epochs": "--warmup"}
 
@@ -88,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ..model.layers import INITS
     from ..model.likelihoods import LIKELIHOODS
     from ..model.vae import PRIORS
-    from .run import BINARIZE, CONDITIONAL, IW_GRADIENTS, TrainConfig
+    from .run import BINARIZE, CONDITIONAL, IW_GRADIENTS
 
     d = TrainConfig()
     parser = argparse.ArgumentParser(
@@ -304,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------
 
 def cmd_train(args) -> int:
-    from .run import Run, TrainConfig, data_source
+    from .run import Run, data_source
     from .train import Trainer, default_run_dir
 
     given = {k: getattr(args, k) for k in RUN_OPTIONS if getattr(args, k) is not None}
