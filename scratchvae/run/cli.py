@@ -45,7 +45,7 @@ def _hidden(text: str):
 MAX_INT = 2 ** 63
 
 
-def _number(kind, strict=True):
+def _number_parser(kind, strict=True):
     """argparse type: a finite ``kind`` (int or float) > 0, or >= 0 when not
     ``strict``; integers below :data:`MAX_INT`."""
     noun = "an integer" if kind is int else "a finite number"
@@ -63,8 +63,9 @@ def _number(kind, strict=True):
     return parse
 
 
-_positive_int, _positive_float = _number(int), _number(float)
-_seed, _nonneg_float = _number(int, strict=False), _number(float, strict=False)
+_positive_int, _positive_float = _number_parser(int), _number_parser(float)
+# seeds, labels, indices, burn-in: integers >= 0
+_nonneg_int, _nonneg_float = _number_parser(int, strict=False), _number_parser(float, strict=False)
 
 
 def _parsed(parse):
@@ -120,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="epochs over which the KL weight grows linearly from 0 to beta [0]")
     t.add_argument("--binarize", choices=BINARIZE, help="for bernoulli: none (grey levels), dynamic "
                                                          "(resampled every batch), static (once) [none]")
-    t.add_argument("--seed", type=_seed, help=f"seed of weights, shuffling and noise [{d.seed}]")
+    t.add_argument("--seed", type=_nonneg_int, help=f"seed of weights, shuffling and noise [{d.seed}]")
     t.add_argument("--max-grad-norm", type=_positive_float, help="clip the global gradient norm [off]")
     t.add_argument("--iw-samples", type=_positive_int, metavar="K",
                    help="train on the importance-weighted bound with K samples (IWAE; needs beta 1, "
@@ -178,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("checkpoint", help="checkpoint file or run directory")
     e.add_argument("--data-dir", help="where to look for the data set first")
     e.add_argument("--samples", type=_positive_int, default=1, help="z samples per example, averaged [1]")
-    e.add_argument("--seed", type=_seed, default=0, help="seed of the z samples [0]")
+    e.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the z samples [0]")
     e.add_argument("--iw-samples", type=_positive_int, metavar="K",
                    help="also estimate log p(x) with K importance samples per example (Burda et al. "
                         "2016; 1000 or more for a tight estimate) [off; 1000 with --exact]")
@@ -189,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--tol", type=_positive_float, default=1e-3,
                    help="with --exact or --posterior: the largest change of any log p(x), in nats, at which "
                         "halving the grid's spacing stops [0.001]")
-    e.add_argument("--posterior", type=_seed, metavar="I",
+    e.add_argument("--posterior", type=_nonneg_int, metavar="I",
                    help="for a latent of size 1 or 2: draw the true posterior p(z|x) of test image I (by "
                         "quadrature) beside the encoder's q(z|x) into -o FILE.png, and print their gap")
     e.add_argument("-o", "--output", metavar="FILE.png", help="the picture of --posterior")
@@ -202,9 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("checkpoint", help="checkpoint file or run directory")
     s.add_argument("-n", type=_positive_int, default=64, help="number of samples [64] (per class for a "
                                                                 "conditional model without --label)")
-    s.add_argument("--label", type=_seed, help="class to draw, for a model trained with --conditional label")
+    s.add_argument("--label", type=_nonneg_int, help="class to draw, for a model trained with --conditional label")
     s.add_argument("-o", "--output", required=True, help="FILE.png (a grid) or FILE.npy (array (n, d))")
-    s.add_argument("--seed", type=_seed, default=0, help="seed of z (and of the mixture's fit) [0]")
+    s.add_argument("--seed", type=_nonneg_int, default=0, help="seed of z (and of the mixture's fit) [0]")
     s.add_argument("--draw", action="store_true", help="draw x ~ p(x|z) instead of its mean")
     s.add_argument("--sampler", type=_parsed(parse_sampler), default="prior", metavar="prior|gmm:N",
                    help="where z comes from: the model's prior, or gmm:N, a mixture of N full-covariance "
@@ -218,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="checkpoint file or run directory")
     p.add_argument("-o", "--out", help="folder for the PNG files [the checkpoint's folder]")
     p.add_argument("--data-dir", help="where to look for the data set first")
-    p.add_argument("--seed", type=_seed, default=0, help="seed of the samples [0]")
+    p.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the samples [0]")
 
     c = sub.add_parser("complete", help="fill in missing pixels of test images",
                        description="Hide part of each test image (--mask), fill it in with the model "
@@ -236,8 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--score", type=_positive_int, default=1000,
                    help="test images the errors are measured on (the first N, at least -n) [1000]")
     c.add_argument("--steps", type=_positive_int, default=200, help="Gibbs iterations [200]")
-    c.add_argument("--burn-in", type=_seed, default=50, help="iterations left out of the average [50]")
-    c.add_argument("--seed", type=_seed, default=0, help="seed of the masks and the chains [0]")
+    c.add_argument("--burn-in", type=_nonneg_int, default=50, help="iterations left out of the average [50]")
+    c.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the masks and the chains [0]")
     c.add_argument("--data-dir", help="where to look for the data set first")
 
     i = sub.add_parser("interpolate", help="decode the paths between two latent codes",
@@ -248,18 +249,18 @@ def build_parser() -> argparse.ArgumentParser:
                                    "linear above spherical. A conditional model's context is held fixed "
                                    "along the path: the --from image's (or --label).")
     i.add_argument("checkpoint", help="checkpoint file or run directory")
-    i.add_argument("--from", dest="start", type=_seed, metavar="I", help="index of the first test image")
-    i.add_argument("--to", dest="end", type=_seed, metavar="J", help="index of the last test image")
+    i.add_argument("--from", dest="start", type=_nonneg_int, metavar="I", help="index of the first test image")
+    i.add_argument("--to", dest="end", type=_nonneg_int, metavar="J", help="index of the last test image")
     i.add_argument("--prior", action="store_true",
                    help="start and end at two draws from the model's prior (N(0, I), or its VampPrior; seeded "
                         "by --seed) instead of test images")
     i.add_argument("--steps", type=_positive_int, default=10, help="codes per path, both ends included [10]")
-    i.add_argument("--label", type=_seed, help="for a model trained with --conditional label: the class to "
+    i.add_argument("--label", type=_nonneg_int, help="for a model trained with --conditional label: the class to "
                                                "hold fixed [the --from image's]")
     i.add_argument("-o", "--output", help="FILE.png for the picture")
     i.add_argument("--array", metavar="FILE.npy", help="also (or instead) write the images as an array of "
                                                         "shape (2, steps, d): linear path, then spherical")
-    i.add_argument("--seed", type=_seed, default=0, help="seed of the prior draws [0]")
+    i.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the prior draws [0]")
     i.add_argument("--data-dir", help="where to look for the data set first")
 
     x = sub.add_parser("export", help="write a trained model as one Python module that needs NumPy only",
