@@ -1,4 +1,4 @@
-"""Layers with hand-written backprop: activations, Linear, MLP, initialisers.
+"""Layers with hand-written backprop: Linear (+ activation), MLP, initialisers.
 
 Every op is a pair, written next to each other::
 
@@ -27,23 +27,6 @@ from ..kernels import DEFAULT_ALPHA, check_activation
 from ..kernels import ops as K
 
 INITS = ("torch", "glorot_uniform", "glorot_normal", "he_uniform", "he_normal")
-
-
-# --------------------------------------------------------------------------
-# Activations on their own: y = f(a)
-# --------------------------------------------------------------------------
-
-def activation_forward(a, activation, alpha=None):
-    """y = f(a), elementwise. a: (batch, n). Returns ``(y, cache)``."""
-    alpha = DEFAULT_ALPHA.get(check_activation(activation), 0.0) if alpha is None else alpha
-    y = K.bias_activation(a, np.zeros(a.shape[1], a.dtype), activation, alpha)
-    return y, (y, activation, alpha)
-
-
-def activation_backward(cache, d_y):
-    """d_a = d_y * f'(a), from the cached output y."""
-    y, activation, alpha = cache
-    return K.activation_backward(y, d_y, activation, alpha)
 
 
 # --------------------------------------------------------------------------
