@@ -1,6 +1,10 @@
 """The ``scratchvae`` command: train, evaluate, sample, plot, complete, interpolate, export, download,
 datasets.
 
+Every command is a function ``cmd_NAME(args)`` with its options declared
+beside it by ``add_NAME_arguments(parser)``; :data:`COMMANDS` lists them, and
+:func:`build_parser` assembles the parser from that list.
+
 Every error a user can cause ends with one line ``scratchvae: error: ...``
 on stderr and a non-zero exit code (set ``SCRATCHVAE_DEBUG=1`` for the
 traceback).
@@ -13,6 +17,7 @@ import io
 import os
 import sys
 from pathlib import Path
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 
@@ -29,7 +34,12 @@ RUN_OPTIONS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name no
 FLAGS = {"latent_dim": "--latent", "warmup_epochs": "--warmup"}
 
 
+# ----------------------------------------------------------------------
+# argument types: each parses one option's text or raises argparse's one-line error
+# ----------------------------------------------------------------------
+
 def _hidden(text: str):
+    """argparse type: comma-separated positive layer widths, e.g. ``512,256``."""
     try:
         sizes = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
@@ -81,8 +91,27 @@ def _parsed(parse):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of every command in :data:`COMMANDS`."""
+    parser = argparse.ArgumentParser(
+        prog="scratchvae",
+        description="A Variational Autoencoder from scratch: NumPy, hand-written backprop, "
+                    "every gradient checked against finite differences.")
+    parser.add_argument("--version", action="version", version=f"scratchvae {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, command in COMMANDS.items():
+        sub = commands.add_parser(name, help=command.help, description=command.description)
+        if command.add_arguments is not None:
+            command.add_arguments(sub)
+    return parser
+
+
+# ----------------------------------------------------------------------
+# commands
+# ----------------------------------------------------------------------
+
+def add_train_arguments(parser) -> None:
+    """Every run option, its default from :class:`TrainConfig` in brackets, and where the run goes."""
     from ..data.datasets import DATASET_NAMES
-    from ..inference.gmm import parse_sampler
     from ..kernels import ACTIVATIONS
     from ..model.flows import parse_flow
     from ..model.layers import INITS
@@ -91,217 +120,76 @@ def build_parser() -> argparse.ArgumentParser:
     from .run import BINARIZE, CONDITIONAL, IW_GRADIENTS
 
     d = TrainConfig()
-    parser = argparse.ArgumentParser(
-        prog="scratchvae",
-        description="A Variational Autoencoder from scratch: NumPy, hand-written backprop, "
-                    "every gradient checked against finite differences.")
-    parser.add_argument("--version", action="version", version=f"scratchvae {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.add_argument("--dataset", help=f"a named data set ({', '.join(DATASET_NAMES)}) or a .npy/.npz "
+                                          f"file of shape (n, d) or (n, h, w) in [0, 1] or uint8 [{d.dataset}]")
+    parser.add_argument("--data-dir", help="folder holding the data set's IDX files, searched before "
+                                           "$SCRATCHVAE_DATA, ~/.cache/scratchvae, /usr/share/datasets")
+    parser.add_argument("--epochs", type=_positive_int, help=f"epochs to train in all [{d.epochs}]")
+    parser.add_argument("--batch-size", type=_positive_int, help=f"examples per step [{d.batch_size}]")
+    parser.add_argument("--lr", type=_positive_float, help=f"Adam learning rate [{d.lr}]")
+    parser.add_argument("--hidden", type=_hidden, help="encoder hidden widths, comma-separated; the "
+                                                       "decoder mirrors them [400]")
+    parser.add_argument("--latent", dest="latent_dim", type=_positive_int, help=f"latent size k [{d.latent_dim}]")
+    parser.add_argument("--activation", choices=ACTIVATIONS, help=f"hidden activation [{d.activation}]")
+    parser.add_argument("--likelihood", choices=LIKELIHOODS, help=f"p(x|z) [{d.likelihood}]")
+    parser.add_argument("--sigma", type=_positive_float, help="Gaussian sigma: fixed value, or the start of a "
+                                                               f"learned one [{d.sigma}]")
+    parser.add_argument("--init", choices=INITS, help=f"weight initialiser [{d.init}]")
+    parser.add_argument("--beta", type=_nonneg_float, help=f"weight of the KL term [{d.beta}]")
+    parser.add_argument("--warmup", dest="warmup_epochs", type=_nonneg_float,
+                        help="epochs over which the KL weight grows linearly from 0 to beta [0]")
+    parser.add_argument("--binarize", choices=BINARIZE, help="for bernoulli: none (grey levels), dynamic "
+                                                              "(resampled every batch), static (once) [none]")
+    parser.add_argument("--seed", type=_nonneg_int, help=f"seed of weights, shuffling and noise [{d.seed}]")
+    parser.add_argument("--max-grad-norm", type=_positive_float, help="clip the global gradient norm [off]")
+    parser.add_argument("--iw-samples", type=_positive_int, metavar="K",
+                        help="train on the importance-weighted bound with K samples (IWAE; needs beta 1, "
+                             "no warm-up, a likelihood without learned sigma); the train loss shown is "
+                             "then -L_K, the test loss stays the ELBO [1: the ELBO]")
+    parser.add_argument("--iw-gradient", choices=IW_GRADIENTS,
+                        help="with --iw-samples K > 1, the encoder's gradient: iwae (the bound's own) or dreg, the "
+                             "doubly reparameterised gradient of Tucker et al. (2019): the same expectation without "
+                             "the score-function term, whose noise grows with K; the decoder's gradient is the same "
+                             f"(not with --flow) [{d.iw_gradient}]")
+    parser.add_argument("--prior", choices=PRIORS,
+                        help="p(z): standard, N(0, I); or vamp, the VampPrior of Tomczak and Welling (2018), the "
+                             "mixture of the encoder's posteriors at --pseudo-inputs learned pseudo-inputs (started "
+                             "at training images); the KL is then estimated from the drawn z (not with --conditional, "
+                             f"--semi-supervised or --flow) [{d.prior}]")
+    parser.add_argument("--pseudo-inputs", type=_positive_int, metavar="K",
+                        help="with --prior vamp: the number of pseudo-inputs, the prior's components "
+                             f"[{d.pseudo_inputs}]")
+    parser.add_argument("--flow", type=_parsed(parse_flow), metavar="none|planar:L",
+                        help="L planar normalising flows on q(z|x) (Rezende and Mohamed 2015), their parameters "
+                             "output by the encoder for every x; the KL is then estimated from the drawn z "
+                             f"[{d.flow}]")
+    parser.add_argument("--conditional", metavar="|".join(CONDITIONAL),
+                        help="a conditional VAE, q(z|x, c) and p(x|z, c). label: c is the one-hot label (the "
+                             "data set needs labels; sample with --label). mask:KIND: c is the observed part "
+                             "of the image and the mask, for completion (scratchvae complete); KIND is "
+                             "bottom-half, block or random:P [none]")
+    parser.add_argument("--semi-supervised", action="store_true", default=None,
+                        help="train the M2 model of Kingma et al. (2014) instead: a label-conditional VAE and "
+                             "a classifier q(y|x), from --labels-per-class labels per class (chosen with "
+                             "--seed) and the rest of the training set unlabelled; an epoch is one pass over "
+                             "the unlabelled examples; prints the test accuracy of q(y|x) after every epoch")
+    parser.add_argument("--labels-per-class", type=_positive_int,
+                        help=f"with --semi-supervised: labelled examples per class [{d.labels_per_class}]")
+    parser.add_argument("--alpha", type=_nonneg_float,
+                        help=f"with --semi-supervised: weight of the labelled examples' cross-entropy [{d.alpha:g}]")
+    parser.add_argument("--labelled-batch", type=_positive_int, metavar="N",
+                        help="with --semi-supervised: labelled examples drawn (with replacement) to go with each "
+                             f"batch of unlabelled ones [{d.labelled_batch}]")
+    parser.add_argument("--out", help="run directory [runs/<dataset>-<date>-<time>]; a directory that holds a run "
+                                      "is refused (continue it with --resume, or replace it with --overwrite)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the run that --out holds: its checkpoint, history and pictures are replaced "
+                             "when the new run saves its first checkpoint (until then the old run stays intact)")
+    parser.add_argument("--resume", metavar="CKPT", help="continue the run in this checkpoint or run directory "
+                                                         "(--epochs may extend it)")
+    parser.add_argument("--no-plots", action="store_true", help="skip the pictures at the end")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print only the run directory")
 
-    t = sub.add_parser("train", help="train a VAE (default: on the built-in synthetic-digits)",
-                       description="Train a VAE, writing checkpoint.npz, history.csv/json and "
-                                   "pictures into a run directory. Defaults in brackets.")
-    t.add_argument("--dataset", help=f"a named data set ({', '.join(DATASET_NAMES)}) or a .npy/.npz "
-                                     f"file of shape (n, d) or (n, h, w) in [0, 1] or uint8 [{d.dataset}]")
-    t.add_argument("--data-dir", help="folder holding the data set's IDX files, searched before "
-                                      "$SCRATCHVAE_DATA, ~/.cache/scratchvae, /usr/share/datasets")
-    t.add_argument("--epochs", type=_positive_int, help=f"epochs to train in all [{d.epochs}]")
-    t.add_argument("--batch-size", type=_positive_int, help=f"examples per step [{d.batch_size}]")
-    t.add_argument("--lr", type=_positive_float, help=f"Adam learning rate [{d.lr}]")
-    t.add_argument("--hidden", type=_hidden, help="encoder hidden widths, comma-separated; the "
-                                                  "decoder mirrors them [400]")
-    t.add_argument("--latent", dest="latent_dim", type=_positive_int, help=f"latent size k [{d.latent_dim}]")
-    t.add_argument("--activation", choices=ACTIVATIONS, help=f"hidden activation [{d.activation}]")
-    t.add_argument("--likelihood", choices=LIKELIHOODS, help=f"p(x|z) [{d.likelihood}]")
-    t.add_argument("--sigma", type=_positive_float, help="Gaussian sigma: fixed value, or the start of a "
-                                                          f"learned one [{d.sigma}]")
-    t.add_argument("--init", choices=INITS, help=f"weight initialiser [{d.init}]")
-    t.add_argument("--beta", type=_nonneg_float, help=f"weight of the KL term [{d.beta}]")
-    t.add_argument("--warmup", dest="warmup_epochs", type=_nonneg_float,
-                   help="epochs over which the KL weight grows linearly from 0 to beta [0]")
-    t.add_argument("--binarize", choices=BINARIZE, help="for bernoulli: none (grey levels), dynamic "
-                                                         "(resampled every batch), static (once) [none]")
-    t.add_argument("--seed", type=_nonneg_int, help=f"seed of weights, shuffling and noise [{d.seed}]")
-    t.add_argument("--max-grad-norm", type=_positive_float, help="clip the global gradient norm [off]")
-    t.add_argument("--iw-samples", type=_positive_int, metavar="K",
-                   help="train on the importance-weighted bound with K samples (IWAE; needs beta 1, "
-                        "no warm-up, a likelihood without learned sigma); the train loss shown is "
-                        "then -L_K, the test loss stays the ELBO [1: the ELBO]")
-    t.add_argument("--iw-gradient", choices=IW_GRADIENTS,
-                   help="with --iw-samples K > 1, the encoder's gradient: iwae (the bound's own) or dreg, the "
-                        "doubly reparameterised gradient of Tucker et al. (2019): the same expectation without "
-                        "the score-function term, whose noise grows with K; the decoder's gradient is the same "
-                        f"(not with --flow) [{d.iw_gradient}]")
-    t.add_argument("--prior", choices=PRIORS,
-                   help="p(z): standard, N(0, I); or vamp, the VampPrior of Tomczak and Welling (2018), the "
-                        "mixture of the encoder's posteriors at --pseudo-inputs learned pseudo-inputs (started "
-                        "at training images); the KL is then estimated from the drawn z (not with --conditional, "
-                        f"--semi-supervised or --flow) [{d.prior}]")
-    t.add_argument("--pseudo-inputs", type=_positive_int, metavar="K",
-                   help=f"with --prior vamp: the number of pseudo-inputs, the prior's components [{d.pseudo_inputs}]")
-    t.add_argument("--flow", type=_parsed(parse_flow), metavar="none|planar:L",
-                   help="L planar normalising flows on q(z|x) (Rezende and Mohamed 2015), their parameters "
-                        "output by the encoder for every x; the KL is then estimated from the drawn z "
-                        f"[{d.flow}]")
-    t.add_argument("--conditional", metavar="|".join(CONDITIONAL),
-                   help="a conditional VAE, q(z|x, c) and p(x|z, c). label: c is the one-hot label (the "
-                        "data set needs labels; sample with --label). mask:KIND: c is the observed part "
-                        "of the image and the mask, for completion (scratchvae complete); KIND is "
-                        "bottom-half, block or random:P [none]")
-    t.add_argument("--semi-supervised", action="store_true", default=None,
-                   help="train the M2 model of Kingma et al. (2014) instead: a label-conditional VAE and "
-                        "a classifier q(y|x), from --labels-per-class labels per class (chosen with "
-                        "--seed) and the rest of the training set unlabelled; an epoch is one pass over "
-                        "the unlabelled examples; prints the test accuracy of q(y|x) after every epoch")
-    t.add_argument("--labels-per-class", type=_positive_int,
-                   help=f"with --semi-supervised: labelled examples per class [{d.labels_per_class}]")
-    t.add_argument("--alpha", type=_nonneg_float,
-                   help=f"with --semi-supervised: weight of the labelled examples' cross-entropy [{d.alpha:g}]")
-    t.add_argument("--labelled-batch", type=_positive_int, metavar="N",
-                   help="with --semi-supervised: labelled examples drawn (with replacement) to go with each "
-                        f"batch of unlabelled ones [{d.labelled_batch}]")
-    t.add_argument("--out", help="run directory [runs/<dataset>-<date>-<time>]; a directory that holds a run "
-                                 "is refused (continue it with --resume, or replace it with --overwrite)")
-    t.add_argument("--overwrite", action="store_true",
-                   help="replace the run that --out holds: its checkpoint, history and pictures are replaced "
-                        "when the new run saves its first checkpoint (until then the old run stays intact)")
-    t.add_argument("--resume", metavar="CKPT", help="continue the run in this checkpoint or run directory "
-                                                    "(--epochs may extend it)")
-    t.add_argument("--no-plots", action="store_true", help="skip the pictures at the end")
-    t.add_argument("-q", "--quiet", action="store_true", help="print only the run directory")
-
-    e = sub.add_parser("evaluate", help="test-set ELBO, active units and log-likelihood of a checkpoint",
-                       description="Negative ELBO (total = reconstruction + KL) of the test split, "
-                                   "nats per example, with z sampled from q(z|x); active units; with "
-                                   "--iw-samples, the importance-weighted log p(x); for a latent of size 1 "
-                                   "or 2, with --exact, log p(x) itself by quadrature, and with --posterior, "
-                                   "the picture of one image's true posterior beside the encoder's.")
-    e.add_argument("checkpoint", help="checkpoint file or run directory")
-    e.add_argument("--data-dir", help="where to look for the data set first")
-    e.add_argument("--samples", type=_positive_int, default=1, help="z samples per example, averaged [1]")
-    e.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the z samples [0]")
-    e.add_argument("--iw-samples", type=_positive_int, metavar="K",
-                   help="also estimate log p(x) with K importance samples per example (Burda et al. "
-                        "2016; 1000 or more for a tight estimate) [off; 1000 with --exact]")
-    e.add_argument("--exact", action="store_true",
-                   help="for a latent of size 1 or 2: also compute log p(x) of every test image by quadrature "
-                        "over z (float64, the grid refined until no value changes by more than --tol) and "
-                        "print ELBO <= importance-weighted bound <= exact log p(x) with the gaps in nats")
-    e.add_argument("--tol", type=_positive_float, default=1e-3,
-                   help="with --exact or --posterior: the largest change of any log p(x), in nats, at which "
-                        "halving the grid's spacing stops [0.001]")
-    e.add_argument("--posterior", type=_nonneg_int, metavar="I",
-                   help="for a latent of size 1 or 2: draw the true posterior p(z|x) of test image I (by "
-                        "quadrature) beside the encoder's q(z|x) into -o FILE.png, and print their gap")
-    e.add_argument("-o", "--output", metavar="FILE.png", help="the picture of --posterior")
-
-    s = sub.add_parser("sample", help="draw samples from a trained model",
-                       description="Ancestral samples: z from the prior (N(0, I), or the VampPrior), or from "
-                                   "a mixture fitted to the training codes (--sampler gmm:N), then the "
-                                   "decoder's mean. A conditional model draws -n samples of class --label, or "
-                                   "without --label -n samples of every class, one row per class.")
-    s.add_argument("checkpoint", help="checkpoint file or run directory")
-    s.add_argument("-n", type=_positive_int, default=64, help="number of samples [64] (per class for a "
-                                                                "conditional model without --label)")
-    s.add_argument("--label", type=_nonneg_int, help="class to draw, for a model trained with --conditional label")
-    s.add_argument("-o", "--output", required=True, help="FILE.png (a grid) or FILE.npy (array (n, d))")
-    s.add_argument("--seed", type=_nonneg_int, default=0, help="seed of z (and of the mixture's fit) [0]")
-    s.add_argument("--draw", action="store_true", help="draw x ~ p(x|z) instead of its mean")
-    s.add_argument("--sampler", type=_parsed(parse_sampler), default="prior", metavar="prior|gmm:N",
-                   help="where z comes from: the model's prior, or gmm:N, a mixture of N full-covariance "
-                        "Gaussians fitted by EM to the codes of the training set (needs the run's data; "
-                        "not for a conditional model) [prior]")
-    s.add_argument("--data-dir", help="with --sampler gmm:N: where to look for the data set first")
-
-    p = sub.add_parser("plot", help="all pictures of a trained model",
-                       description="Reconstructions, samples, latent space, manifold (2-D latent) "
-                                   "and training curves.")
-    p.add_argument("checkpoint", help="checkpoint file or run directory")
-    p.add_argument("-o", "--out", help="folder for the PNG files [the checkpoint's folder]")
-    p.add_argument("--data-dir", help="where to look for the data set first")
-    p.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the samples [0]")
-
-    c = sub.add_parser("complete", help="fill in missing pixels of test images",
-                       description="Hide part of each test image (--mask), fill it in with the model "
-                                   "and draw originals, masked inputs and completions, one row each. A "
-                                   "plain VAE completes by pseudo-Gibbs and by Metropolis-within-Gibbs; "
-                                   "a VAE trained with --conditional mask:KIND from its context. Prints "
-                                   "the error on the missing pixels (binary cross-entropy and squared "
-                                   "error per pixel) against two baselines: the training set's mean "
-                                   "image and the training image nearest on the observed pixels.")
-    c.add_argument("checkpoint", help="checkpoint file or run directory")
-    c.add_argument("--mask", help="bottom-half, block or random:P (e.g. random:0.5) [the mask a "
-                                  "--conditional mask:KIND model was trained with]")
-    c.add_argument("-o", "--output", required=True, help="FILE.png for the picture")
-    c.add_argument("-n", type=_positive_int, default=8, help="test images in the picture [8]")
-    c.add_argument("--score", type=_positive_int, default=1000,
-                   help="test images the errors are measured on (the first N, at least -n) [1000]")
-    c.add_argument("--steps", type=_positive_int, default=200, help="Gibbs iterations [200]")
-    c.add_argument("--burn-in", type=_nonneg_int, default=50, help="iterations left out of the average [50]")
-    c.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the masks and the chains [0]")
-    c.add_argument("--data-dir", help="where to look for the data set first")
-
-    i = sub.add_parser("interpolate", help="decode the paths between two latent codes",
-                       description="Decoded means E[x | z] along a straight and a spherical (slerp) path "
-                                   "between the codes of two test images (--from, --to: the posterior means, "
-                                   "through the flow if the model has one) or two draws from the prior "
-                                   "(--prior), the ends included: one row per path, "
-                                   "linear above spherical. A conditional model's context is held fixed "
-                                   "along the path: the --from image's (or --label).")
-    i.add_argument("checkpoint", help="checkpoint file or run directory")
-    i.add_argument("--from", dest="start", type=_nonneg_int, metavar="I", help="index of the first test image")
-    i.add_argument("--to", dest="end", type=_nonneg_int, metavar="J", help="index of the last test image")
-    i.add_argument("--prior", action="store_true",
-                   help="start and end at two draws from the model's prior (N(0, I), or its VampPrior; seeded "
-                        "by --seed) instead of test images")
-    i.add_argument("--steps", type=_positive_int, default=10, help="codes per path, both ends included [10]")
-    i.add_argument("--label", type=_nonneg_int, help="for a model trained with --conditional label: the class to "
-                                               "hold fixed [the --from image's]")
-    i.add_argument("-o", "--output", help="FILE.png for the picture")
-    i.add_argument("--array", metavar="FILE.npy", help="also (or instead) write the images as an array of "
-                                                        "shape (2, steps, d): linear path, then spherical")
-    i.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the prior draws [0]")
-    i.add_argument("--data-dir", help="where to look for the data set first")
-
-    x = sub.add_parser("export", help="write a trained model as one Python module that needs NumPy only",
-                       description="Write DIR/NAME.py (encode, decode, sample and elbo of the trained VAE, "
-                                   "importing nothing but NumPy), DIR/NAME.npz (its weights as plain arrays) "
-                                   "and DIR/NAME.json (its architecture). Copy the three files anywhere and "
-                                   "import NAME. Files of an earlier export are replaced only with --overwrite.")
-    x.add_argument("checkpoint", help="checkpoint file or run directory")
-    x.add_argument("-o", "--output", required=True, metavar="DIR", help="directory to write into (made if missing)")
-    x.add_argument("--name", default="vae", help="module name: the files are NAME.py, NAME.npz, NAME.json [vae]")
-    x.add_argument("--overwrite", action="store_true", help="replace the files of an earlier export of that name")
-
-    b = sub.add_parser("bench", help="a roofline report of one training step, kernel by kernel",
-                       description="Times every kernel call of training steps of a VAE on random data (float32, "
-                                   "Bernoulli, Adam): per kernel and GEMM shape, calls, time, GFLOP/s or GB/s "
-                                   "against the measured compute peak and memory bandwidth; then the whole step "
-                                   "in examples/s and as a share of the GEMM limit. Threads come from the "
-                                   "environment (OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, NUMBA_NUM_THREADS).")
-    b.add_argument("--backend", help="kernel backend (reference, numpy, numba or a module path) [the default]")
-    b.add_argument("--gemm", choices=("blas", "numba", "reference"), help="where the products come from "
-                                                                          "[the backend's own]")
-    b.add_argument("--batch-size", type=_positive_int, default=128, help="examples per step [128]")
-    b.add_argument("--input-dim", type=_positive_int, default=784, help="pixels per example [784]")
-    b.add_argument("--hidden", type=_hidden, default=[400], help="encoder hidden widths [400]")
-    b.add_argument("--latent", type=_positive_int, default=20, help="latent size [20]")
-    b.add_argument("--seconds", type=_positive_float, default=4.0,
-                   help="seconds of steps to time, half alone and half profiled [4]")
-
-    dl = sub.add_parser("download", help="fetch and verify a named data set",
-                        description="Download the official files, check each SHA-256, write atomically.")
-    dl.add_argument("name", help="mnist, fashion-mnist or kmnist")
-    dl.add_argument("--dest", help="target folder [~/.cache/scratchvae/NAME]")
-    dl.add_argument("--base-url", help="fetch from this mirror instead of the official sites")
-
-    sub.add_parser("datasets", help="which data sets are found where")
-    return parser
-
-
-# ----------------------------------------------------------------------
-# commands
-# ----------------------------------------------------------------------
 
 def cmd_train(args) -> int:
     from .run import Run, data_source
@@ -388,6 +276,28 @@ def _open_run(checkpoint, data_dir):
     return run
 
 
+def add_evaluate_arguments(parser) -> None:
+    """The checkpoint, the samples of the bound and of log p(x), and --exact's and --posterior's options."""
+    parser.add_argument("checkpoint", help="checkpoint file or run directory")
+    parser.add_argument("--data-dir", help="where to look for the data set first")
+    parser.add_argument("--samples", type=_positive_int, default=1, help="z samples per example, averaged [1]")
+    parser.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the z samples [0]")
+    parser.add_argument("--iw-samples", type=_positive_int, metavar="K",
+                        help="also estimate log p(x) with K importance samples per example (Burda et al. "
+                             "2016; 1000 or more for a tight estimate) [off; 1000 with --exact]")
+    parser.add_argument("--exact", action="store_true",
+                        help="for a latent of size 1 or 2: also compute log p(x) of every test image by quadrature "
+                             "over z (float64, the grid refined until no value changes by more than --tol) and "
+                             "print ELBO <= importance-weighted bound <= exact log p(x) with the gaps in nats")
+    parser.add_argument("--tol", type=_positive_float, default=1e-3,
+                        help="with --exact or --posterior: the largest change of any log p(x), in nats, at which "
+                             "halving the grid's spacing stops [0.001]")
+    parser.add_argument("--posterior", type=_nonneg_int, metavar="I",
+                        help="for a latent of size 1 or 2: draw the true posterior p(z|x) of test image I (by "
+                             "quadrature) beside the encoder's q(z|x) into -o FILE.png, and print their gap")
+    parser.add_argument("-o", "--output", metavar="FILE.png", help="the picture of --posterior")
+
+
 def cmd_evaluate(args) -> int:
     from ..inference.evaluate import active_units, elbo, log_likelihood
     from ..inference.exact import check_latent, log_marginal, posterior_grid
@@ -451,6 +361,24 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def add_sample_arguments(parser) -> None:
+    """The checkpoint, how many samples of which class, where z comes from, and the output file."""
+    from ..inference.gmm import parse_sampler
+
+    parser.add_argument("checkpoint", help="checkpoint file or run directory")
+    parser.add_argument("-n", type=_positive_int, default=64, help="number of samples [64] (per class for a "
+                                                                     "conditional model without --label)")
+    parser.add_argument("--label", type=_nonneg_int, help="class to draw, for a model trained with --conditional label")
+    parser.add_argument("-o", "--output", required=True, help="FILE.png (a grid) or FILE.npy (array (n, d))")
+    parser.add_argument("--seed", type=_nonneg_int, default=0, help="seed of z (and of the mixture's fit) [0]")
+    parser.add_argument("--draw", action="store_true", help="draw x ~ p(x|z) instead of its mean")
+    parser.add_argument("--sampler", type=_parsed(parse_sampler), default="prior", metavar="prior|gmm:N",
+                        help="where z comes from: the model's prior, or gmm:N, a mixture of N full-covariance "
+                             "Gaussians fitted by EM to the codes of the training set (needs the run's data; "
+                             "not for a conditional model) [prior]")
+    parser.add_argument("--data-dir", help="with --sampler gmm:N: where to look for the data set first")
+
+
 def cmd_sample(args) -> int:
     from ..inference.gmm import fit_to_codes, parse_sampler
     from ..model.layers import one_hot
@@ -505,6 +433,14 @@ def save_npy(path: Path, x: np.ndarray) -> None:
         f.write(x.data)
 
 
+def add_plot_arguments(parser) -> None:
+    """The checkpoint, the folder for the pictures and the seed of the samples."""
+    parser.add_argument("checkpoint", help="checkpoint file or run directory")
+    parser.add_argument("-o", "--out", help="folder for the PNG files [the checkpoint's folder]")
+    parser.add_argument("--data-dir", help="where to look for the data set first")
+    parser.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the samples [0]")
+
+
 def cmd_plot(args) -> int:
     run = _open_run(args.checkpoint, args.data_dir)
     out = Path(args.out) if args.out else run.out_dir
@@ -512,6 +448,21 @@ def cmd_plot(args) -> int:
     _pictures(run, out, False, args.seed, required=True)
     print(out)
     return 0
+
+
+def add_complete_arguments(parser) -> None:
+    """The checkpoint, the mask, the images shown and scored, and the Gibbs chains' length."""
+    parser.add_argument("checkpoint", help="checkpoint file or run directory")
+    parser.add_argument("--mask", help="bottom-half, block or random:P (e.g. random:0.5) [the mask a "
+                                       "--conditional mask:KIND model was trained with]")
+    parser.add_argument("-o", "--output", required=True, help="FILE.png for the picture")
+    parser.add_argument("-n", type=_positive_int, default=8, help="test images in the picture [8]")
+    parser.add_argument("--score", type=_positive_int, default=1000,
+                        help="test images the errors are measured on (the first N, at least -n) [1000]")
+    parser.add_argument("--steps", type=_positive_int, default=200, help="Gibbs iterations [200]")
+    parser.add_argument("--burn-in", type=_nonneg_int, default=50, help="iterations left out of the average [50]")
+    parser.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the masks and the chains [0]")
+    parser.add_argument("--data-dir", help="where to look for the data set first")
 
 
 def cmd_complete(args) -> int:
@@ -550,6 +501,24 @@ def cmd_complete(args) -> int:
                      "rows: original, masked (grey), " + ", ".join(results), cols=shown)
     print(out)
     return 0
+
+
+def add_interpolate_arguments(parser) -> None:
+    """The checkpoint, the two ends (test images or prior draws), the steps and the output files."""
+    parser.add_argument("checkpoint", help="checkpoint file or run directory")
+    parser.add_argument("--from", dest="start", type=_nonneg_int, metavar="I", help="index of the first test image")
+    parser.add_argument("--to", dest="end", type=_nonneg_int, metavar="J", help="index of the last test image")
+    parser.add_argument("--prior", action="store_true",
+                        help="start and end at two draws from the model's prior (N(0, I), or its VampPrior; seeded "
+                             "by --seed) instead of test images")
+    parser.add_argument("--steps", type=_positive_int, default=10, help="codes per path, both ends included [10]")
+    parser.add_argument("--label", type=_nonneg_int, help="for a model trained with --conditional label: the class to "
+                                                    "hold fixed [the --from image's]")
+    parser.add_argument("-o", "--output", help="FILE.png for the picture")
+    parser.add_argument("--array", metavar="FILE.npy", help="also (or instead) write the images as an array of "
+                                                             "shape (2, steps, d): linear path, then spherical")
+    parser.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the prior draws [0]")
+    parser.add_argument("--data-dir", help="where to look for the data set first")
 
 
 def cmd_interpolate(args) -> int:
@@ -610,6 +579,15 @@ def cmd_interpolate(args) -> int:
     return 0
 
 
+def add_export_arguments(parser) -> None:
+    """The checkpoint and the directory and module name to write."""
+    parser.add_argument("checkpoint", help="checkpoint file or run directory")
+    parser.add_argument("-o", "--output", required=True, metavar="DIR",
+                        help="directory to write into (made if missing)")
+    parser.add_argument("--name", default="vae", help="module name: the files are NAME.py, NAME.npz, NAME.json [vae]")
+    parser.add_argument("--overwrite", action="store_true", help="replace the files of an earlier export of that name")
+
+
 def cmd_export(args) -> int:
     from ..model import M2
     from .export import export
@@ -631,11 +609,31 @@ def cmd_export(args) -> int:
     return 0
 
 
+def add_bench_arguments(parser) -> None:
+    """The backend and products to time, the model's shape and how long to time it."""
+    parser.add_argument("--backend", help="kernel backend (reference, numpy, numba or a module path) [the default]")
+    parser.add_argument("--gemm", choices=("blas", "numba", "reference"), help="where the products come from "
+                                                                               "[the backend's own]")
+    parser.add_argument("--batch-size", type=_positive_int, default=128, help="examples per step [128]")
+    parser.add_argument("--input-dim", type=_positive_int, default=784, help="pixels per example [784]")
+    parser.add_argument("--hidden", type=_hidden, default=[400], help="encoder hidden widths [400]")
+    parser.add_argument("--latent", type=_positive_int, default=20, help="latent size [20]")
+    parser.add_argument("--seconds", type=_positive_float, default=4.0,
+                        help="seconds of steps to time, half alone and half profiled [4]")
+
+
 def cmd_bench(args) -> int:
     from .roofline import profile
     print(profile(args.backend, args.gemm, args.batch_size, args.input_dim, args.hidden, args.latent,
                   args.seconds))
     return 0
+
+
+def add_download_arguments(parser) -> None:
+    """The data set's name, the destination folder and a mirror."""
+    parser.add_argument("name", help="mnist, fashion-mnist or kmnist")
+    parser.add_argument("--dest", help="target folder [~/.cache/scratchvae/NAME]")
+    parser.add_argument("--base-url", help="fetch from this mirror instead of the official sites")
 
 
 def cmd_download(args) -> int:
@@ -660,9 +658,62 @@ def cmd_datasets(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample, "plot": cmd_plot,
-            "complete": cmd_complete, "interpolate": cmd_interpolate, "export": cmd_export, "bench": cmd_bench,
-            "download": cmd_download, "datasets": cmd_datasets}
+
+class Command(NamedTuple):
+    """A subcommand: its function, the function declaring its options (None: it has none), its line in
+    ``scratchvae --help`` and the description atop ``scratchvae NAME --help``."""
+    run: Callable[[argparse.Namespace], int]
+    add_arguments: Optional[Callable[[argparse.ArgumentParser], None]]
+    help: str
+    description: Optional[str] = None
+
+
+COMMANDS = {
+    "train": Command(cmd_train, add_train_arguments, "train a VAE (default: on the built-in synthetic-digits)",
+                     "Train a VAE, writing checkpoint.npz, history.csv/json and pictures into a run directory. "
+                     "Defaults in brackets."),
+    "evaluate": Command(cmd_evaluate, add_evaluate_arguments,
+                        "test-set ELBO, active units and log-likelihood of a checkpoint",
+                        "Negative ELBO (total = reconstruction + KL) of the test split, nats per example, with z "
+                        "sampled from q(z|x); active units; with --iw-samples, the importance-weighted log p(x); "
+                        "for a latent of size 1 or 2, with --exact, log p(x) itself by quadrature, and with "
+                        "--posterior, the picture of one image's true posterior beside the encoder's."),
+    "sample": Command(cmd_sample, add_sample_arguments, "draw samples from a trained model",
+                      "Ancestral samples: z from the prior (N(0, I), or the VampPrior), or from a mixture fitted "
+                      "to the training codes (--sampler gmm:N), then the decoder's mean. A conditional model "
+                      "draws -n samples of class --label, or without --label -n samples of every class, one row "
+                      "per class."),
+    "plot": Command(cmd_plot, add_plot_arguments, "all pictures of a trained model",
+                    "Reconstructions, samples, latent space, manifold (2-D latent) and training curves."),
+    "complete": Command(cmd_complete, add_complete_arguments, "fill in missing pixels of test images",
+                        "Hide part of each test image (--mask), fill it in with the model and draw originals, "
+                        "masked inputs and completions, one row each. A plain VAE completes by pseudo-Gibbs and "
+                        "by Metropolis-within-Gibbs; a VAE trained with --conditional mask:KIND from its context. "
+                        "Prints the error on the missing pixels (binary cross-entropy and squared error per "
+                        "pixel) against two baselines: the training set's mean image and the training image "
+                        "nearest on the observed pixels."),
+    "interpolate": Command(cmd_interpolate, add_interpolate_arguments, "decode the paths between two latent codes",
+                           "Decoded means E[x | z] along a straight and a spherical (slerp) path between the codes "
+                           "of two test images (--from, --to: the posterior means, through the flow if the model "
+                           "has one) or two draws from the prior (--prior), the ends included: one row per path, "
+                           "linear above spherical. A conditional model's context is held fixed along the path: "
+                           "the --from image's (or --label)."),
+    "export": Command(cmd_export, add_export_arguments,
+                      "write a trained model as one Python module that needs NumPy only",
+                      "Write DIR/NAME.py (encode, decode, sample and elbo of the trained VAE, importing nothing "
+                      "but NumPy), DIR/NAME.npz (its weights as plain arrays) and DIR/NAME.json (its "
+                      "architecture). Copy the three files anywhere and import NAME. Files of an earlier export "
+                      "are replaced only with --overwrite."),
+    "bench": Command(cmd_bench, add_bench_arguments, "a roofline report of one training step, kernel by kernel",
+                     "Times every kernel call of training steps of a VAE on random data (float32, Bernoulli, "
+                     "Adam): per kernel and GEMM shape, calls, time, GFLOP/s or GB/s against the measured "
+                     "compute peak and memory bandwidth; then the whole step in examples/s and as a share of the "
+                     "GEMM limit. Threads come from the environment (OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, "
+                     "NUMBA_NUM_THREADS)."),
+    "download": Command(cmd_download, add_download_arguments, "fetch and verify a named data set",
+                        "Download the official files, check each SHA-256, write atomically."),
+    "datasets": Command(cmd_datasets, None, "which data sets are found where"),
+}
 
 
 def main(argv=None) -> int:
@@ -672,7 +723,7 @@ def main(argv=None) -> int:
         parser.print_help()
         return 0
     try:
-        return COMMANDS[args.command](args)
+        return COMMANDS[args.command].run(args)
     except KeyboardInterrupt:
         print("scratchvae: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
