@@ -299,66 +299,97 @@ def add_evaluate_arguments(parser) -> None:
 
 
 def cmd_evaluate(args) -> int:
-    from ..inference.evaluate import active_units, elbo, log_likelihood
-    from ..inference.exact import check_latent, log_marginal, posterior_grid
-    from .progress import Progress
+    from ..inference.exact import check_latent
 
     if (args.posterior is None) != (args.output is None):
         raise ValueError("--posterior I and -o FILE.png go together: the picture of test image I's posterior")
     if args.output is not None and Path(args.output).suffix != ".png":
         raise ValueError(f"-o must end in .png, got {args.output}")
     run = _open_run(args.checkpoint, args.data_dir)
-    model, x_test, c_test = run.vae, run.x_test, run.c_test
+    n = len(run.x_test)
     if args.exact or args.posterior is not None:
-        check_latent(model, q_density=args.posterior is not None)
-    if args.posterior is not None and args.posterior >= len(x_test):
-        raise ValueError(f"--posterior must lie in [0, {len(x_test) - 1}] (the test set has {len(x_test):,} "
-                         f"images), got {args.posterior}")
+        check_latent(run.vae, q_density=args.posterior is not None)
+    if args.posterior is not None and args.posterior >= n:
+        raise ValueError(f"--posterior must lie in [0, {n - 1}] (the test set has {n:,} images), "
+                         f"got {args.posterior}")
     rng = np.random.default_rng(args.seed)
-    r = elbo(model, x_test, rng, n_samples=args.samples, c=c_test)
+    elbo = _report_elbo(run, args.samples, rng)
+    k = args.iw_samples or (1000 if args.exact else None)
+    iw = _report_iw_bound(run, k, rng) if k else None
+    if args.exact:
+        _report_exact(run, elbo, iw, k, args.tol)
+    if args.posterior is not None:
+        _draw_posterior(run, args.posterior, np.random.default_rng(args.seed), args.tol, args.output)
+    return 0
+
+
+def _report_elbo(run, samples, rng) -> float:
+    """Print the test set's -ELBO with its two terms, and the active units; return the ELBO."""
+    from ..inference.evaluate import active_units, elbo
+
+    model, x_test, c_test = run.vae, run.x_test, run.c_test
+    r = elbo(model, x_test, rng, n_samples=samples, c=c_test)
     print(f"{run.data.name} test set ({len(x_test):,} examples), nats per example:")
     estimated = "" if model.analytic_kl else " (estimated at the drawn z: no closed form)"
     print(f"  -ELBO {r['total']:.3f}   reconstruction {r['nll']:.3f}   KL {r['kl']:.3f}{estimated}")
     count, _ = active_units(model, x_test, c=c_test)
     print(f"  active units {count} of {model.latent_dim} (variance of E[z|x] over the data > 0.01)")
-    k = args.iw_samples or (1000 if args.exact else None)
-    if k:
-        progress = Progress(len(x_test), f"log p(x), k={k}")
-        iw = log_likelihood(model, x_test, k, rng, progress=lambda done, total: progress.update(done), c=c_test)
-        progress.close()
-        print(f"  log p(x) >= {iw.mean():.3f} (importance-weighted, k = {k})")
-    if args.exact:
-        progress = Progress(len(x_test), "log p(x) by quadrature")
-        q = log_marginal(model, x_test, c_test, tol=args.tol, progress=lambda done, total: progress.update(done))
-        progress.close()
-        exact, lower = q.log_px.mean(), -r["total"]
-        print(f"  log p(x) = {exact:.3f} (exact: quadrature over z in [-{q.radius:g}, {q.radius:g}]^"
-              f"{model.latent_dim}, spacing down to {q.spacing:.3g}, {q.points:,} decoded points; the last "
-              f"halving changed no log p(x) by more than {q.change:.2g})")
-        print(f"  ELBO {lower:.3f} <= IW bound (k = {k}) {iw.mean():.3f} <= exact log p(x) {exact:.3f}")
-        print(f"  gaps: IW - ELBO {iw.mean() - lower:.3f}, exact - IW {exact - iw.mean():.3f}, "
-              f"exact - ELBO = KL(q(z|x) || p(z|x)) {exact - lower:.3f} nats per example")
-        missed = q.log_px - iw
-        worst = int(np.argmax(missed))
-        print(f"  exact - IW per image: median {np.median(missed):.3f}, more than 1 nat for {int((missed > 1).sum()):,} "
-              f"of {len(missed):,} images, largest {missed[worst]:.2f} at test image {worst} (see it with "
-              f"--posterior {worst} -o FILE.png)")
-        if not lower <= iw.mean() <= exact:
-            print("  (the bounds hold in expectation; an estimate on the wrong side of one is the sampling noise "
-                  "of its z draws: raise --samples or --iw-samples)")
-    if args.posterior is not None:
-        from . import plots
-        i = args.posterior
-        c_i = None if c_test is None else c_test[i]
-        grid = posterior_grid(model, x_test[i], c_i, np.random.default_rng(args.seed), tol=args.tol)
-        gap = grid["log_px"] - grid["elbo"]
-        print(f"  test image {i}: log p(x) = {grid['log_px']:.3f}, ELBO {grid['elbo']:.3f} (10,000 samples), "
-              f"KL(q(z|x) || p(z|x)) = {gap:.3f} nats")
-        plots.posterior(grid, x_test[i], run.image_shape, args.output,
-                        f"test image {i}: log p(x) {grid['log_px']:.2f}, ELBO {grid['elbo']:.2f}, "
-                        f"KL(q || p(z|x)) {gap:.3f} nats")
-        print(args.output)
-    return 0
+    return -r["total"]
+
+
+def _report_iw_bound(run, k, rng) -> np.ndarray:
+    """Print the mean importance-weighted bound on log p(x) with ``k`` samples; return it per image."""
+    from ..inference.evaluate import log_likelihood
+    from .progress import Progress
+
+    progress = Progress(len(run.x_test), f"log p(x), k={k}")
+    iw = log_likelihood(run.vae, run.x_test, k, rng, progress=lambda done, total: progress.update(done),
+                        c=run.c_test)
+    progress.close()
+    print(f"  log p(x) >= {iw.mean():.3f} (importance-weighted, k = {k})")
+    return iw
+
+
+def _report_exact(run, elbo, iw, k, tol) -> None:
+    """Print log p(x) by quadrature beside the ``elbo`` and the bound ``iw`` (k samples), with the
+    gaps between the three and the images the bound misses most."""
+    from ..inference.exact import log_marginal
+    from .progress import Progress
+
+    progress = Progress(len(run.x_test), "log p(x) by quadrature")
+    q = log_marginal(run.vae, run.x_test, run.c_test, tol=tol, progress=lambda done, total: progress.update(done))
+    progress.close()
+    exact = q.log_px.mean()
+    print(f"  log p(x) = {exact:.3f} (exact: quadrature over z in [-{q.radius:g}, {q.radius:g}]^"
+          f"{run.vae.latent_dim}, spacing down to {q.spacing:.3g}, {q.points:,} decoded points; the last "
+          f"halving changed no log p(x) by more than {q.change:.2g})")
+    print(f"  ELBO {elbo:.3f} <= IW bound (k = {k}) {iw.mean():.3f} <= exact log p(x) {exact:.3f}")
+    print(f"  gaps: IW - ELBO {iw.mean() - elbo:.3f}, exact - IW {exact - iw.mean():.3f}, "
+          f"exact - ELBO = KL(q(z|x) || p(z|x)) {exact - elbo:.3f} nats per example")
+    missed = q.log_px - iw
+    worst = int(np.argmax(missed))
+    print(f"  exact - IW per image: median {np.median(missed):.3f}, more than 1 nat for {int((missed > 1).sum()):,} "
+          f"of {len(missed):,} images, largest {missed[worst]:.2f} at test image {worst} (see it with "
+          f"--posterior {worst} -o FILE.png)")
+    if not elbo <= iw.mean() <= exact:
+        print("  (the bounds hold in expectation; an estimate on the wrong side of one is the sampling noise "
+              "of its z draws: raise --samples or --iw-samples)")
+
+
+def _draw_posterior(run, i, rng, tol, path) -> None:
+    """Draw test image ``i``'s true posterior beside the encoder's into ``path``, and print their gap."""
+    from ..inference.exact import posterior_grid
+    from . import plots
+
+    x_i, c_i = run.x_test[i], None if run.c_test is None else run.c_test[i]
+    grid = posterior_grid(run.vae, x_i, c_i, rng, tol=tol)
+    gap = grid["log_px"] - grid["elbo"]
+    print(f"  test image {i}: log p(x) = {grid['log_px']:.3f}, ELBO {grid['elbo']:.3f} (10,000 samples), "
+          f"KL(q(z|x) || p(z|x)) = {gap:.3f} nats")
+    plots.posterior(grid, x_i, run.image_shape, path,
+                    f"test image {i}: log p(x) {grid['log_px']:.2f}, ELBO {grid['elbo']:.2f}, "
+                    f"KL(q || p(z|x)) {gap:.3f} nats")
+    print(path)
 
 
 def add_sample_arguments(parser) -> None:
