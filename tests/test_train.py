@@ -122,11 +122,11 @@ def test_history_files_and_learning(tiny_data, tmp_path):
 def test_progress_and_summary_lines_unless_quiet(tiny_data, tmp_path):
     import io
     out = io.StringIO()
-    new(TrainConfig(**{**SMALL, "epochs": 2}), tiny_data, tmp_path, stream=out).fit()
+    new(TrainConfig(**{**SMALL, "epochs": 2}), tiny_data, tmp_path, file=out).fit()
     lines = out.getvalue().splitlines()
     assert len(lines) == 2 and lines[0].startswith("epoch   1/2") and "ex/s" in lines[0]
     quiet = io.StringIO()
-    new(TrainConfig(**{**SMALL, "epochs": 1}), tiny_data, tmp_path / "q", stream=quiet, quiet=True).fit()
+    new(TrainConfig(**{**SMALL, "epochs": 1}), tiny_data, tmp_path / "q", file=quiet, quiet=True).fit()
     assert quiet.getvalue() == ""
 
 

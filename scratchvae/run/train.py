@@ -117,21 +117,23 @@ class Trainer:
     """Trains ``run`` up to ``run.config.epochs``, writing into ``run.out_dir``.
 
     ``run.out_dir`` receives ``checkpoint.npz`` (after every epoch, and on
-    Ctrl-C), ``history.csv`` and ``history.json``. ``on_batch(trainer)`` is
-    called after every optimizer step (tests use it; so can a user's logger).
+    Ctrl-C), ``history.csv`` and ``history.json``; the progress bar and one
+    line per epoch are printed to ``file`` (stderr), unless ``quiet``.
+    ``on_batch(trainer)`` is called after every optimizer step (tests use it;
+    so can a user's logger).
 
     Before anything is trained it checks what a saved run resumes from (its
     epoch's order and position, its loss sums) and that a step fits in
     memory (:class:`~scratchvae.model.memory.NotEnoughMemoryError`).
     """
 
-    def __init__(self, run: Run, *, quiet: bool = False, stream=None,
+    def __init__(self, run: Run, *, quiet: bool = False, file=None,
                  on_batch: Optional[Callable[["Trainer"], None]] = None):
         if not run.resumable:
             raise ValueError(f"{run.out_dir}: this run was saved without its optimizer state, "
                              "so it cannot continue; train a new one")
         self.run, self.quiet, self.on_batch = run, quiet, on_batch
-        self.stream = sys.stderr if stream is None else stream
+        self.file = sys.stderr if file is None else file
         self.objective = objective_of(run)
         self.fields = history_fields(self.objective)
         if not run.sums:
@@ -234,7 +236,7 @@ class Trainer:
         cfg, indices = run.config, run.train_indices
         if run.perm is None:
             run.perm = run.rng.permutation(len(indices))
-        progress = Progress(self.batches_per_epoch, f"epoch {run.epoch + 1}/{cfg.epochs}", self.stream, self.quiet)
+        progress = Progress(self.batches_per_epoch, f"epoch {run.epoch + 1}/{cfg.epochs}", self.file, self.quiet)
         t0 = time.perf_counter()
         while run.batch < self.batches_per_epoch:
             pos = run.perm[run.batch * cfg.batch_size:(run.batch + 1) * cfg.batch_size]
@@ -300,7 +302,7 @@ class Trainer:
         self.write_history()
         if not self.quiet:
             print(f"epoch {row['epoch']:>3}/{run.config.epochs}  {self.objective.summary(row)}  "
-                  f"{row['examples_per_s']:,.0f} ex/s", file=self.stream, flush=True)
+                  f"{row['examples_per_s']:,.0f} ex/s", file=self.file, flush=True)
 
     def write_history(self) -> None:
         out_dir = self.run.out_dir
