@@ -512,6 +512,11 @@ def load_array_file(path: os.PathLike) -> np.ndarray:
         outside [0, 1].
     """
     path = Path(path)
+    return _as_examples(path, _read_array(path))
+
+
+def _read_array(path: Path) -> np.ndarray:
+    """The array in a ``.npy`` file, or the one (or the one named ``x``) in an ``.npz``; nothing unpickled."""
     suffix = path.suffix.lower()
     if suffix not in (".npy", ".npz"):
         raise ValueError(f"{path}: expected a .npy or .npz file, not {suffix or 'no extension'!r}")
@@ -525,25 +530,33 @@ def load_array_file(path: os.PathLike) -> np.ndarray:
     except (zipfile.BadZipFile, EOFError) as exc:
         raise ValueError(f"{path}: not a readable NumPy file, truncated or corrupt ({exc})") from exc
     if isinstance(loaded, np.ndarray):
-        arr = loaded
-    else:  # NpzFile
-        with loaded:
-            keys = list(loaded.files)
-            if "x" in keys:
-                key = "x"
-            elif len(keys) == 1:
-                key = keys[0]
-            else:
-                raise ValueError(f"{path}: an .npz must hold one array or one named 'x'; "
-                                 f"found {keys or 'none'}")
-            try:
-                arr = loaded[key]
-            except ValueError as exc:
-                raise ValueError(f"{path}: array {key!r} holds pickled Python objects, "
-                                 "which are not loaded for safety") from exc
-            except (zipfile.BadZipFile, EOFError) as exc:
-                raise ValueError(f"{path}: array {key!r} is truncated or corrupt ({exc})") from exc
+        return loaded
+    with loaded:  # NpzFile
+        return _npz_array(path, loaded)
 
+
+def _npz_array(path: Path, npz) -> np.ndarray:
+    """The one array of an open ``.npz``, or the one named ``x``."""
+    keys = list(npz.files)
+    if "x" in keys:
+        key = "x"
+    elif len(keys) == 1:
+        key = keys[0]
+    else:
+        raise ValueError(f"{path}: an .npz must hold one array or one named 'x'; "
+                         f"found {keys or 'none'}")
+    try:
+        return npz[key]
+    except ValueError as exc:
+        raise ValueError(f"{path}: array {key!r} holds pickled Python objects, "
+                         "which are not loaded for safety") from exc
+    except (zipfile.BadZipFile, EOFError) as exc:
+        raise ValueError(f"{path}: array {key!r} is truncated or corrupt ({exc})") from exc
+
+
+def _as_examples(path: Path, arr: np.ndarray) -> np.ndarray:
+    """``arr`` as float32 examples ``(n, d)`` in [0, 1] (uint8 divided by 255), or the
+    ValueError that says what is wrong with it."""
     if arr.dtype == object:
         raise ValueError(f"{path}: array of Python objects is not supported")
     if arr.ndim not in (2, 3):
