@@ -127,6 +127,39 @@ def _normalise_files(files: Mapping[str, Union[str, Iterable[str]]]) -> Dict[str
     return out
 
 
+def _already_verified(final: Path, accepted: Tuple[str, ...], progress: ProgressFn) -> bool:
+    """Whether ``final`` is already there with an accepted SHA-256 (reported either way if it is there)."""
+    if not final.is_file():
+        return False
+    if sha256_file(final) in accepted:
+        if progress:
+            progress(f"{final.name}: already present, SHA-256 verified")
+        return True
+    if progress:
+        progress(f"{final.name}: present but its SHA-256 does not match; fetching again")
+    return False
+
+
+def _fetch_from_mirrors(urls: List[str], final: Path, accepted: Tuple[str, ...], key: str, progress: ProgressFn,
+                        timeout: float) -> None:
+    """Fetch ``final`` from the first of ``urls`` that delivers it whole and verified; if none does, raise
+    its one error, or one listing every mirror's (a :class:`ChecksumError` if each was one)."""
+    errors: List[DownloadError] = []
+    for url in urls:
+        try:
+            _fetch(url, final, accepted, progress, timeout)
+            return
+        except DownloadError as exc:
+            errors.append(exc)
+            if progress and len(urls) > 1:
+                progress(f"{final.name}: failed ({exc}); trying the next mirror")
+    if len(errors) == 1:
+        raise errors[0]
+    kind = ChecksumError if all(isinstance(e, ChecksumError) for e in errors) else DownloadError
+    raise kind(f"could not fetch {final.name} for {key!r}; every mirror failed:\n"
+               + "\n".join(f"  - {e}" for e in errors)) from errors[-1]
+
+
 def download(
     name: str,
     dest_dir: Optional[Union[str, os.PathLike]] = None,
@@ -181,31 +214,11 @@ def download(
 
     for fname, accepted in table.items():
         final = dest / fname
-        if final.is_file():
-            if sha256_file(final) in accepted:
-                if progress:
-                    progress(f"{fname}: already present, SHA-256 verified")
-                continue
-            if progress:
-                progress(f"{fname}: present but its SHA-256 does not match; fetching again")
+        if _already_verified(final, accepted, progress):
+            continue
         if base_url is not None:
             urls = [base_url.rstrip("/") + "/" + fname]
         else:
             urls = spec.urls(fname)  # type: ignore[union-attr]
-        errors: List[DownloadError] = []
-        for url in urls:
-            try:
-                _fetch(url, final, accepted, progress, timeout)
-                break
-            except DownloadError as exc:
-                errors.append(exc)
-                if progress and len(urls) > 1:
-                    progress(f"{fname}: failed ({exc}); trying the next mirror")
-        else:
-            if len(errors) == 1:
-                raise errors[0]
-            kind = ChecksumError if all(isinstance(e, ChecksumError) for e in errors) \
-                else DownloadError
-            raise kind(f"could not fetch {fname} for {key!r}; every mirror failed:\n"
-                       + "\n".join(f"  - {e}" for e in errors)) from errors[-1]
+        _fetch_from_mirrors(urls, final, accepted, key, progress, timeout)
     return dest
