@@ -6,7 +6,10 @@ Model code never imports a backend. It calls ``ops.NAME(...)``::
     y = K.bias_activation(K.gemm(x, W), b, "relu", 0.0)
 
 and :func:`set_backend` rebinds ``ops``, so swapping the backend changes
-every layer at once. Three backends come with the library:
+every layer at once. To a reader's editor and to static tools ``ops`` is
+``reference`` (a ``TYPE_CHECKING`` import below), so "go to definition" on
+``K.gaussian_latent`` lands on the textbook kernel. The backends that come
+with the library:
 
 ``reference`` (``kernels/reference.py``)
     the specification: each kernel as its textbook formula, one line per
@@ -17,25 +20,9 @@ every layer at once. Three backends come with the library:
 ``numba`` (``kernels/numba.py``)
     compiled and fused loops; the default when Numba imports.
 
-**The contract.** :data:`CONTRACT` names every kernel; a backend is any
-module that defines all of them with the signatures of ``reference.py``
-(checked by :func:`register_backend`). The conventions every kernel shares:
-
-* data arrays are batch-major ``(rows, features)``, float32 or float64, and a
-  kernel computes in the dtype of its inputs. Inputs may be any strided view;
-  ``out=``-style buffers are C-contiguous and, when given, receive the result
-  (they may alias an input where the docstring says so); when omitted a new
-  array is returned;
-* losses are per row, in nats summed over the features; weights are per row
-  too (``w``, ``row_scale``), so one kernel serves the ELBO (weights 1/n), the
-  importance-weighted bound and M2 alike;
-* ``scratch`` (a :class:`Scratch`, owned by the caller: a model's workspace,
-  an optimizer) lends a backend reusable temporaries; with ``scratch=None`` a
-  backend may allocate them.
-
-The contract covers every operation whose cost grows with the features
-(pixels, hidden units, parameters). Per-example scalars (a batch's vector of
-losses or weights) are combined by the objectives in NumPy.
+**The contract** (``kernels/contract.py``, re-exported here): :data:`CONTRACT`
+names every kernel; a backend is any module that defines all of them with the
+signatures of ``reference.py`` (checked by :func:`register_backend`).
 
 **Open.** :func:`register_backend` adds a backend by name (a module or its
 import path); ``SCRATCHVAE_BACKEND=package.module`` selects an out-of-tree
@@ -56,47 +43,20 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import math
 import os
 import time
 import types
-from typing import Dict, Optional, Union
+from typing import TYPE_CHECKING, Dict, Optional, Union
 
 import numpy as np
 
-# --------------------------------------------------------------------------
-# The contract: names and shared constants
-# --------------------------------------------------------------------------
+from . import conformance, reference
+from .contract import (ACTIVATIONS, CONTRACT, DEFAULT_ALPHA, FASTMATH, HALF_LOG_2PI, Scratch, check_activation,
+                       temporaries)
 
-CONTRACT = (
-    "gemm",
-    "bias_activation",
-    "activation_backward",
-    "bernoulli_nll",
-    "continuous_bernoulli_nll",
-    "gaussian_nll",
-    "gaussian_log_sigma_grad",
-    "gaussian_latent",
-    "gaussian_latent_backward",
-    "log_softmax",
-    "log_softmax_backward",
-    "repeat_rows",
-    "min_max",
-    "sum_squares",
-    "adam_update",
-    "sgd_update",
-)
-
-#: activations every backend implements, by name
-ACTIVATIONS = ("identity", "relu", "leaky_relu", "tanh", "sigmoid", "softplus", "elu")
-#: the ``alpha`` of the activations that take one (slope of leaky_relu, scale of elu)
-DEFAULT_ALPHA = {"leaky_relu": 0.01, "elu": 1.0}
-#: log(2 pi) / 2, the constant of every Gaussian log-density, per dimension
-HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
-#: Numba's fastmath flags, the same for every compiled kernel (tested): reassociation
-#: and contraction (vectorised sums, FMA) but never ``nnan``/``ninf`` or ``afn``, so NaN
-#: and infinity propagate as in NumPy and exp/log stay exact to the last bit
-FASTMATH = frozenset({"nsz", "arcp", "contract", "reassoc"})
+# --------------------------------------------------------------------------
+# The registry and the active backend
+# --------------------------------------------------------------------------
 
 BUILTIN_BACKENDS = {"reference": "scratchvae.kernels.reference", "numpy": "scratchvae.kernels.numpy",
                     "numba": "scratchvae.kernels.numba"}
@@ -107,48 +67,6 @@ GEMMS = {"blas": "scratchvae.kernels.numpy", "numba": "scratchvae.kernels.gemm_n
 GEMM_LABELS = {"blas": "numpy.matmul (BLAS)", "numba": "scratchvae gemm_numba (Numba)",
                "reference": "reference (numpy.einsum)"}
 
-
-def check_activation(name: str) -> str:
-    """``name`` if it is one of :data:`ACTIVATIONS`, else a ValueError naming the choices."""
-    if name not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}")
-    return name
-
-
-class Scratch:
-    """Reusable temporaries, lent to kernels by the object that owns them.
-
-    ``scratch.arrays(tag, like, count)`` returns ``count`` arrays shaped like
-    ``like`` (same dtype), the same ones at every call with that tag, shape
-    and dtype. A model's workspace and an optimizer each own one, so a
-    training step allocates nothing and no temporaries hide in a module.
-    """
-
-    def __init__(self):
-        self._arrays: Dict[tuple, list] = {}
-
-    def arrays(self, tag: str, like: np.ndarray, count: int = 1) -> list:
-        key = (tag, like.shape, like.dtype.str, count)
-        found = self._arrays.get(key)
-        if found is None:
-            found = self._arrays[key] = [np.empty(like.shape, like.dtype) for _ in range(count)]
-        return found
-
-    @property
-    def nbytes(self) -> int:
-        return sum(a.nbytes for arrays in self._arrays.values() for a in arrays)
-
-
-def temporaries(scratch: Optional[Scratch], tag: str, like: np.ndarray, count: int = 1) -> list:
-    """``count`` temporaries shaped like ``like``: the scratch's, or new ones without a scratch."""
-    if scratch is None:
-        return [np.empty_like(like) for _ in range(count)]
-    return scratch.arrays(tag, like, count)
-
-
-# --------------------------------------------------------------------------
-# The registry and the active backend
-# --------------------------------------------------------------------------
 
 class _Ops:
     """The active backend's kernels as attributes. Until a backend is chosen,
@@ -162,7 +80,10 @@ class _Ops:
         raise AttributeError(name)
 
 
-ops = _Ops()
+if TYPE_CHECKING:          # for editors and static tools: K.NAME is the textbook kernel
+    from . import reference as ops
+else:
+    ops = _Ops()
 _registry: Dict[str, Union[str, types.ModuleType]] = dict(BUILTIN_BACKENDS)
 _active = {"backend": None, "gemm": None, "module": None}
 
@@ -196,7 +117,6 @@ def _import(path: str, name: str) -> types.ModuleType:
 
 
 def _check_signatures(module, name, kernels=CONTRACT) -> None:
-    from . import reference
     missing = [k for k in kernels if not callable(getattr(module, k, None))]
     if missing:
         raise ImportError(f"backend {name!r} does not implement {', '.join(missing)}")
@@ -321,7 +241,6 @@ def check_backend(backend, verbose: bool = True, quick: bool = False, kernels=No
     small shapes only; ``kernels`` checks those names only (a GEMM module of
     :data:`GEMMS`: ``check_backend("scratchvae.kernels.gemm_numba", kernels=["gemm"])``).
     """
-    from .conformance import check
     kernels = tuple(kernels or CONTRACT)
     if isinstance(backend, types.ModuleType):
         module = backend
@@ -330,7 +249,7 @@ def check_backend(backend, verbose: bool = True, quick: bool = False, kernels=No
     else:
         module = _import(backend, backend)
     _check_signatures(module, getattr(module, "__name__", str(backend)), kernels)
-    report = check(module, quick=quick, kernels=kernels)
+    report = conformance.check(module, quick=quick, kernels=kernels)
     if verbose:
         print(report)
     return report

@@ -16,7 +16,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from . import ACTIVATIONS, CONTRACT
+from .contract import ACTIVATIONS, CONTRACT
 from . import reference as R
 
 DTYPES = (np.float32, np.float64)

@@ -73,12 +73,13 @@ import threading
 
 import numba
 import numpy as np
+from llvmlite import binding
 from llvmlite import ir as llir
 from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from . import FASTMATH
+from .contract import FASTMATH
 
 __all__ = ["gemm", "gemm_parallel", "gemm_serial", "kernel_asm", "tiling", "describe", "ISA"]
 
@@ -97,7 +98,6 @@ def target_isa() -> str:
     Read from the features Numba targets (``NUMBA_CPU_FEATURES`` if set, else
     the host's as LLVM sees them), so ``NUMBA_CPU_NAME=generic`` gives ``sse``.
     """
-    from llvmlite import binding
     if numba.config.CPU_FEATURES:
         features = {f[1:] for f in numba.config.CPU_FEATURES.split(",") if f.startswith("+")}
     elif numba.config.CPU_NAME in (None, "host"):

@@ -38,8 +38,8 @@ import math
 import numba as nb
 import numpy as np
 
-from . import ACTIVATIONS, FASTMATH, HALF_LOG_2PI, check_activation, temporaries
 from . import numpy as numpy_backend
+from .contract import ACTIVATIONS, FASTMATH, HALF_LOG_2PI, check_activation, temporaries
 
 ZERO, HALF, ONE, TWO = np.float32(0), np.float32(0.5), np.float32(1), np.float32(2)
 ACT_CODE = {name: i for i, name in enumerate(ACTIVATIONS)}

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from . import HALF_LOG_2PI, check_activation, temporaries
+from .contract import HALF_LOG_2PI, check_activation, temporaries
 
 
 def _result(out, like):

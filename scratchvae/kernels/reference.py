@@ -2,8 +2,8 @@
 
 One formula per line, no tuning, temporaries allowed: this is what the fast
 backends (``numpy.py``, ``numba.py``) are tested against, and what to read
-next to the maths. Its signatures are the contract (``kernels.CONTRACT``);
-the conventions are in ``kernels/__init__.py``. ``scratch`` is accepted and
+next to the maths. Its signatures are the contract; the names and
+conventions are in ``kernels/contract.py``. ``scratch`` is accepted and
 ignored.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from . import HALF_LOG_2PI, check_activation
+from .contract import HALF_LOG_2PI, check_activation
 
 
 def _into(out, value):
