@@ -180,16 +180,32 @@ def test_one_pool_for_the_whole_step_gives_the_same_bits_for_any_thread_count():
 
 
 def test_the_pool_kernels_conform_to_the_reference():
-    from scratchvae.kernels import numba as backend
+    report = sv.check_backend("numba_pool", verbose=False)
+    assert report.ok, str(report)
+
+
+def test_the_numba_gemm_selects_the_one_pool_backend_and_switches_nothing_in_a_module():
+    """``set_backend("numba", gemm="numba")`` is the numba_pool backend; ``set_backend("numba")``
+    the serial kernels. Choosing either rebinds ``ops`` and nothing else: no module changes."""
+    from scratchvae.kernels import gemm_numba, numba_pool
+    from scratchvae.kernels import numba as serial
     before = (kernels.get_backend(), kernels.get_gemm())
-    kernels.set_backend("numba", gemm="numba")
+    state = {m: dict(vars(m)) for m in (serial, numba_pool, gemm_numba)}
     try:
-        assert backend.POOL
-        report = sv.check_backend(backend, verbose=False)
+        kernels.set_backend("numba", gemm="numba")
+        assert (kernels.get_backend(), kernels.get_gemm()) == ("numba_pool", "numba")
+        assert kernels.ops.bias_activation is serial.bias_activation_pool is numba_pool.bias_activation
+        assert kernels.ops.adam_update is serial.adam_update_pool and kernels.ops.gemm is gemm_numba.gemm
+        assert sv.describe()["kernels_parallel"] is True
+        kernels.set_backend("numba")
+        assert kernels.ops.bias_activation is serial.bias_activation and kernels.ops.gemm is serial.gemm
+        assert sv.describe()["kernels_parallel"] is False
+        kernels.set_backend("numba_pool")                 # by its name: its own GEMM is the hand-written one
+        assert kernels.ops.gemm is gemm_numba.gemm and "gemm_numba" in sv.describe()["gemm"]
     finally:
         kernels.set_backend(*before)
-    assert report.ok, str(report)
-    assert not backend.POOL or before[1] == "numba"          # BLAS products: serial kernels again
+    for m, names in state.items():
+        assert vars(m).keys() == names.keys() and all(vars(m)[k] is v for k, v in names.items()), m.__name__
 
 
 def test_with_blas_the_same_thread_count_gives_the_same_bits():

@@ -19,6 +19,9 @@ with the library:
     caller passes its buffers; the default when Numba is missing.
 ``numba`` (``kernels/numba.py``)
     compiled and fused loops; the default when Numba imports.
+``numba_pool`` (``kernels/numba_pool.py``)
+    the numba backend run as one thread pool: the hand-written GEMM and the
+    large kernels in Numba's pool.
 
 **The contract** (``kernels/contract.py``, re-exported here): :data:`CONTRACT`
 names every kernel; a backend is any module that defines all of them with the
@@ -33,7 +36,8 @@ awkward shapes and prints a report.
 **GEMM.** A backend brings its own ``gemm``; ``set_backend(name, gemm=G)``
 (or ``$SCRATCHVAE_GEMM``) takes the products from :data:`GEMMS` instead:
 ``blas`` (NumPy's BLAS), ``numba`` (the hand-written ``kernels/gemm_numba.py``)
-or ``reference``.
+or ``reference``. The numba backend with the hand-written GEMM runs as one
+pool: ``set_backend("numba", gemm="numba")`` selects ``numba_pool`` (:data:`ONE_POOL`).
 
 The default backend comes from ``$SCRATCHVAE_BACKEND``, or else is Numba when
 it imports and NumPy otherwise; it is chosen at the first kernel call, so
@@ -59,13 +63,16 @@ from .contract import (ACTIVATIONS, CONTRACT, DEFAULT_ALPHA, FASTMATH, HALF_LOG_
 # --------------------------------------------------------------------------
 
 BUILTIN_BACKENDS = {"reference": "scratchvae.kernels.reference", "numpy": "scratchvae.kernels.numpy",
-                    "numba": "scratchvae.kernels.numba"}
+                    "numba": "scratchvae.kernels.numba", "numba_pool": "scratchvae.kernels.numba_pool"}
 #: where each GEMM lives: a module whose ``gemm`` follows the contract
 GEMMS = {"blas": "scratchvae.kernels.numpy", "numba": "scratchvae.kernels.gemm_numba",
          "reference": "scratchvae.kernels.reference"}
 #: how :func:`describe` names each of them
 GEMM_LABELS = {"blas": "numpy.matmul (BLAS)", "numba": "scratchvae gemm_numba (Numba)",
                "reference": "reference (numpy.einsum)"}
+#: a backend and a GEMM that run in one thread pool: ``set_backend(backend, gemm=G)``
+#: selects the backend named here, whose large kernels run in the pool the GEMM runs in
+ONE_POOL = {("numba", "numba"): "numba_pool"}
 
 
 class _Ops:
@@ -111,8 +118,9 @@ def _import(path: str, name: str) -> types.ModuleType:
     try:
         return importlib.import_module(path)
     except ImportError as e:
+        builtin = path in BUILTIN_BACKENDS.values() or path in GEMMS.values()      # only Numba can be missing
         hint = ("install it (pip install 'scratchvae[fast]') or use the numpy backend"
-                if name == "numba" else "check the module path and that its package is installed")
+                if builtin else "check the module path and that its package is installed")
         raise ImportError(f"kernel backend {name!r} needs a module that does not import ({e}); {hint}") from None
 
 
@@ -162,18 +170,19 @@ def set_backend(name: str, gemm: Optional[str] = None) -> None:
     ``name``: one of :func:`backends` or a module path (``package.module``),
     registered on first use. ``gemm``: one of :data:`GEMMS` to take the
     matrix products from instead of the backend's own (default:
-    ``$SCRATCHVAE_GEMM``, else the backend's).
+    ``$SCRATCHVAE_GEMM``, else the backend's). A pair in :data:`ONE_POOL`
+    selects the backend it names: ``set_backend("numba", gemm="numba")`` is
+    ``numba_pool`` with that GEMM.
     """
-    module = _module(name)
     gemm = gemm or os.environ.get("SCRATCHVAE_GEMM") or None
     if gemm is not None and gemm not in GEMMS:
         raise ValueError(f"unknown GEMM {gemm!r}; choose one of {', '.join(GEMMS)}")
+    name = ONE_POOL.get((name, gemm), name)
+    module = _module(name)
     gemm_fn = module.gemm if gemm is None else _import(GEMMS[gemm], f"gemm {gemm}").gemm
     for k in CONTRACT:
         setattr(ops, k, getattr(module, k))
     ops.gemm = gemm_fn
-    if hasattr(module, "bind_gemm"):        # a backend that runs its kernels where the products run
-        module.bind_gemm(gemm)
     _active.update(backend=name, gemm=gemm, module=module)
 
 
@@ -196,6 +205,19 @@ def active_module() -> types.ModuleType:
     return _active["module"]
 
 
+def _running_gemm() -> Optional[str]:
+    """The name in :data:`GEMMS` of the GEMM that runs: the one chosen, else the
+    backend's own when it is one of them; None for a GEMM of the backend's making."""
+    own = {path: key for key, path in GEMMS.items()}.get(getattr(active_module().gemm, "__module__", None))
+    return _active["gemm"] or own
+
+
+def _running_modules() -> list:
+    """The active backend's module, and the module of the GEMM that runs when it is one of :data:`GEMMS`."""
+    gemm = _running_gemm()
+    return [active_module()] + ([_import(GEMMS[gemm], f"gemm {gemm}")] if gemm else [])
+
+
 def warmup() -> float:
     """Compile or load every kernel of the active backend now; returns the seconds it took.
 
@@ -203,28 +225,19 @@ def warmup() -> float:
     (or its load from the on-disk cache) in the middle of the first step.
     """
     start = time.perf_counter()
-    module = active_module()
-    if hasattr(module, "warmup"):
-        module.warmup()
-    if _active["gemm"] is not None:
-        gemm_module = _import(GEMMS[_active["gemm"]], "gemm")
-        if hasattr(gemm_module, "warmup"):
-            gemm_module.warmup()
+    for module in _running_modules():
+        if hasattr(module, "warmup"):
+            module.warmup()
     return time.perf_counter() - start
 
 
 def describe() -> dict:
     """The active backend and its settings: versions, threads, cache, which GEMM runs."""
-    module = active_module()
     info = {"backend": get_backend()}
-    if hasattr(module, "describe"):
-        info.update(module.describe())
-    if _active["gemm"] is not None:
-        gemm_module = _import(GEMMS[_active["gemm"]], "gemm")
-        if hasattr(gemm_module, "describe"):
-            info.update(gemm_module.describe())
-    # the GEMM that runs: the one chosen, else the backend's own, named when it is one of GEMMS
-    gemm = _active["gemm"] or {path: key for key, path in GEMMS.items()}.get(getattr(ops.gemm, "__module__", None))
+    for module in _running_modules():
+        if hasattr(module, "describe"):
+            info.update(module.describe())
+    gemm = _running_gemm()
     info["gemm"] = GEMM_LABELS[gemm] if gemm else info.get("gemm", "the backend's own")
     info["numpy"] = np.__version__
     return info

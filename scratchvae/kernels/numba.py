@@ -15,18 +15,20 @@ live in ``_``-prefixed ``@njit`` functions. What is fused:
 The products come from NumPy's BLAS (``gemm``), and the kernels run on the
 calling thread: BLAS already uses every core, and a second thread pool
 spinning beside OpenBLAS's made steps several times slower on 2 cores.
-``set_backend("numba", gemm="numba")`` takes the products from the
-hand-written ``gemm_numba.py`` instead, which runs in Numba's own thread
-pool; then the large kernels run in that same pool too (``POOL``): one pool
-for the whole step. Each parallel kernel splits its work so that every
-number is computed as the serial kernel computes it (rows for per-row sums,
-column blocks for column sums), so results do not depend on the thread count.
+
+The large kernels (bias + activation and its backward, the Bernoulli
+likelihoods, Adam) also have a pool variant, ``NAME_pool``, whose loops run in
+Numba's thread pool: the backend ``numba_pool`` (``numba_pool.py``) is made of
+them and of the hand-written GEMM, which runs in that same pool: one pool for
+the whole step. Each pool variant splits its work so that every number is
+computed as the serial kernel computes it (rows for per-row sums, column
+blocks for column sums), so results do not depend on the thread count.
 
 Compilation: ``cache=True`` (compiled code is kept on disk and reloaded in
 later processes). Numba writes the cache next to this file, or, where that
 is read-only, in a user cache directory; where neither can be written the
-kernels compile in memory instead of failing. Every kernel compiles with
-``kernels.FASTMATH``.
+kernels compile in memory instead of failing (:data:`CACHE_ENABLED`, decided
+once at import). Every kernel compiles with ``kernels.FASTMATH``.
 
 Constants are float32 where they are exact (0, 0.5, 1, 2) so that float32
 kernels stay in float32; float64 inputs promote them losslessly.
@@ -44,51 +46,48 @@ from .contract import ACTIVATIONS, FASTMATH, HALF_LOG_2PI, check_activation, tem
 ZERO, HALF, ONE, TWO = np.float32(0), np.float32(0.5), np.float32(1), np.float32(2)
 ACT_CODE = {name: i for i, name in enumerate(ACTIVATIONS)}
 IDENTITY, RELU, LEAKY_RELU, TANH, SIGMOID, SOFTPLUS, ELU = (ACT_CODE[a] for a in ACTIVATIONS)
-CACHE_ENABLED = True
 
 gemm = numpy_backend.gemm
 repeat_rows = numpy_backend.repeat_rows
 sum_squares = numpy_backend.sum_squares
 
 
-#: run the large kernels in Numba's thread pool (set when the products come from
-#: gemm_numba, which runs there too; see bind_gemm)
-POOL = False
-#: elements from which a kernel is worth a parallel region (its start costs a few us)
+def _cache_location_found() -> bool:
+    """Whether Numba finds a writable cache location for this file's kernels.
+
+    Making a cached dispatcher looks for one (beside this file, else in the
+    user's cache directory) and compiles nothing.
+    """
+    try:
+        nb.njit(cache=True)(lambda: None)
+    except RuntimeError:          # "cannot cache function ...: no locator available"
+        return False
+    return True
+
+
+#: compiled kernels are kept on disk; False where no cache location can be written
+CACHE_ENABLED = _cache_location_found()
+#: elements from which a pool variant is worth a parallel region (its start costs a few us)
 POOL_MIN_ELEMENTS = 32_768
 
 
-def bind_gemm(name) -> None:
-    """Called by ``kernels.set_backend``: with the hand-written GEMM (``name ==
-    "numba"``) the large kernels share its thread pool; with BLAS they stay serial."""
-    global POOL
-    POOL = name == "numba"
-
-
-def _chunks(elements) -> int:
+def _chunks(elements, pool) -> int:
     """Chunks of the pool variant of a kernel over ``elements`` numbers, one per
-    thread; 0 for the serial variant. Which variant runs depends on the sizes
-    alone, never on the thread count, and each gives the same numbers for any
-    number of chunks: so results do not change with the threads."""
-    return nb.get_num_threads() if POOL and elements >= POOL_MIN_ELEMENTS else 0
+    thread; 0 for the serial variant (always without ``pool``). Which variant
+    runs depends on the sizes alone, never on the thread count, and each gives
+    the same numbers for any number of chunks: so results do not change with
+    the threads."""
+    return nb.get_num_threads() if pool and elements >= POOL_MIN_ELEMENTS else 0
 
 
 def _jit(inline=False, parallel=False):
-    """njit with the shared flags; without a writable cache location, compile in memory.
+    """njit with the shared flags.
 
     ``inline`` marks loop bodies that a dispatching kernel instantiates once
     per activation (see below); ``parallel`` the pool variants of the kernels.
     """
-    def decorate(fn):
-        global CACHE_ENABLED
-        options = dict(fastmath=set(FASTMATH), nogil=True, error_model="numpy", parallel=parallel,
-                       inline="always" if inline else "never")
-        try:
-            return nb.njit(cache=CACHE_ENABLED, **options)(fn)
-        except RuntimeError:          # "cannot cache function ...: no locator available"
-            CACHE_ENABLED = False
-            return nb.njit(cache=False, **options)(fn)
-    return decorate
+    return nb.njit(cache=CACHE_ENABLED, fastmath=set(FASTMATH), nogil=True, error_model="numpy",
+                   parallel=parallel, inline="always" if inline else "never")
 
 
 #: what a kernel gets in place of per-row weights it was not given (a constant, never written)
@@ -218,12 +217,12 @@ def _act_backward_pool(y, d_y, code, alpha, out, d_b, want_d_b, row_scale, scale
         _act_backward_columns(y, d_y, code, alpha, out, d_b, want_d_b, row_scale, scaled, lo, hi)
 
 
-def bias_activation(a, b, activation, alpha, out=None):
+def _bias_activation(a, b, activation, alpha, out, pool):
     code = _code(activation)
     if code not in (IDENTITY, RELU, LEAKY_RELU):
         return numpy_backend.bias_activation(a, b, activation, alpha, out)
     out = np.empty_like(a) if out is None else out
-    chunks = _chunks(a.size)
+    chunks = _chunks(a.size, pool)
     if chunks:
         _bias_act_pool(a, b, code, a.dtype.type(alpha), out, chunks)
     else:
@@ -231,7 +230,7 @@ def bias_activation(a, b, activation, alpha, out=None):
     return out
 
 
-def activation_backward(y, d_y, activation, alpha, out=None, d_b=None, row_scale=None):
+def _activation_backward(y, d_y, activation, alpha, out, d_b, row_scale, pool):
     code = _code(activation)
     if code == SOFTPLUS:
         return numpy_backend.activation_backward(y, d_y, activation, alpha, out, d_b, row_scale)
@@ -239,12 +238,28 @@ def activation_backward(y, d_y, activation, alpha, out=None, d_b=None, row_scale
     want = d_b is not None
     scale, scaled = _rows(row_scale, y)
     args = (y, d_y, code, y.dtype.type(alpha), out, d_b if want else out[0], want, scale, scaled)
-    chunks = _chunks(y.size)
+    chunks = _chunks(y.size, pool)
     if chunks:
         _act_backward_pool(*args, chunks)
     else:
         _act_backward(*args)
     return out
+
+
+def bias_activation(a, b, activation, alpha, out=None):
+    return _bias_activation(a, b, activation, alpha, out, pool=False)
+
+
+def bias_activation_pool(a, b, activation, alpha, out=None):
+    return _bias_activation(a, b, activation, alpha, out, pool=True)
+
+
+def activation_backward(y, d_y, activation, alpha, out=None, d_b=None, row_scale=None):
+    return _activation_backward(y, d_y, activation, alpha, out, d_b, row_scale, pool=False)
+
+
+def activation_backward_pool(y, d_y, activation, alpha, out=None, d_b=None, row_scale=None):
+    return _activation_backward(y, d_y, activation, alpha, out, d_b, row_scale, pool=True)
 
 
 def _code(activation):
@@ -342,13 +357,13 @@ def _loss_buffers(like, nll, grad, with_grad, scratch):
     return nll, grad
 
 
-def bernoulli_nll(logits, x, nll=None, grad=None, with_grad=True, scratch=None):
+def _bernoulli_nll(logits, x, nll, grad, with_grad, scratch, pool):
     nll, d = _loss_buffers(logits, nll, grad, with_grad, scratch)
     (e,) = temporaries(scratch, "bernoulli-e", logits, 1)
     chunk = 64 if logits.dtype == np.float32 else 1
     _neg_abs(logits, e)
     np.exp(e, out=e)            # NumPy's SIMD exp beats compiled code's scalar one, even on two threads
-    chunks = _chunks(logits.size)
+    chunks = _chunks(logits.size, pool)
     if chunks:
         _bernoulli_pool(logits, x, e, chunk, d, nll, chunks)
     else:
@@ -356,11 +371,27 @@ def bernoulli_nll(logits, x, nll=None, grad=None, with_grad=True, scratch=None):
     return nll, (d if with_grad else None)
 
 
-def continuous_bernoulli_nll(logits, x, nll=None, grad=None, with_grad=True, scratch=None):
+def _continuous_bernoulli_nll(logits, x, nll, grad, with_grad, scratch, pool):
     nll, d = _loss_buffers(logits, nll, grad, with_grad, scratch)
-    bernoulli_nll(logits, x, nll, d, True, scratch)
+    _bernoulli_nll(logits, x, nll, d, True, scratch, pool)
     _cb_correction(logits, d, nll)
     return nll, (d if with_grad else None)
+
+
+def bernoulli_nll(logits, x, nll=None, grad=None, with_grad=True, scratch=None):
+    return _bernoulli_nll(logits, x, nll, grad, with_grad, scratch, pool=False)
+
+
+def bernoulli_nll_pool(logits, x, nll=None, grad=None, with_grad=True, scratch=None):
+    return _bernoulli_nll(logits, x, nll, grad, with_grad, scratch, pool=True)
+
+
+def continuous_bernoulli_nll(logits, x, nll=None, grad=None, with_grad=True, scratch=None):
+    return _continuous_bernoulli_nll(logits, x, nll, grad, with_grad, scratch, pool=False)
+
+
+def continuous_bernoulli_nll_pool(logits, x, nll=None, grad=None, with_grad=True, scratch=None):
+    return _continuous_bernoulli_nll(logits, x, nll, grad, with_grad, scratch, pool=True)
 
 
 @_jit()
@@ -578,17 +609,25 @@ def _sgd(p, g, buf, lr, momentum, weight_decay, grad_scale):
         p[i] -= lr * b
 
 
-def adam_update(p, g, m, v, lr, beta1, beta2, eps, step, weight_decay, grad_scale, scratch=None):
+def _adam_update(p, g, m, v, lr, beta1, beta2, eps, step, weight_decay, grad_scale, pool):
     t = p.dtype.type
     bc1, bc2 = 1 - beta1 ** step, 1 - beta2 ** step
     # lr * m_hat / (sqrt(v_hat) + eps) == (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps)
     args = (p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), t(lr / bc1), t(beta1), t(beta2),
             t(eps), t(1 / math.sqrt(bc2)), t(1 - lr * weight_decay), t(grad_scale))
-    chunks = _chunks(p.size)
+    chunks = _chunks(p.size, pool)
     if chunks:
         _adam_pool(*args, chunks)
     else:
         _adam(*args)
+
+
+def adam_update(p, g, m, v, lr, beta1, beta2, eps, step, weight_decay, grad_scale, scratch=None):
+    _adam_update(p, g, m, v, lr, beta1, beta2, eps, step, weight_decay, grad_scale, pool=False)
+
+
+def adam_update_pool(p, g, m, v, lr, beta1, beta2, eps, step, weight_decay, grad_scale, scratch=None):
+    _adam_update(p, g, m, v, lr, beta1, beta2, eps, step, weight_decay, grad_scale, pool=True)
 
 
 def sgd_update(p, g, buf, lr, momentum, weight_decay, grad_scale, scratch=None):
@@ -626,7 +665,7 @@ def warmup(dtypes=(np.float32, np.float64)) -> None:
 def describe() -> dict:
     """What this backend runs with: versions, threads, cache state."""
     return {"numba": nb.__version__, "numba_threads": nb.get_num_threads(),
-            "kernels_parallel": POOL, "cache": CACHE_ENABLED,
+            "kernels_parallel": False, "cache": CACHE_ENABLED,
             "gemm": "numpy.matmul (BLAS)", "threading_layer": _threading_layer()}
 
 

@@ -1,0 +1,27 @@
+"""The numba_pool backend: the numba backend run as one thread pool.
+
+The products come from the hand-written GEMM (``gemm_numba.py``), which runs
+in Numba's thread pool, and the large kernels (bias + activation and its
+backward, the Bernoulli likelihoods, Adam) are the pool variants of
+``numba.py``, which run in that same pool: one pool for the whole step, no
+BLAS pool spinning beside it. Every other kernel is the numba backend's.
+``set_backend("numba", gemm="numba")`` selects this backend. Each pool
+variant computes every number as its serial twin does, so results do not
+depend on the thread count.
+"""
+from __future__ import annotations
+
+from . import numba as serial
+from .gemm_numba import gemm
+from .numba import (gaussian_latent, gaussian_latent_backward, gaussian_log_sigma_grad, gaussian_nll,
+                    log_softmax, log_softmax_backward, min_max, repeat_rows, sgd_update, sum_squares, warmup)
+from .numba import activation_backward_pool as activation_backward
+from .numba import adam_update_pool as adam_update
+from .numba import bernoulli_nll_pool as bernoulli_nll
+from .numba import bias_activation_pool as bias_activation
+from .numba import continuous_bernoulli_nll_pool as continuous_bernoulli_nll
+
+
+def describe() -> dict:
+    """The numba backend's settings, with its large kernels in the pool."""
+    return dict(serial.describe(), kernels_parallel=True)
