@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     import scratchvae as sv
     import tempfile
 
-    from scratchvae.model.m2 import train_supervised_only
+    from scratchvae.inference.quality import train_supervised_only
     from scratchvae.run import Run, TrainConfig, Trainer
     from scratchvae.run.run import load_data
 
