@@ -1,3 +1,4 @@
+import importlib
 import importlib.util
 
 import numpy as np
@@ -6,17 +7,28 @@ import pytest
 from scratchvae import kernels
 from scratchvae.data.datasets import Dataset
 
-#: the backends the kernel tests run on: the specification, the tuned NumPy and (when installed) Numba
-BACKENDS = ["reference", "numpy"] + (["numba"] if importlib.util.find_spec("numba") else [])
+HAS_NUMBA = importlib.util.find_spec("numba") is not None
 
 
-@pytest.fixture(params=BACKENDS)
+def builtin_backend(name):
+    """The module of the built-in backend ``name``; the test is skipped when Numba,
+    the one package a built-in backend can lack, is not installed."""
+    try:
+        return importlib.import_module(kernels.BUILTIN_BACKENDS[name])
+    except ImportError as e:
+        if HAS_NUMBA:
+            raise
+        pytest.skip(f"the {name} backend needs Numba, which is not installed ({e})")
+
+
+@pytest.fixture(params=list(kernels.BUILTIN_BACKENDS))
 def backend(request, monkeypatch):
-    """Run the test once per kernel backend (subprocesses follow through the environment).
+    """Run the test once per built-in kernel backend (subprocesses follow through the environment).
 
     Test modules that exercise kernels use it (``pytestmark = pytest.mark.usefixtures("backend")``);
     the others (command line, files, data, pictures) run once on the default backend.
     """
+    builtin_backend(request.param)
     before = kernels.get_backend()
     monkeypatch.setenv("SCRATCHVAE_BACKEND", request.param)
     kernels.set_backend(request.param)

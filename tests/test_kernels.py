@@ -1,7 +1,6 @@
 """The kernel layer: the contract, the registry, the conformance checker on every backend
 (and on a broken one), one set of fastmath flags, and the numerics every backend must keep."""
-import importlib
-import importlib.util
+import ast
 import inspect
 import math
 import os
@@ -19,9 +18,8 @@ from scratchvae.gradcheck import check_op
 from scratchvae.kernels import numpy as numpy_backend
 from scratchvae.kernels import reference as R
 
-from conftest import bars_and_blocks
+from conftest import HAS_NUMBA, bars_and_blocks, builtin_backend
 
-HAS_NUMBA = importlib.util.find_spec("numba") is not None
 HERE = os.path.dirname(os.path.abspath(__file__))
 EXAMPLES = os.path.join(os.path.dirname(HERE), "examples")
 
@@ -30,11 +28,33 @@ EXAMPLES = os.path.join(os.path.dirname(HERE), "examples")
 # the contract and the registry
 # --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["reference", "numpy"] + (["numba"] if HAS_NUMBA else []))
+@pytest.mark.parametrize("name", [name for name in kernels.BUILTIN_BACKENDS if name != "reference"])
 def test_every_builtin_backend_implements_the_contract_with_the_reference_signatures(name):
-    module = importlib.import_module(kernels.BUILTIN_BACKENDS[name])
+    module = builtin_backend(name)
     for k in kernels.CONTRACT:
         assert inspect.signature(getattr(module, k)) == inspect.signature(getattr(R, k)), (name, k)
+
+
+@pytest.mark.parametrize("kernel", kernels.CONTRACT)
+def test_a_backend_with_one_wrong_signature_is_refused_by_name(kernel):
+    def wrong(*args):
+        return None
+    with pytest.raises(ImportError, match=rf"backend 'wrong': {kernel}\(\*args\) differs from the contract {kernel}\("):
+        kernels.register_backend("wrong", _module_like(numpy_backend, **{kernel: wrong}))
+    assert "wrong" not in sv.backends()
+
+
+def test_nothing_in_the_kernel_layer_imports_inside_a_function():
+    """Imports run one way and at the top; the one import in a function is the optional
+    probe of whether Numba is installed."""
+    folder = os.path.dirname(kernels.__file__)
+    inner = []
+    for name in sorted(n for n in os.listdir(folder) if n.endswith(".py")):
+        with open(os.path.join(folder, name)) as f:
+            functions = [n for n in ast.walk(ast.parse(f.read())) if isinstance(n, ast.FunctionDef)]
+        inner += [(name, fn.name) for fn in functions
+                  for node in ast.walk(fn) if isinstance(node, (ast.Import, ast.ImportFrom))]
+    assert inner == [("__init__.py", "default_backend")]
 
 
 def test_set_backend_rejects_unknown_names_and_rebinds_ops():
