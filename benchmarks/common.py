@@ -4,6 +4,9 @@ Nothing here imports NumPy (or any array library) at module level: a script
 sets the thread-count environment variables first (:func:`apply_thread_env`)
 and only then imports the libraries that read them.
 
+* the argument parser every script starts from (:func:`parser`: ``--save``,
+  ``--json``, and ``--threads`` and ``--quick`` where a script has them) and
+  comma-separated integers (:func:`integers`);
 * machine, OS, Python and package versions (:func:`machine_info`,
   :func:`package_versions`), thread settings (:func:`thread_env`);
 * CPU use of other processes during a timed block (:class:`CpuMonitor`), so a
@@ -22,6 +25,7 @@ set) and :func:`blas_info` (the BLAS library, its kernel and threads).
 """
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -211,7 +215,36 @@ def blas_summary(info: dict) -> str:
     return text + (f" (forced by {', '.join(forced)})" if forced else "")
 
 
-def add_output_options(parser, name: str) -> None:
+def parser(description: str, record: str, *, threads: Optional[str] = None,
+           quick: Optional[str] = None) -> argparse.ArgumentParser:
+    """The options every benchmark shares, on a parser that prints ``description``
+    as written: ``--save`` and ``--json PATH`` for the record ``record``; with
+    ``threads`` (what they size), ``--threads N`` [2]; with ``quick`` (what the
+    smoke run cuts), ``--quick``. A script with ``--threads`` calls
+    :func:`apply_thread_env` before it imports NumPy."""
+    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if threads:
+        ap.add_argument("--threads", type=int, default=2, help=f"{threads} [2]")
+    if quick:
+        ap.add_argument("--quick", action="store_true", help=quick)
+    add_output_options(ap, record)
+    return ap
+
+
+def integers(minimum: int = 0):
+    """An argparse type: ``"1,2,3"`` -> ``[1, 2, 3]``, each at least ``minimum``."""
+    def parse(text: str) -> List[int]:
+        try:
+            values = [int(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        if not values or min(values) < minimum:
+            raise argparse.ArgumentTypeError(f"expected integers of at least {minimum}, got {text!r}")
+        return values
+    return parse
+
+
+def add_output_options(parser: argparse.ArgumentParser, name: str) -> None:
     """``--save`` and ``--json PATH``: where the JSON record of benchmark ``name`` goes."""
     parser.add_argument("--save", action="store_true",
                         help=f"write the JSON record to benchmarks/results/{name}.json, the committed record "
@@ -219,7 +252,7 @@ def add_output_options(parser, name: str) -> None:
     parser.add_argument("--json", metavar="PATH", help="write the JSON record to PATH instead")
 
 
-def output_path(args, name: str) -> str:
+def output_path(args: argparse.Namespace, name: str) -> str:
     """The JSON path :func:`add_output_options` chose."""
     if args.json:
         return args.json
@@ -374,7 +407,9 @@ def now_iso() -> str:
 def write_json(path: str, obj) -> None:
     """Write ``obj`` as indented JSON to ``path`` atomically, by the library's one
     rule for files (:mod:`scratchvae.atomic`: temporary file, fsync, rename)."""
-    from scratchvae.atomic import write_bytes         # here: importing scratchvae imports NumPy
+    from scratchvae.atomic import (
+        write_bytes,  # here: importing scratchvae imports NumPy
+    )
     path = os.path.abspath(path)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     write_bytes(path, (json.dumps(obj, indent=1, allow_nan=False) + "\n").encode())

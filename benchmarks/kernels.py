@@ -8,7 +8,6 @@ GEMM speed is measured by benchmarks/gemm.py.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -57,13 +56,12 @@ def time_block(fn, K, seconds=0.05):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.parser(__doc__, "kernels", threads="BLAS/Numba threads")
     parser.add_argument("--repeats", type=int, default=9, help="alternating blocks per kernel [9]")
-    parser.add_argument("--threads", type=int, default=2, help="BLAS/Numba threads [2]")
-    common.add_output_options(parser, "kernels")
     args = parser.parse_args(argv)
     common.apply_thread_env(args.threads)
     import numpy as np
+
     from scratchvae.kernels import numba as numba_backend
     from scratchvae.kernels import numpy as numpy_backend
     numba_backend.warmup((np.float32,))

@@ -21,7 +21,6 @@ medians (microseconds per call) and writes JSON.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -55,13 +54,11 @@ def _kernels(fastmath):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.parser(__doc__, "parallel_overhead", threads="Numba threads, and chunks of the parallel case",
+                           quick="smoke run: one size (4096), 2 rounds of 3 calls")
     parser.add_argument("--sizes", default="4096,65536,652824", help="comma-separated array lengths [4096,65536,652824]")
-    parser.add_argument("--threads", type=int, default=2, help="Numba threads, and chunks of the parallel case [2]")
     parser.add_argument("--rounds", type=int, default=9, help="alternated rounds; each times every way once [9]")
     parser.add_argument("--calls", type=int, default=50, help="calls per timed block [50]")
-    parser.add_argument("--quick", action="store_true", help="smoke run: one size (4096), 2 rounds of 3 calls")
-    common.add_output_options(parser, "parallel_overhead")
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes, args.rounds, args.calls = "4096", 2, 3

@@ -10,7 +10,6 @@ and min-max over --repeats processes; prints a Markdown table and writes JSON.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -47,10 +46,8 @@ def measure(mode: str, backend: str, env: dict) -> float:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.parser(__doc__, "startup", threads="BLAS/Numba threads")
     parser.add_argument("--repeats", type=int, default=5, help="processes per configuration [5]")
-    parser.add_argument("--threads", type=int, default=2, help="BLAS/Numba threads [2]")
-    common.add_output_options(parser, "startup")
     args = parser.parse_args(argv)
 
     env = dict(os.environ, **common.thread_env(args.threads))

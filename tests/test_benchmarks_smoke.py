@@ -5,6 +5,7 @@ raise ImportError comes first on PYTHONPATH), so the test behaves the same
 whether or not they are installed: scratchvae-numpy is timed, the other two
 systems are skipped with a note.
 """
+import argparse
 import importlib.util
 import json
 import os
@@ -24,6 +25,18 @@ def _hide(tmp_path, *modules):
     for m in modules:
         (folder / f"{m}.py").write_text(f"raise ImportError('{m} hidden by the smoke test')\n")
     return folder
+
+
+def _load(name):
+    """The module benchmarks/NAME.py, imported the way the scripts import each other."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        spec = importlib.util.spec_from_file_location(name, SCRIPT.parent / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
 
 
 def test_quick_run_writes_the_json_record(tmp_path):
@@ -70,19 +83,23 @@ def test_quick_run_writes_the_json_record(tmp_path):
 
 
 def test_records_go_to_an_untracked_folder_unless_saved():
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        import argparse
-
-        import common
-        parser = argparse.ArgumentParser()
-        common.add_output_options(parser, "x")
-        assert common.output_path(parser.parse_args([]), "x") == str(ROOT / "benchmarks" / "out" / "x.json")
-        assert common.output_path(parser.parse_args(["--save"]), "x") == str(ROOT / "benchmarks" / "results" / "x.json")
-        assert common.output_path(parser.parse_args(["--json", "/tmp/y.json"]), "x") == "/tmp/y.json"
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
+    common = _load("common")
+    parser = common.parser("doc", "x")
+    assert common.output_path(parser.parse_args([]), "x") == str(ROOT / "benchmarks" / "out" / "x.json")
+    assert common.output_path(parser.parse_args(["--save"]), "x") == str(ROOT / "benchmarks" / "results" / "x.json")
+    assert common.output_path(parser.parse_args(["--json", "/tmp/y.json"]), "x") == "/tmp/y.json"
     assert "benchmarks/out/" in (ROOT / ".gitignore").read_text().split()
+
+
+def test_the_shared_preamble_adds_threads_and_quick_only_when_asked():
+    common = _load("common")
+    assert vars(common.parser("doc", "x").parse_args([])) == {"save": False, "json": None}
+    args = common.parser("doc", "x", threads="BLAS threads", quick="smoke run").parse_args(["--quick"])
+    assert args.threads == 2 and args.quick is True
+    assert common.integers()("0,2, 5") == [0, 2, 5]
+    for text, minimum in (("1,x", 0), ("0,1", 1), ("", 0)):
+        with pytest.raises(argparse.ArgumentTypeError):
+            common.integers(minimum)(text)
 
 
 @pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "benchmarks").glob("*.py")
@@ -105,19 +122,8 @@ def test_every_benchmark_explains_every_option(script):
     assert described >= 3 and "--save" in proc.stdout
 
 
-def _load_script():
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        spec = importlib.util.spec_from_file_location("train_throughput", SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
-
-
 def test_flop_count_of_one_step():
-    tt = _load_script()
+    tt = _load("train_throughput")
     f = tt.step_flops()
     # forward: 784x400 + 2 x 400x20 + 20x400 + 400x784 multiply-adds per example
     assert f["forward"] == 2 * (784 * 400 + 2 * 400 * 20 + 20 * 400 + 400 * 784) == 1_302_400
@@ -170,3 +176,18 @@ def test_variants_quick_run_writes_every_study(tmp_path):
     else:
         assert sampler["pictures"] is None
     assert "| standard VAE |" in proc.stdout and "| N(0, I) |" in proc.stdout
+
+
+@pytest.mark.parametrize("script, check", [
+    ("gemm", lambda rec: len(rec["results"]) == 11 and rec["results"][0]["1 thread"]["speed_ratio"] > 0),
+    ("parallel_overhead", lambda rec: set(rec["results_us"]) == {"4096"}),
+])
+def test_numba_benchmarks_quick_run(tmp_path, script, check):
+    """The Numba benchmarks' --quick runs end to end and write their records (skipped without Numba)."""
+    pytest.importorskip("numba")
+    out = tmp_path / f"{script}.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{script}.py"), "--quick", "--threads", "1",
+                           "--json", str(out)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rec = json.loads(out.read_text())
+    assert rec["benchmark"] == script and rec["args"]["quick"] is True and check(rec)
