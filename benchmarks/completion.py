@@ -11,7 +11,6 @@ observed pixels) on the first N test images, each with a seeded mask.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -24,20 +23,20 @@ MASKS = ("bottom-half", "block", "random:0.5")
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.parser(__doc__, "completion")
     parser.add_argument("--epochs", type=int, default=10, help="epochs per model [10]")
     parser.add_argument("--n", type=int, default=1000, help="test images scored per mask [1000]")
     parser.add_argument("--steps", type=int, default=200, help="Gibbs iterations [200]")
     parser.add_argument("--seed", type=int, default=1, help="seed of training, masks and chains [1]")
-    common.add_output_options(parser, "completion")
     args = parser.parse_args(argv)
     import numpy as np
+
     import scratchvae as sv
+    from scratchvae.data import load_dataset
     from scratchvae.inference.complete import Mask, compare
     from scratchvae.run import Run, TrainConfig, Trainer
-    from scratchvae.run.run import load_data
 
-    data = load_data(TrainConfig(dataset="fashion-mnist"))
+    data = load_dataset("fashion-mnist")
 
     def train(conditional):
         config = TrainConfig(dataset="fashion-mnist", epochs=args.epochs, seed=args.seed, conditional=conditional)

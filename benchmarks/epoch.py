@@ -10,7 +10,6 @@ median and min-max wall seconds per epoch, prints Markdown, writes JSON.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -20,22 +19,21 @@ import common  # noqa: E402
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default="fashion-mnist", help="named data set [fashion-mnist]")
+    parser = common.parser(__doc__, "epoch", threads="BLAS/Numba threads")
+    parser.add_argument("--dataset", default="fashion-mnist",
+                        help="a named data set, as `scratchvae datasets` lists them [fashion-mnist]")
     parser.add_argument("--rounds", type=int, default=3, help="epochs per backend, alternating [3]")
     parser.add_argument("--batch-size", type=int, default=128, help="examples per step [128]")
-    parser.add_argument("--threads", type=int, default=2, help="BLAS/Numba threads [2]")
     parser.add_argument("--backends", default="numpy,numba", help="comma-separated [numpy,numba]")
-    common.add_output_options(parser, "epoch")
     args = parser.parse_args(argv)
     common.apply_thread_env(args.threads)
 
     import scratchvae as sv
+    from scratchvae.data import load_dataset
     from scratchvae.run import Run, TrainConfig, Trainer
-    from scratchvae.run.run import load_data
 
+    data = load_dataset(args.dataset)
     config = TrainConfig(dataset=args.dataset, epochs=1, batch_size=args.batch_size)
-    data = load_data(config)
     backends = args.backends.split(",")
     seconds = {b: [] for b in backends}
     for r in range(args.rounds):

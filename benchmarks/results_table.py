@@ -7,7 +7,6 @@ log-likelihood, active units, training time).
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -27,33 +26,29 @@ VARIANTS = [
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.parser(__doc__, "results_table")
     parser.add_argument("--epochs", type=int, default=10, help="epochs per variant [10]")
     parser.add_argument("--iw-samples", type=int, default=1000, help="k of the log p(x) estimate [1000]")
     parser.add_argument("--seed", type=int, default=1, help="seed of every run [1]")
     parser.add_argument("--only", type=int, nargs="*", help="indices of the variants to run [all]")
-    common.add_output_options(parser, "results_table")
     args = parser.parse_args(argv)
     import numpy as np
+
     import scratchvae as sv
+    from scratchvae.data import load_dataset
     from scratchvae.inference.evaluate import active_units, elbo, log_likelihood
     from scratchvae.run import Run, TrainConfig, Trainer
-    from scratchvae.run.run import load_data
-    from scratchvae.run.cli import build_parser
+    from scratchvae.run.cli import RUN_OPTIONS, build_parser
 
     rows, records = [], []
-    data = load_data(TrainConfig(dataset="fashion-mnist"))
+    data = load_dataset("fashion-mnist")
     for i, (label, extra) in enumerate(VARIANTS):
         if args.only and i not in args.only:
             continue
         cli_args = ["train", "--dataset", "fashion-mnist", "--epochs", str(args.epochs), "--seed", str(args.seed),
                     *extra]
         ns = build_parser().parse_args(cli_args)
-        given = {k: getattr(ns, k) for k in ("batch_size", "lr", "hidden", "latent_dim", "activation",
-                                              "likelihood", "sigma", "init", "beta", "warmup_epochs",
-                                              "binarize", "seed", "max_grad_norm", "iw_samples", "epochs")
-                 if getattr(ns, k) is not None}
-        config = TrainConfig(dataset="fashion-mnist", **given)
+        config = TrainConfig(**{k: getattr(ns, k) for k in (*RUN_OPTIONS, "epochs") if getattr(ns, k) is not None})
         run = Run(config, data, tempfile.mkdtemp())
         trainer = Trainer(run, quiet=True)
         trainer.fit()

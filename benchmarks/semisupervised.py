@@ -9,9 +9,9 @@ spread over seeds.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -19,25 +19,22 @@ import common  # noqa: E402
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", default="1,2,3", help="comma-separated seeds [1,2,3]")
+    parser = common.parser(__doc__, "semisupervised")
+    parser.add_argument("--seeds", type=common.integers(), default="1,2,3", help="comma-separated seeds [1,2,3]")
     parser.add_argument("--epochs", type=int, default=10, help="M2 epochs over the unlabelled set [10]")
     parser.add_argument("--labels-per-class", type=int, default=100, help="labels per class [100]")
     parser.add_argument("--alpha", type=float, default=10.0, help="weight of the labelled cross-entropy [10]")
-    common.add_output_options(parser, "semisupervised")
     args = parser.parse_args(argv)
     import numpy as np
-    import scratchvae as sv
-    import tempfile
 
+    import scratchvae as sv
+    from scratchvae.data import load_dataset
     from scratchvae.inference.quality import train_supervised_only
     from scratchvae.run import Run, TrainConfig, Trainer
-    from scratchvae.run.run import load_data
 
-    data = load_data(TrainConfig(dataset="fashion-mnist"))
-    seeds = [int(s) for s in args.seeds.split(",")]
+    data = load_dataset("fashion-mnist")
     runs = []
-    for seed in seeds:
+    for seed in args.seeds:
         start = time.perf_counter()
         config = TrainConfig(dataset="fashion-mnist", semi_supervised=True, labels_per_class=args.labels_per_class,
                              epochs=args.epochs, seed=seed, alpha=args.alpha)
@@ -58,7 +55,8 @@ def main(argv=None) -> int:
         rows.append([label, f"{np.mean(values):.4f}", f"{min(values):.4f}-{max(values):.4f}",
                      ", ".join(f"{v:.4f}" for v in values)])
     print()
-    print(common.markdown_table(["model", "mean test accuracy", "min-max", f"seeds {args.seeds}"], rows, "lrrl"))
+    seeds = ",".join(map(str, args.seeds))
+    print(common.markdown_table(["model", "mean test accuracy", "min-max", f"seeds {seeds}"], rows, "lrrl"))
     json_path = common.output_path(args, "semisupervised")
     common.write_json(json_path, {"benchmark": "semisupervised", "when": common.now_iso(),
                                   "machine": common.machine_info(), "blas": common.blas_info(), "kernels": sv.describe(),
