@@ -12,7 +12,6 @@ libraries, so compare means over seeds. PyTorch runs only when installed.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -79,58 +78,62 @@ def run_torch(data, epochs, seed):
     return history
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", default="1,2,3", help="comma-separated seeds, per library [1,2,3]")
-    parser.add_argument("--epochs", type=int, default=10, help="epochs [10]")
-    parser.add_argument("--threads", type=int, default=2, help="BLAS/Numba/torch threads [2]")
-    parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even when installed")
-    common.add_output_options(parser, "reproduce_reference")
-    args = parser.parse_args(argv)
-    common.apply_thread_env(args.threads)
-    import numpy as np
-    import scratchvae as sv
-    from scratchvae.run import TrainConfig
-    from scratchvae.run.run import load_data
+def torch_ready(args) -> bool:
+    """Whether PyTorch runs (installed and not ``--no-torch``); sets its threads."""
+    if args.no_torch:
+        return False
+    try:
+        import torch
+    except ImportError:
+        print("PyTorch is not installed: only scratchvae runs (pip install torch==2.13.0)")
+        return False
+    torch.set_num_threads(args.threads)
+    return True
 
-    data = load_data(TrainConfig(dataset="fashion-mnist"))
-    seeds = [int(s) for s in args.seeds.split(",")]
-    runs = {"scratchvae": {}, "pytorch": {}}
-    have_torch = not args.no_torch
-    if have_torch:
-        try:
-            import torch
-            torch.set_num_threads(args.threads)
-        except ImportError:
-            print("PyTorch is not installed: only scratchvae runs (pip install torch==2.13.0)")
-            have_torch = False
-    for seed in seeds:                   # alternate the libraries seed by seed
-        runs["scratchvae"][seed] = run_scratchvae(data, args.epochs, seed)
-        print(f"scratchvae seed {seed}: " + " ".join(f"{v:.2f}" for v in runs["scratchvae"][seed]), flush=True)
-        if have_torch:
-            runs["pytorch"][seed] = run_torch(data, args.epochs, seed)
-            print(f"pytorch    seed {seed}: " + " ".join(f"{v:.2f}" for v in runs["pytorch"][seed]), flush=True)
+
+def table(runs, seeds, epochs):
+    """Test loss by epoch: mean (min-max) over seeds per library, beside the issue's PyTorch run."""
+    import numpy as np
 
     def stats(lib, e):
         vals = [runs[lib][s][e] for s in seeds]
         return f"{np.mean(vals):.2f} ({min(vals):.2f}-{max(vals):.2f})"
 
-    headers = ["epoch", f"scratchvae mean (min-max), {len(seeds)} seeds"]
-    if have_torch:
-        headers.append(f"PyTorch mean (min-max), {len(seeds)} seeds")
-    headers.append("issue's PyTorch run (seed 1)")
-    rows = []
-    for e in range(args.epochs):
-        row = [e + 1, stats("scratchvae", e)] + ([stats("pytorch", e)] if have_torch else [])
-        rows.append(row + [f"{PUBLISHED[e]:.2f}" if e < len(PUBLISHED) else ""])
+    libraries = [lib for lib in ("scratchvae", "pytorch") if runs[lib]]
+    names = {"scratchvae": "scratchvae", "pytorch": "PyTorch"}
+    headers = (["epoch"] + [f"{names[lib]} mean (min-max), {len(seeds)} seeds" for lib in libraries]
+               + ["issue's PyTorch run (seed 1)"])
+    rows = [[e + 1] + [stats(lib, e) for lib in libraries] + [f"{PUBLISHED[e]:.2f}" if e < len(PUBLISHED) else ""]
+            for e in range(epochs)]
+    return common.markdown_table(headers, rows, "r" * len(headers))
+
+
+def main(argv=None) -> int:
+    parser = common.parser(__doc__, "reproduce_reference", threads="BLAS/Numba/torch threads")
+    parser.add_argument("--seeds", type=common.integers(), default="1,2,3",
+                        help="comma-separated seeds, per library [1,2,3]")
+    parser.add_argument("--epochs", type=int, default=10, help="epochs [10]")
+    parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even when installed")
+    args = parser.parse_args(argv)
+    common.apply_thread_env(args.threads)
+    import scratchvae as sv
+    from scratchvae.data import load_dataset
+
+    data = load_dataset("fashion-mnist")
+    runs = {"scratchvae": {}, "pytorch": {}}
+    libraries = {"scratchvae": run_scratchvae, **({"pytorch": run_torch} if torch_ready(args) else {})}
+    for seed in args.seeds:                   # alternate the libraries seed by seed
+        for lib, train in libraries.items():
+            runs[lib][seed] = train(data, args.epochs, seed)
+            print(f"{lib:<10} seed {seed}: " + " ".join(f"{v:.2f}" for v in runs[lib][seed]), flush=True)
     print()
-    print(common.markdown_table(headers, rows, "r" * len(headers)))
+    print(table(runs, args.seeds, args.epochs))
     json_path = common.output_path(args, "reproduce_reference")
     common.write_json(json_path, {"benchmark": "reproduce_reference", "when": common.now_iso(),
                                   "machine": common.machine_info(), "blas": common.blas_info(), "kernels": sv.describe(),
                                   "versions": common.package_versions(["numpy", "numba", "torch", "scratchvae"]),
-                                  "seeds": seeds, "test_loss_by_epoch": {k: {str(s): v for s, v in r.items()}
-                                                                         for k, r in runs.items()},
+                                  "seeds": args.seeds, "test_loss_by_epoch": {k: {str(s): v for s, v in r.items()}
+                                                                              for k, r in runs.items()},
                                   "published_pytorch_seed1": PUBLISHED})
     print(f"\nJSON: {json_path}")
     return 0
