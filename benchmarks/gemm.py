@@ -35,13 +35,13 @@ training step (every product with its multiplicity). Also reported: the
 sgemm peak of a large square product (``--peak-size``) at 1 and
 ``--threads`` threads, the CPU time other processes took during each
 measurement (a busy machine says so), and machine, versions, BLAS and
-thread settings in the JSON.
+thread settings in the JSON. Prints two Markdown tables (1 thread,
+``--threads`` threads) and writes a JSON record.
 
     python benchmarks/gemm.py [--batches 128,1024] [--reps 50] [--threads 2] [--quick] [--save]
 """
 from __future__ import annotations
 
-import argparse
 import ctypes
 import functools
 import glob
@@ -161,17 +161,16 @@ def fmt_time(summary):
     return f"{summary['median'] * 1e6:,.0f} ({summary['min'] * 1e6:,.0f}-{summary['max'] * 1e6:,.0f})"
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        description="The hand-written Numba GEMM against NumPy's BLAS on the reference VAE's shapes.",
-        epilog="Prints two Markdown tables (1 thread, --threads threads) and writes a JSON record.")
+def build_parser():
+    parser = common.parser(
+        __doc__, "gemm",
+        threads="threads of the multi-threaded comparison, for OpenBLAS and Numba alike; set "
+                "through OMP/OPENBLAS/NUMBA_NUM_THREADS before NumPy loads",
+        quick="a smoke run: batch 128, 5 reps, 1 warm-up, no settle pauses, no peak")
     parser.add_argument("--batches", default="128,1024",
                         help="comma-separated batch sizes B; each gives the 11 products of one step [128,1024]")
     parser.add_argument("--reps", type=int, default=50, help="timed calls per implementation and shape [50]")
     parser.add_argument("--warmup", type=int, default=5, help="untimed calls before timing [5]")
-    parser.add_argument("--threads", type=int, default=2,
-                        help="threads of the multi-threaded comparison, for OpenBLAS and Numba alike; set "
-                             "through OMP/OPENBLAS/NUMBA_NUM_THREADS before NumPy loads [2]")
     parser.add_argument("--block", type=int, default=10,
                         help="calls per block in the multi-threaded comparison [10]")
     parser.add_argument("--settle", type=float, default=0.15,
@@ -188,14 +187,106 @@ def main(argv=None) -> int:
     parser.add_argument("--cold", action="store_true",
                         help="compile from scratch (an empty NUMBA_CACHE_DIR) and report that compile time; "
                              "by default Numba's on-disk cache is used as it is")
-    parser.add_argument("--quick", action="store_true",
-                        help="a smoke run: batch 128, 5 reps, 1 warm-up, no settle pauses, no peak")
-    common.add_output_options(parser, "gemm")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def first_calls(G, dtype, rng):
+    """Seconds of the first call of each variant: its compilation, or its load from the cache."""
+    a = rng.standard_normal((64, 64)).astype(dtype)
+    out = {}
+    for name, fn in (("serial", G.gemm_serial), ("parallel", lambda x, y: G.gemm_parallel(x, y, threads=2))):
+        t0 = time.perf_counter()
+        fn(a, a)
+        out[name] = time.perf_counter() - t0
+    return out
+
+
+def measure_product(args, G, batch, product, dtype, rng, set_blas, monitor):
+    """The record of one of :func:`model_products`: BLAS against ours at 1 and at --threads threads."""
+    import numpy as np
+    name, layout, m, k, n, count = product
+    trans_a, trans_b = layout[0] == "T", layout[1] == "T"
+    x = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
+    w = rng.standard_normal((n, k) if trans_b else (k, n)).astype(dtype)
+    out_blas, out_ours = np.empty((m, n), dtype), np.empty((m, n), dtype)
+    flop = 2.0 * m * n * k
+    blas = functools.partial(np.matmul, x.T if trans_a else x, w.T if trans_b else w, out=out_blas)
+    serial = functools.partial(G.gemm_serial, x, w, out_ours, trans_a, trans_b)
+    parallel = functools.partial(G.gemm_parallel, x, w, out_ours, trans_a, trans_b, threads=args.threads)
+    rec = {"batch": batch, "product": name, "layout": layout, "m": m, "k": k, "n": n,
+           "count_per_step": count, "flop": flop,
+           "gemm_uses": "parallel" if flop >= G.PARALLEL_MIN_FLOP and args.threads > 1 else "serial"}
+    for label, threads, fns, block, settle in (
+            ("1 thread", 1, (blas, serial), 1, 0.0),
+            (f"{args.threads} threads", args.threads, (blas, parallel), args.block, args.settle)):
+        set_blas(threads)
+        monitor.start()
+        cpu0 = time.process_time()
+        t_blas, t_ours = alternate(fns, args.reps, args.warmup, block, settle, args.block_warmup)
+        foreign = monitor.stop(time.process_time() - cpu0)
+        err = float(np.max(np.abs(out_ours - out_blas)) / max(float(np.max(np.abs(out_blas))), 1e-30))
+        sb, so = common.summarize(t_blas), common.summarize(t_ours)
+        rec[label] = {"blas_s": sb, "ours_s": so,
+                      "blas_gflops": flop / sb["median"] / 1e9, "ours_gflops": flop / so["median"] / 1e9,
+                      "speed_ratio": sb["median"] / so["median"], "max_rel_diff": err,
+                      "other_processes_cpu": foreign}
+    print(f"  B={batch:<5} {layout} {m}x{k}x{n:<5} "
+          + "  ".join(f"{lbl}: {rec[lbl]['speed_ratio']:.2f}x" for lbl in ("1 thread", f"{args.threads} threads")),
+          file=sys.stderr, flush=True)
+    return rec
+
+
+def sgemm_peaks(args, set_blas):
+    """The sgemm peak at 1 and at --threads threads (none with --peak-size 0)."""
+    peaks = {}
+    for threads in sorted({1, args.threads}) if args.peak_size else ():
+        set_blas(threads)
+        rates = common.sgemm_peak(args.peak_size, reps=5)["gflops"]
+        peaks[f"{threads} thread{'s' if threads > 1 else ''}"] = common.summarize(rates)
+    return peaks
+
+
+def product_table(records, batches, label):
+    """One comparison's Markdown table: every product, then one step's sum (each product times its count)."""
+    rows = []
+    for batch in batches:
+        total_b = total_o = 0.0
+        for rec in (r for r in records if r["batch"] == batch):
+            d = rec[label]
+            total_b += rec["count_per_step"] * d["blas_s"]["median"]
+            total_o += rec["count_per_step"] * d["ours_s"]["median"]
+            load = d["other_processes_cpu"]
+            rows.append([batch, rec["product"], rec["layout"], f"{rec['m']}x{rec['k']}x{rec['n']}",
+                         fmt_time(d["blas_s"]), f"{d['blas_gflops']:.1f}",
+                         fmt_time(d["ours_s"]), f"{d['ours_gflops']:.1f}",
+                         f"{d['speed_ratio']:.2f}", "-" if load is None else f"{load:.2f}"])
+        rows.append([batch, "**one step** (x count)", "", "", f"{total_b * 1e6:,.0f}", "",
+                     f"{total_o * 1e6:,.0f}", "", f"{total_b / total_o:.2f}", ""])
+    return common.markdown_table(
+        ["B", "product", "layout", "m x k x n", "BLAS us", "BLAS GFLOP/s", "ours us", "ours GFLOP/s",
+         "speed vs BLAS", "other CPU"], rows, "llllrrrrrr")
+
+
+def report(args, records, batches, dtype, peaks, first_call):
+    """The two tables, the peak and the first calls, on stdout."""
+    for label in ("1 thread", f"{args.threads} threads"):
+        ours = "gemm_serial" if label == "1 thread" else "gemm_parallel"
+        print(f"\n### {label}: np.matmul (BLAS) vs {ours}, {dtype.name}, time in us: median (min-max) of "
+              f"{args.reps}\n")
+        print(product_table(records, batches, label))
+    if peaks:
+        print("\nsgemm peak, np.matmul " + f"{args.peak_size}^3: "
+              + ", ".join(f"{k}: {v['median']:.1f} GFLOP/s" for k, v in peaks.items()))
+    print("first call (compile or cache load): "
+          + ", ".join(f"{k} {v:.2f} s" for k, v in first_call.items())
+          + (" (cold: empty NUMBA_CACHE_DIR)" if args.cold else " (Numba cache as found)"))
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     if args.quick:
         args.batches, args.reps, args.warmup, args.settle, args.peak_size = "128", 5, 1, 0.0, 0
     batches = [int(b) for b in args.batches.split(",") if b.strip()]
-
     thread_env = common.apply_thread_env(args.threads)
     if args.cold:
         os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="scratchvae-gemm-cold-")
@@ -207,96 +298,13 @@ def main(argv=None) -> int:
     dtype = np.dtype(args.dtype)
     control = blas_thread_control()
     set_blas = control[0] if control else (lambda n: None)
-    rng = np.random.default_rng(0)
-
-    # first calls: compile (or load from the cache) each variant
-    a = rng.standard_normal((64, 64)).astype(dtype)
-    first_call = {}
-    for name, fn in (("serial", G.gemm_serial), ("parallel", lambda x, y: G.gemm_parallel(x, y, threads=2))):
-        t0 = time.perf_counter()
-        fn(a, a)
-        first_call[name] = time.perf_counter() - t0
-
-    monitor = common.CpuMonitor()
-    records = []
-    for batch in batches:
-        for name, layout, m, k, n, count in model_products(batch):
-            trans_a, trans_b = layout[0] == "T", layout[1] == "T"
-            x = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
-            w = rng.standard_normal((n, k) if trans_b else (k, n)).astype(dtype)
-            xa = x.T if trans_a else x
-            wb = w.T if trans_b else w
-            out_blas = np.empty((m, n), dtype)
-            out_ours = np.empty((m, n), dtype)
-            flop = 2.0 * m * n * k
-
-            blas = functools.partial(np.matmul, xa, wb, out=out_blas)
-            serial = functools.partial(G.gemm_serial, x, w, out_ours, trans_a, trans_b)
-            parallel = functools.partial(G.gemm_parallel, x, w, out_ours, trans_a, trans_b, threads=args.threads)
-
-            rec = {"batch": batch, "product": name, "layout": layout, "m": m, "k": k, "n": n,
-                   "count_per_step": count, "flop": flop,
-                   "gemm_uses": "parallel" if flop >= G.PARALLEL_MIN_FLOP and args.threads > 1 else "serial"}
-            for label, threads, fns, block, settle in (
-                    ("1 thread", 1, (blas, serial), 1, 0.0),
-                    (f"{args.threads} threads", args.threads, (blas, parallel), args.block, args.settle)):
-                set_blas(threads)
-                monitor.start()
-                cpu0 = time.process_time()
-                t_blas, t_ours = alternate(fns, args.reps, args.warmup, block, settle, args.block_warmup)
-                foreign = monitor.stop(time.process_time() - cpu0)
-                err = float(np.max(np.abs(out_ours - out_blas)) / max(float(np.max(np.abs(out_blas))), 1e-30))
-                sb, so = common.summarize(t_blas), common.summarize(t_ours)
-                rec[label] = {"blas_s": sb, "ours_s": so,
-                              "blas_gflops": flop / sb["median"] / 1e9, "ours_gflops": flop / so["median"] / 1e9,
-                              "speed_ratio": sb["median"] / so["median"], "max_rel_diff": err,
-                              "other_processes_cpu": foreign}
-            records.append(rec)
-            print(f"  B={batch:<5} {layout} {m}x{k}x{n:<5} "
-                  + "  ".join(f"{lbl}: {rec[lbl]['speed_ratio']:.2f}x" for lbl in ("1 thread", f"{args.threads} threads")),
-                  file=sys.stderr, flush=True)
+    rng, monitor = np.random.default_rng(0), common.CpuMonitor()
+    first_call = first_calls(G, dtype, rng)
+    records = [measure_product(args, G, batch, product, dtype, rng, set_blas, monitor)
+               for batch in batches for product in model_products(batch)]
+    peaks = sgemm_peaks(args, set_blas)
     set_blas(args.threads)
-
-    peaks = {}
-    if args.peak_size:
-        for threads in sorted({1, args.threads}):
-            set_blas(threads)
-            rates = common.sgemm_peak(args.peak_size, reps=5)
-            if isinstance(rates, dict):          # newer common.py: {"gflops": [...], ...}
-                rates = rates["gflops"]
-            peaks[f"{threads} thread{'s' if threads > 1 else ''}"] = common.summarize(rates)
-        set_blas(args.threads)
-
-    # tables
-    for label in ("1 thread", f"{args.threads} threads"):
-        ours = "gemm_serial" if label == "1 thread" else "gemm_parallel"
-        rows = []
-        for batch in batches:
-            total_b = total_o = 0.0
-            for rec in (r for r in records if r["batch"] == batch):
-                d = rec[label]
-                total_b += rec["count_per_step"] * d["blas_s"]["median"]
-                total_o += rec["count_per_step"] * d["ours_s"]["median"]
-                load = d["other_processes_cpu"]
-                rows.append([batch, rec["product"], rec["layout"], f"{rec['m']}x{rec['k']}x{rec['n']}",
-                             fmt_time(d["blas_s"]), f"{d['blas_gflops']:.1f}",
-                             fmt_time(d["ours_s"]), f"{d['ours_gflops']:.1f}",
-                             f"{d['speed_ratio']:.2f}", "-" if load is None else f"{load:.2f}"])
-            rows.append([batch, "**one step** (x count)", "", "", f"{total_b * 1e6:,.0f}", "",
-                         f"{total_o * 1e6:,.0f}", "", f"{total_b / total_o:.2f}", ""])
-        print(f"\n### {label}: np.matmul (BLAS) vs {ours}, {dtype.name}, time in us: median (min-max) of "
-              f"{args.reps}\n")
-        print(common.markdown_table(
-            ["B", "product", "layout", "m x k x n", "BLAS us", "BLAS GFLOP/s", "ours us", "ours GFLOP/s",
-             "speed vs BLAS", "other CPU"], rows, "llllrrrrrr"))
-    if peaks:
-        print("\nsgemm peak, np.matmul " + f"{args.peak_size}^3: "
-              + ", ".join(f"{k}: {v['median']:.1f} GFLOP/s" for k, v in peaks.items()))
-    print("first call (compile or cache load): "
-          + ", ".join(f"{k} {v:.2f} s" for k, v in first_call.items())
-          + (" (cold: empty NUMBA_CACHE_DIR)" if args.cold else " (Numba cache as found)"))
-
-    layer = numba.threading_layer()
+    report(args, records, batches, dtype, peaks, first_call)
     json_path = common.output_path(args, "gemm")
     common.write_json(json_path, {
         "benchmark": "gemm", "when": common.now_iso(), "argv": sys.argv[1:], "args": vars(args),
@@ -307,10 +315,10 @@ def main(argv=None) -> int:
         "threads": {"requested": args.threads, "env_set": thread_env,
                     "env": {k: os.environ.get(k) for k in common.THREAD_ENV_VARS},
                     "numba_threading_layer_config": numba.config.THREADING_LAYER,
-                    "numba_threading_layer": layer, "numba_num_threads": numba.get_num_threads()},
+                    "numba_threading_layer": numba.threading_layer(), "numba_num_threads": numba.get_num_threads()},
         "gemm_numba": {"tiling": G.tiling(dtype), "parallel_min_flop": G.PARALLEL_MIN_FLOP,
-                     "pack_a_min_n": G.PACK_A_MIN_N, "pack_b_min_m": G.PACK_B_MIN_M,
-                     "first_call_s": first_call, "cold_compile": args.cold},
+                       "pack_a_min_n": G.PACK_A_MIN_N, "pack_b_min_m": G.PACK_B_MIN_M,
+                       "first_call_s": first_call, "cold_compile": args.cold},
         "sgemm_peak_gflops": peaks, "results": records,
     })
     print(f"\nJSON: {json_path}")
