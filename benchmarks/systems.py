@@ -151,6 +151,7 @@ class ScratchVAE(System):
         if ROOT not in sys.path:
             sys.path.insert(0, ROOT)          # run from a checkout without installing
         import numpy as np
+
         import scratchvae as sv
         self.np, self.sv, self.backend, self.gemm = np, sv, backend, gemm
         self.name = name or f"scratchvae-{backend}"
@@ -636,8 +637,9 @@ class Worker:
 def main(argv=None):
     ap = argparse.ArgumentParser(description="Worker process of benchmarks/train_throughput.py "
                                  "(not meant to be run by hand).")
-    ap.add_argument("--serve", required=True, choices=SYSTEMS)
-    ap.add_argument("--threads", type=int, required=True)
+    ap.add_argument("--serve", required=True, choices=SYSTEMS, help="the system this worker runs")
+    ap.add_argument("--threads", type=int, required=True,
+                    help="torch.set_num_threads; the parent sets the thread variables")
     ap.add_argument("--options", default="{}", help="JSON dict of system options")
     ap.add_argument("--cpus", default=None, help="comma-separated CPUs to run on")
     args = ap.parse_args(argv)

@@ -4,7 +4,8 @@
 Measures examples per second of full training steps (forward, backward,
 Adam) of the 784-400-20 VAE in float32, for each system of
 ``benchmarks/systems.py`` and each batch size, and compares them with each
-other and with what the machine's sgemm speed allows.
+other and with what the machine's sgemm speed allows. A system whose
+package is not installed is skipped with a note.
 
     python benchmarks/train_throughput.py                  # the full run (~2 min on a quiet machine)
     python benchmarks/train_throughput.py --quick          # smoke run, seconds
@@ -30,7 +31,6 @@ example). ``% GEMM limit`` is the fraction of that bound a system reaches.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -42,6 +42,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import common  # noqa: E402  (light: imports nothing heavy)
 import systems as S  # noqa: E402  (idem: frameworks are imported in the workers)
+
+
+def log(msg):
+    """Progress goes to stderr; stdout carries only the report."""
+    print(msg, file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------
@@ -83,80 +88,89 @@ def step_flops():
 # options
 # --------------------------------------------------------------------------
 
-def parse_args(argv=None):
-    ap = argparse.ArgumentParser(
-        prog="train_throughput.py",
-        description="Training throughput (examples/s of forward + backward + Adam steps) of the "
-                    "784-400-20 VAE in scratchvae, PyTorch and JAX, with ratios between systems and "
-                    "the fraction of the machine's sgemm-bound limit. Systems whose package is not "
-                    "installed are skipped with a note.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def build_parser():
+    ap = common.parser(
+        __doc__, "train_throughput",
+        threads="threads for every system: sets OMP/OPENBLAS/MKL/NUMBA_NUM_THREADS and friends, "
+                "torch.set_num_threads; JAX gets it through CPU affinity when below the CPU count",
+        quick="smoke run: 1 round of 3 steps, batch 128 only, short warm-up, small sgemm; "
+              "checks that everything runs, the numbers mean little")
     ap.add_argument("--systems", default=",".join(S.SYSTEMS),
-                    help="comma-separated systems to run, from: " + ", ".join(S.SYSTEMS))
-    ap.add_argument("--batch-sizes", default="128,1024", help="comma-separated batch sizes")
-    ap.add_argument("--threads", type=int, default=2,
-                    help="threads for every system: sets OMP/OPENBLAS/MKL/NUMBA_NUM_THREADS and friends, "
-                         "torch.set_num_threads; JAX gets it through CPU affinity when below the CPU count")
-    ap.add_argument("--rounds", type=int, default=7,
-                    help="timed rounds; each round runs one block of steps per system, in rotated order")
-    ap.add_argument("--steps", type=int, default=None,
-                    help="fixed steps per block for every system; without it each system's steps are "
-                         "calibrated from its warm-up, then from each block, so that a block lasts about "
-                         "--block-time")
-    ap.add_argument("--block-time", type=float, default=0.6,
-                    help="target seconds of one timed block when --steps is not given")
-    ap.add_argument("--warmup-time", type=float, default=1.0,
-                    help="seconds of warm-up steps after the first step (which includes compilation)")
-    ap.add_argument("--warmup-steps", type=int, default=5, help="minimum number of warm-up steps after the first")
-    ap.add_argument("--pause", type=float, default=0.2,
-                    help="seconds of idle time before each timed block, so the previous system's "
-                         "spinning BLAS/OpenMP threads have gone to sleep")
-    ap.add_argument("--busy-threshold", type=float, default=0.25,
-                    help="a timed block during which other processes used more than this many CPUs "
-                         "(from /proc/stat, Linux only) is repeated, up to --busy-retries times; the "
-                         "discarded blocks stay in the JSON record")
-    ap.add_argument("--busy-budget", type=float, default=90.0,
-                    help="total seconds the whole run may spend waiting for quiet and repeating disturbed "
-                         "blocks; once spent, blocks are kept as measured")
-    ap.add_argument("--wait-quiet", type=float, default=3.0,
-                    help="before each block, wait up to this many seconds (in --pause slices) for a "
-                         "slice in which other processes use at most --busy-threshold CPUs")
-    ap.add_argument("--busy-retries", type=int, default=2,
-                    help="repetitions of a disturbed block (0: keep every block as measured)")
-    ap.add_argument("--pool-examples", type=int, default=16384,
-                    help="examples in the pre-generated data pool each step takes its batch from "
-                         "(at least one batch)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the data pool, the weights and the noise")
-    ap.add_argument("--sgemm-n", type=int, default=2048, help="matrix size of the sgemm peak measurement")
-    ap.add_argument("--sgemm-reps", type=int, default=7,
-                    help="timed products for the sgemm peak, taken before and again after the systems")
-    common.add_output_options(ap, "train_throughput")
-    ap.add_argument("--timeout", type=float, default=900.0,
-                    help="seconds to wait for a worker's answer (compilation included) before giving it up")
-    ap.add_argument("--torch-adam", choices=("fused", "foreach", "forloop"), default=S.TORCH_DEFAULTS["adam"],
-                    help="torch.optim.Adam implementation for both PyTorch systems")
-    ap.add_argument("--torch-compile-mode", default=S.TORCH_DEFAULTS["compile_mode"],
-                    choices=("default", "max-autotune-no-cudagraphs", "max-autotune"),
-                    help="torch.compile mode of torch-compile")
-    ap.add_argument("--torch-compile-optimizer", action="store_true",
-                    help="torch-compile also wraps optimizer.step in torch.compile")
-    ap.add_argument("--quick", action="store_true",
-                    help="smoke run: 1 round of 3 steps, batch 128 only, short warm-up, small sgemm; "
-                         "checks that everything runs, the numbers mean little")
+                    help="comma-separated systems to run, from: " + ", ".join(S.SYSTEMS) + " [all]")
+    ap.add_argument("--batch-sizes", type=common.integers(1), default="128,1024",
+                    help="comma-separated batch sizes [128,1024]")
     ap.add_argument("--check", action="store_true",
                     help="instead of timing, check that every system computes the same first step as "
                          "scratchvae-numpy from the same weights and noise: prints the largest absolute "
                          "differences of loss, gradients and updated parameters; exit code 1 if any "
                          "exceeds float32 tolerance")
+    _timing_options(ap.add_argument_group("timing"))
+    _guard_options(ap.add_argument_group("quiet-machine guard"))
+    _torch_options(ap.add_argument_group("PyTorch"))
+    return ap
+
+
+def _timing_options(group):
+    group.add_argument("--rounds", type=int, default=7,
+                       help="timed rounds; each round runs one block of steps per system, in rotated order [7]")
+    group.add_argument("--steps", type=int, default=None,
+                       help="fixed steps per block for every system; without it each system's steps are "
+                            "calibrated from its warm-up, then from each block, so that a block lasts about "
+                            "--block-time")
+    group.add_argument("--block-time", type=float, default=0.6,
+                       help="target seconds of one timed block when --steps is not given [0.6]")
+    group.add_argument("--warmup-time", type=float, default=1.0,
+                       help="seconds of warm-up steps after the first step (which includes compilation) [1.0]")
+    group.add_argument("--warmup-steps", type=int, default=5,
+                       help="minimum number of warm-up steps after the first [5]")
+    group.add_argument("--pool-examples", type=int, default=16384,
+                       help="examples in the pre-generated data pool each step takes its batch from "
+                            "(at least one batch) [16384]")
+    group.add_argument("--seed", type=int, default=0, help="seed of the data pool, the weights and the noise [0]")
+    group.add_argument("--sgemm-n", type=int, default=2048, help="matrix size of the sgemm peak measurement [2048]")
+    group.add_argument("--sgemm-reps", type=int, default=7,
+                       help="timed products for the sgemm peak, taken before and again after the systems [7]")
+    group.add_argument("--timeout", type=float, default=900.0,
+                       help="seconds to wait for a worker's answer (compilation included) before giving it up "
+                            "[900]")
+
+
+def _guard_options(group):
+    group.add_argument("--pause", type=float, default=0.2,
+                       help="seconds of idle time before each timed block, so the previous system's "
+                            "spinning BLAS/OpenMP threads have gone to sleep [0.2]")
+    group.add_argument("--busy-threshold", type=float, default=0.25,
+                       help="a timed block during which other processes used more than this many CPUs "
+                            "(from /proc/stat, Linux only) is repeated, up to --busy-retries times; the "
+                            "discarded blocks stay in the JSON record [0.25]")
+    group.add_argument("--busy-budget", type=float, default=90.0,
+                       help="total seconds the whole run may spend waiting for quiet and repeating disturbed "
+                            "blocks; once spent, blocks are kept as measured [90]")
+    group.add_argument("--wait-quiet", type=float, default=3.0,
+                       help="before each block, wait up to this many seconds (in --pause slices) for a "
+                            "slice in which other processes use at most --busy-threshold CPUs [3.0]")
+    group.add_argument("--busy-retries", type=int, default=2,
+                       help="repetitions of a disturbed block (0: keep every block as measured) [2]")
+
+
+def _torch_options(group):
+    group.add_argument("--torch-adam", choices=("fused", "foreach", "forloop"), default=S.TORCH_DEFAULTS["adam"],
+                       help=f"torch.optim.Adam implementation for both PyTorch systems [{S.TORCH_DEFAULTS['adam']}]")
+    group.add_argument("--torch-compile-mode", default=S.TORCH_DEFAULTS["compile_mode"],
+                       choices=("default", "max-autotune-no-cudagraphs", "max-autotune"),
+                       help=f"torch.compile mode of torch-compile [{S.TORCH_DEFAULTS['compile_mode']}]")
+    group.add_argument("--torch-compile-optimizer", action="store_true",
+                       help="torch-compile also wraps optimizer.step in torch.compile")
+
+
+def parse_args(argv=None):
+    """The options, checked, with --quick's settings applied."""
+    ap = build_parser()
     args = ap.parse_args(argv)
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     for s in args.systems:
         if s not in S.SYSTEMS:
             ap.error(f"unknown system {s!r}; choose from {', '.join(S.SYSTEMS)}")
-    try:
-        args.batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
-    except ValueError:
-        ap.error(f"--batch-sizes must be comma-separated integers, got {args.batch_sizes!r}")
     if args.quick:
         args.batch_sizes, args.rounds, args.steps = [128], 1, args.steps or 3
         args.warmup_time, args.warmup_steps, args.pause, args.busy_retries = 0.0, 1, 0.0, 0
@@ -169,12 +183,9 @@ def parse_args(argv=None):
                  "block_time"):
         if getattr(args, name) < 0:
             ap.error(f"--{name.replace('_', '-')} must not be negative")
-    if not args.batch_sizes or min(args.batch_sizes) < 1:
-        ap.error("--batch-sizes must be positive integers")
     if args.steps is not None and args.steps < 1:
         ap.error("--steps must be at least 1")
-    if args.pool_examples < max(args.batch_sizes):
-        args.pool_examples = max(args.batch_sizes)
+    args.pool_examples = max(args.pool_examples, max(args.batch_sizes))
     return args
 
 
@@ -205,74 +216,79 @@ def worker_cpus(args):
 # the timed run
 # --------------------------------------------------------------------------
 
-def run_batch_size(args, batch, env, cpus, monitor, log, busy_spent):
-    """Start one worker per system, warm them up, run the alternating rounds.
+class Measurement:
+    """What every timed block shares: the options, the workers' environment and CPUs,
+    the CPU monitor, and the seconds spent so far waiting for a quiet machine and
+    repeating disturbed blocks (``busy_spent``, over all batch sizes)."""
 
-    ``busy_spent`` is a one-element list: the seconds spent so far waiting
-    for a quiet machine and repeating disturbed blocks (all batch sizes).
-    Returns one record per requested system.
-    """
-    records, workers = {}, {}
-    try:
-        for name in args.systems:
-            rec = records[name] = {"system": name, "batch_size": batch, "status": "ok"}
-            log(f"  {name}: starting")
-            w = workers[name] = S.Worker(name, args.threads, env, torch_options(args), cpus)
-            try:
-                rep = w.call("setup", timeout=args.timeout, batch_size=batch, seed=args.seed,
-                             pool_examples=args.pool_examples)
-                if rep["status"] == "ok":
-                    rec["setup_s"], rec["pool_batches"] = rep["setup_s"], rep["pool_batches"]
-                    rep = w.call("warmup", timeout=args.timeout, min_time=args.warmup_time,
-                                 min_steps=args.warmup_steps)
-                if rep["status"] == "ok":
-                    rec["first_step_s"] = rep["first_step_s"]
-                    rec["warmup"] = {k: rep[k] for k in ("steps", "time_s", "step_s", "median_step_s")}
-                    rec["steps_per_round"] = args.steps or max(1, round(args.block_time / rep["step_s"]))
-                    rep = w.call("describe", timeout=args.timeout)
-                if rep["status"] == "ok":
-                    rec["info"] = rep["info"]
-            except S.WorkerError as e:
-                rep = {"status": "error", "error": str(e)}
-            if rep["status"] != "ok":
-                _fail(rec, rep, log)
-                workers.pop(name).kill()
-            else:
-                log(f"  {name}: first step {rec['first_step_s']:.2f} s, then {rec['warmup']['step_s'] * 1e3:.2f} ms"
-                    f"/step; {rec['steps_per_round']} steps per block")
+    def __init__(self, args, env, cpus):
+        self.args, self.env, self.cpus = args, env, cpus
+        self.monitor = common.CpuMonitor(cpus)
+        self.busy_spent = 0.0
 
+    def sgemm(self):
+        args = self.args
+        return common.sgemm_peak(args.sgemm_n, args.sgemm_reps, monitor=self.monitor,
+                                 busy_threshold=args.busy_threshold, retries=args.busy_retries)
+
+    def batch_size(self, batch):
+        """Start one worker per system, warm them up, run the alternating rounds.
+        Returns one record per requested system."""
+        records, workers = {}, {}
+        try:
+            for name in self.args.systems:
+                records[name] = self.start(name, batch, workers)
+            self.rounds(records, workers)
+        finally:
+            for w in workers.values():
+                w.close()
+        for rec in records.values():
+            if rec["status"] == "ok":
+                _summarize_rounds(rec)
+        return [records[n] for n in self.args.systems]
+
+    def start(self, name, batch, workers):
+        """Start system ``name``'s worker into ``workers``, set it up and warm it up.
+        Returns its record; a system that cannot run is marked so and its worker is gone."""
+        args = self.args
+        rec = {"system": name, "batch_size": batch, "status": "ok"}
+        log(f"  {name}: starting")
+        w = workers[name] = S.Worker(name, args.threads, self.env, torch_options(args), self.cpus)
+        try:
+            rep = w.call("setup", timeout=args.timeout, batch_size=batch, seed=args.seed,
+                         pool_examples=args.pool_examples)
+            if rep["status"] == "ok":
+                rec["setup_s"], rec["pool_batches"] = rep["setup_s"], rep["pool_batches"]
+                rep = w.call("warmup", timeout=args.timeout, min_time=args.warmup_time, min_steps=args.warmup_steps)
+            if rep["status"] == "ok":
+                rec["first_step_s"] = rep["first_step_s"]
+                rec["warmup"] = {k: rep[k] for k in ("steps", "time_s", "step_s", "median_step_s")}
+                rec["steps_per_round"] = args.steps or max(1, round(args.block_time / rep["step_s"]))
+                rep = w.call("describe", timeout=args.timeout)
+            if rep["status"] == "ok":
+                rec["info"] = rep["info"]
+        except S.WorkerError as e:
+            rep = {"status": "error", "error": str(e)}
+        if rep["status"] != "ok":
+            _fail(rec, rep)
+            workers.pop(name).kill()
+        else:
+            log(f"  {name}: first step {rec['first_step_s']:.2f} s, then {rec['warmup']['step_s'] * 1e3:.2f} ms"
+                f"/step; {rec['steps_per_round']} steps per block")
+        return rec
+
+    def rounds(self, records, workers):
+        """--rounds rounds of one block per running system, the order rotating each round."""
+        args = self.args
         active = [n for n in args.systems if records[n]["status"] == "ok"]
         for r in range(args.rounds):
             for pos, name in enumerate(common.rotated(active, r)):
                 rec = records[name]
                 if rec["status"] != "ok":
                     continue
-                for attempt in range(args.busy_retries + 1):
-                    waited = 0.0
-                    if args.pause:
-                        budget = max(0.0, args.busy_budget - busy_spent[0])
-                        waited, _ = common.wait_quiet(monitor, args.busy_threshold,
-                                                      min(args.wait_quiet, budget), args.pause)
-                        busy_spent[0] += waited - args.pause
-                    monitor.start()
-                    try:
-                        rep = workers[name].call("run", timeout=args.timeout, steps=rec["steps_per_round"])
-                    except S.WorkerError as e:
-                        rep = {"status": "error", "error": str(e)}
-                    if rep["status"] != "ok":
-                        break
-                    other = monitor.stop(rep["cpu_s"])
-                    block = {"round": r, "position": pos, "steps": rec["steps_per_round"], "wall_s": rep["wall_s"],
-                             "cpu_s": rep["cpu_s"], "other_cpu": other, "waited_s": waited,
-                             "examples_per_s": rec["steps_per_round"] * batch / rep["wall_s"]}
-                    if (other is None or other <= args.busy_threshold or attempt == args.busy_retries
-                            or busy_spent[0] >= args.busy_budget):
-                        break
-                    busy_spent[0] += rep["wall_s"]
-                    rec.setdefault("discarded_busy", []).append(block)
-                    log(f"  {name}: other processes used {other:.2f} CPUs during the block; repeating it")
+                rep, block = self.block(workers[name], rec, r, pos)
                 if rep["status"] != "ok":
-                    _fail(rec, rep, log)
+                    _fail(rec, rep)
                     continue
                 rec.setdefault("rounds", []).append(block)
                 if args.steps is None:
@@ -281,21 +297,48 @@ def run_batch_size(args, batch, env, cpus, monitor, log, busy_spent):
             done = ", ".join(f"{n} {records[n]['rounds'][-1]['examples_per_s']:,.0f}"
                              for n in active if records[n]["status"] == "ok" and records[n].get("rounds"))
             log(f"  round {r + 1}/{args.rounds}: {done}")
-    finally:
-        for w in workers.values():
-            w.close()
-    for rec in records.values():
-        if rec["status"] == "ok":
-            rounds = rec["rounds"]
-            rec["examples_per_s"] = common.summarize([x["examples_per_s"] for x in rounds])
-            rec["steps_per_block"] = common.summarize([x["steps"] for x in rounds])
-            del rec["steps_per_round"]
-            others = [x["other_cpu"] for x in rounds if x["other_cpu"] is not None]
-            rec["other_cpu"] = common.summarize(others) if others else None
-    return [records[n] for n in args.systems]
+
+    def block(self, worker, rec, r, pos):
+        """One timed block of ``rec``'s steps, after waiting for quiet; repeated (up to
+        --busy-retries times, within --busy-budget) while other processes were busy.
+        Returns the worker's reply and the block kept."""
+        args, monitor = self.args, self.monitor
+        for attempt in range(args.busy_retries + 1):
+            waited = 0.0
+            if args.pause:
+                budget = max(0.0, args.busy_budget - self.busy_spent)
+                waited, _ = common.wait_quiet(monitor, args.busy_threshold, min(args.wait_quiet, budget), args.pause)
+                self.busy_spent += waited - args.pause
+            monitor.start()
+            try:
+                rep = worker.call("run", timeout=args.timeout, steps=rec["steps_per_round"])
+            except S.WorkerError as e:
+                rep = {"status": "error", "error": str(e)}
+            if rep["status"] != "ok":
+                return rep, None
+            other = monitor.stop(rep["cpu_s"])
+            block = {"round": r, "position": pos, "steps": rec["steps_per_round"], "wall_s": rep["wall_s"],
+                     "cpu_s": rep["cpu_s"], "other_cpu": other, "waited_s": waited,
+                     "examples_per_s": rec["steps_per_round"] * rec["batch_size"] / rep["wall_s"]}
+            if (other is None or other <= args.busy_threshold or attempt == args.busy_retries
+                    or self.busy_spent >= args.busy_budget):
+                return rep, block
+            self.busy_spent += rep["wall_s"]
+            rec.setdefault("discarded_busy", []).append(block)
+            log(f"  {rec['system']}: other processes used {other:.2f} CPUs during the block; repeating it")
 
 
-def _fail(rec, rep, log):
+def _summarize_rounds(rec):
+    """A finished system's median and range over its rounds, in place of its per-round step count."""
+    rounds = rec["rounds"]
+    rec["examples_per_s"] = common.summarize([x["examples_per_s"] for x in rounds])
+    rec["steps_per_block"] = common.summarize([x["steps"] for x in rounds])
+    del rec["steps_per_round"]
+    others = [x["other_cpu"] for x in rounds if x["other_cpu"] is not None]
+    rec["other_cpu"] = common.summarize(others) if others else None
+
+
+def _fail(rec, rep):
     if rep["status"] == "unavailable":
         rec["status"], rec["note"] = "skipped", rep["reason"]
         log(f"  {rec['system']}: skipped: {rep['reason']}")
@@ -350,7 +393,7 @@ def results_table(records, batch):
 CHECK_TOL = {"loss_rel": 1e-5, "grad_rel": 1e-4, "param_abs": 1e-5}
 
 
-def check(args, log):
+def check(args):
     """One step of every system from scratchvae-numpy's initial weights and one fixed eps.
 
     The first Adam step moves each weight by lr * g / (|g| + 1e-8), nearly
@@ -425,30 +468,9 @@ def compare_step(ref, out):
             "loss_after_rel": after_abs / abs(ref["loss_after"])}
 
 
-# --------------------------------------------------------------------------
-
-def log(msg):
-    """Progress goes to stderr; stdout carries only the report."""
-    print(msg, file=sys.stderr, flush=True)
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    env_set = common.apply_thread_env(args.threads)
-    os.environ.setdefault("XLA_FLAGS", S.XLA_FLAGS_DEFAULT)
-
-    if args.check:
-        ok, _ = check(args, log)
-        return 0 if ok else 1
-
-    t_start = time.perf_counter()
-    import numpy as np  # noqa: F401  (after the thread settings: OpenBLAS reads them on load)
-    env = worker_env(args)
-    cpus = worker_cpus(args)
-    if cpus:
-        os.sched_setaffinity(0, cpus)    # the sgemm peak runs on the same CPUs as the workers
-    flops = step_flops()
-    record = {
+def record_header(args, env, env_set, cpus, flops):
+    """What the run is: options, machine, versions, threads, BLAS and the model's FLOP count."""
+    return {
         "benchmark": "train_throughput",
         "schema": 1,
         "created": common.now_iso(),
@@ -473,25 +495,12 @@ def main(argv=None):
                           "the next batch",
                   "flop_per_example": flops},
     }
-    log(f"threads {args.threads}; FLOP per example of one step's GEMMs: forward {flops['forward'] / 1e6:.3f} M, "
-        f"backward {flops['backward'] / 1e6:.3f} M, total {flops['total'] / 1e6:.3f} M")
-    log(f"sgemm peak: np.matmul {args.sgemm_n}x{args.sgemm_n} float32 ...")
-    monitor = common.CpuMonitor(cpus)
 
-    def sgemm():
-        return common.sgemm_peak(args.sgemm_n, args.sgemm_reps, monitor=monitor,
-                                 busy_threshold=args.busy_threshold, retries=args.busy_retries)
 
-    peak_before = sgemm()
-
-    results, busy_spent = [], [0.0]
-    for batch in args.batch_sizes:
-        log(f"batch size {batch}:")
-        results += run_batch_size(args, batch, env, cpus, monitor, log, busy_spent)
-
-    peak_after = sgemm()
+def add_results(record, args, results, peak_before, peak_after, busy_spent):
+    """The sgemm peak and GEMM limit, each system's status and description, and the results."""
     peak = common.summarize(peak_before["gflops"] + peak_after["gflops"])
-    limit = peak["median"] * 1e9 / flops["total"]
+    limit = peak["median"] * 1e9 / record["model"]["flop_per_example"]["total"]
     add_comparisons(results, limit)
     try:
         load_end = list(os.getloadavg())
@@ -511,10 +520,13 @@ def main(argv=None):
                                           "kernels_describe": r["info"].get("kernels_describe")}
                             for r in results if r["system"].startswith("scratchvae") and r.get("info")}
     record["results"] = results
-    record["busy_seconds_spent"] = busy_spent[0]
-    record["elapsed_s"] = time.perf_counter() - t_start
+    record["busy_seconds_spent"] = busy_spent
 
-    # ---- the report
+
+def report(args, record):
+    """The machine, the sgemm peak, one table per batch size, skip notes and a warning on a busy machine."""
+    results, flops, sgemm = record["results"], record["model"]["flop_per_example"], record["sgemm"]
+    peak, limit = sgemm["gflops"], sgemm["gemm_limit_examples_per_s"]
     print(f"\n## Training throughput: 784-400-20 VAE, float32, Adam, {args.threads} threads\n")
     m = record["machine"]
     vers = ", ".join(f"{k} {v}" for k, v in record["versions"].items() if v)
@@ -534,12 +546,40 @@ def main(argv=None):
     if busy and max(busy) > 0.2:
         print(f"WARNING: other processes used up to {max(busy):.2f} CPUs (median over rounds) during the timed "
               f"blocks; the numbers are disturbed. Rerun on a quiet machine.\n")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    env_set = common.apply_thread_env(args.threads)
+    os.environ.setdefault("XLA_FLAGS", S.XLA_FLAGS_DEFAULT)
+    if args.check:
+        ok, _ = check(args)
+        return 0 if ok else 1
+
+    t_start = time.perf_counter()
+    import numpy as np  # noqa: F401  (after the thread settings: OpenBLAS reads them on load)
+    env, cpus = worker_env(args), worker_cpus(args)
+    if cpus:
+        os.sched_setaffinity(0, cpus)    # the sgemm peak runs on the same CPUs as the workers
+    flops = step_flops()
+    record = record_header(args, env, env_set, cpus, flops)
+    log(f"threads {args.threads}; FLOP per example of one step's GEMMs: forward {flops['forward'] / 1e6:.3f} M, "
+        f"backward {flops['backward'] / 1e6:.3f} M, total {flops['total'] / 1e6:.3f} M")
+    log(f"sgemm peak: np.matmul {args.sgemm_n}x{args.sgemm_n} float32 ...")
+    measurement = Measurement(args, env, cpus)
+    peak_before = measurement.sgemm()
+    results = []
+    for batch in args.batch_sizes:
+        log(f"batch size {batch}:")
+        results += measurement.batch_size(batch)
+    add_results(record, args, results, peak_before, measurement.sgemm(), measurement.busy_spent)
+    record["elapsed_s"] = time.perf_counter() - t_start
+    report(args, record)
     json_path = common.output_path(args, "train_throughput")
     common.write_json(json_path, record)
     print(f"JSON record: {os.path.relpath(json_path)}")
     log(f"done in {record['elapsed_s']:.0f} s")
-    failed = [r for r in results if r["status"] == "error"]
-    return 1 if failed else 0
+    return 1 if any(r["status"] == "error" for r in results) else 0
 
 
 if __name__ == "__main__":
