@@ -30,6 +30,57 @@ from typing import List, Tuple
 import numpy as np
 
 
+#: why a flow's q cannot be evaluated at a z it did not draw (the rules that follow from it name it)
+NO_DENSITY_AT_Z = "a planar flow's density at a given z needs its inverse, which has no closed form"
+
+
+class Identity:
+    """No flow: ``z_L = z_0``, log det 0, no parameters."""
+
+    spec, layers = "none", 0
+    density_at_z = True         # log q(z|x) can be evaluated at any z
+
+    def width(self, latent_dim: int) -> int:
+        """Numbers the encoder outputs per example for the flow: none."""
+        return 0
+
+    def forward(self, z0, lam):
+        """``(z_L, sum log det, cache)`` = ``(z0, 0, None)``."""
+        return z0, 0.0, None
+
+    def backward(self, cache, d_zL, d_log_det, d_lam=None):
+        """``(d_z0, d_lam)`` = ``(d_zL, None)``."""
+        return d_zL, None
+
+
+class Planar:
+    """L planar layers with amortised parameters (:func:`flow_forward`, :func:`flow_backward`)."""
+
+    density_at_z = False        # see NO_DENSITY_AT_Z
+
+    def __init__(self, layers: int):
+        self.layers = layers
+        self.spec = f"planar:{layers}"
+
+    def width(self, latent_dim: int) -> int:
+        """Numbers the encoder outputs per example for the flow: L (2k + 1)."""
+        return self.layers * params_per_layer(latent_dim)
+
+    def forward(self, z0, lam):
+        """``(z_L (s n, k), sum_l log det_l (s n,), cache)``."""
+        return flow_forward(z0, lam, self.layers)
+
+    def backward(self, cache, d_zL, d_log_det, d_lam=None):
+        """``(d_z0 (s n, k), d_lam (n, L (2k + 1)))``."""
+        return flow_backward(cache, d_zL, d_log_det, d_lam)
+
+
+def make_flow(spec):
+    """The flow a spec names: ``"none"`` (or None) -> :class:`Identity`, ``"planar:L"`` -> :class:`Planar`."""
+    layers = parse_flow(spec)
+    return Planar(layers) if layers else Identity()
+
+
 def parse_flow(spec) -> int:
     """The number of planar layers in a flow spec: ``"none"`` (or None) -> 0, ``"planar:L"`` -> L >= 1."""
     if spec is None or spec == "none":

@@ -53,8 +53,8 @@ def step_bytes(model, n: int, samples: int = 1) -> int:
         per_row += d + model.context_dim
     per_example = 2 * (sum(layer.fan_out for layer in model.encoder.layers) + 2 * k) + 2
     rows_enc = n + model.pseudo_inputs
-    extra = 2 * rows_enc * d if model.prior == "vamp" else 0
-    extra += 2 * n * model.flow_layers * (2 * k + 1)
+    extra = 2 * rows_enc * d if model.pseudo_inputs else 0
+    extra += 2 * n * model.q_flow.width(k)
     return (n * samples * per_row + rows_enc * per_example + extra) * model.dtype.itemsize
 
 

@@ -25,10 +25,12 @@ Beyond the standard normal (each optional, each with its gradient by hand):
 * ``path_scale`` in :meth:`backward` (DReG, Tucker et al. 2019): the encoder's
   gradient through z alone, without the score term of log q.
 
+The prior and the flow are objects (``model.p_z``, ``model.q_flow``; see
+``priors`` and ``flows``), so the model does not branch on which it holds.
 With either of the first two the KL has no closed form: ``kl_sample`` is then
 ``log q(z_L|x) - log p(z_L)`` and ``kl`` is its mean over the samples (an
 estimate, the same one the ELBO is trained on), and a weight on ``kl`` is a
-weight on those samples (see :meth:`_sampled_kl`).
+weight on those samples (``latent.one_sample_kl``).
 
 A conditional VAE (``context_dim > 0``) takes a context vector c with every
 example (a one-hot label, an observed part of the image, any vector): the
@@ -55,13 +57,13 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from ..kernels import HALF_LOG_2PI, Scratch
+from .. import flat
+from ..kernels import Scratch
 from ..kernels import ops as K
-from . import flat, flows, latent, layers, memory
+from . import latent, layers, memory
+from .flows import NO_DENSITY_AT_Z, make_flow
 from .likelihoods import make_likelihood
-
-#: the priors p(z): N(0, I) and the VampPrior
-PRIORS = ("standard", "vamp")
+from .priors import make_prior
 
 
 @dataclass
@@ -125,13 +127,11 @@ class VAE:
         if not (isinstance(context_dim, (int, np.integer)) and context_dim >= 0):
             raise ValueError(f"context_dim must be an integer >= 0, got {context_dim!r}")
         self.context_dim = int(context_dim)
-        self.prior, self.pseudo_inputs = _check_prior(prior, pseudo_inputs, self.context_dim)
-        self.flow, self.flow_layers = ("none" if flow is None else flow), flows.parse_flow(flow)
-        if self.flow_layers and self.prior == "vamp":
-            raise ValueError("a VampPrior cannot go with a flow: its components are the encoder's posteriors, "
-                             "and a planar flow's density at a given z needs its inverse, which has no closed form")
-        #: KL(q || p) in closed form: the standard normal prior and a Gaussian q (no flow)
-        self.analytic_kl = self.prior == "standard" and not self.flow_layers
+        #: the prior p(z) and the flow on q (see ``priors`` and ``flows``)
+        self.p_z, self.q_flow = make_prior(prior, pseudo_inputs), make_flow(flow)
+        check_variants(prior, flow, conditional=self.context_dim > 0)
+        #: KL(q || p) in closed form: a prior the latent kernel's KL is against, and a Gaussian q (no flow)
+        self.analytic_kl = self.p_z.closed_form_kl and not self.q_flow.layers
         self.activation = layers.check_activation(activation)
         self.likelihood = make_likelihood(likelihood, sigma)
         # the decoder's sizes include every size the model has: MLP validates them
@@ -141,9 +141,9 @@ class VAE:
         self.input_dim, self.hidden, self.latent_dim = int(input_dim), [int(h) for h in hidden], int(latent_dim)
         h_dim = self.hidden[-1] if hidden else self.input_dim + self.context_dim
         self.init, self.sigma = init, float(sigma)
+        flow_width = self.q_flow.width(self.latent_dim)
         layer_shapes = [(layer.fan_in, layer.fan_out) for layer in self.encoder.layers + self.decoder.layers]
-        layer_shapes += [(h_dim, self.latent_dim)] * 2 + (
-            [(h_dim, self.flow_layers * flows.params_per_layer(self.latent_dim))] if self.flow_layers else [])
+        layer_shapes += [(h_dim, self.latent_dim)] * 2 + ([(h_dim, flow_width)] if flow_width else [])
         memory.require(memory.init_bytes(layer_shapes, self.input_dim * (1 + self.pseudo_inputs),
                                          self.dtype.itemsize),
                        f"VAE({'-'.join(map(str, [self.input_dim, *self.hidden, self.latent_dim]))}): its "
@@ -161,16 +161,36 @@ class VAE:
             params["dec." + name] = value
         # the variants' parameters from a generator of their own: the rest stay those of a standard VAE
         variant_rng = np.random.default_rng([seed, 2])
-        if self.flow_layers:
+        if flow_width:
             params["enc.flow.W"], params["enc.flow.b"] = layers.init_linear(
-                variant_rng, h_dim, self.flow_layers * flows.params_per_layer(latent_dim), init, self.dtype)
-        if self.prior == "vamp":
-            params["prior.u"] = variant_rng.random((self.pseudo_inputs, self.input_dim)).astype(self.dtype)
+                variant_rng, h_dim, flow_width, init, self.dtype)
+        if self.p_z.inputs is not None:
+            params[self.p_z.inputs] = variant_rng.random((self.pseudo_inputs, self.input_dim)).astype(self.dtype)
         # params and grads: plain dicts whose arrays are views into one flat buffer
         # each, so that an optimizer can update everything in one sweep
         self.params = flat.pack(params)
         self.grads = flat.zeros_like(params)
         self._workspaces: Dict[tuple, _Workspace] = {}
+
+    @property
+    def prior(self) -> str:
+        """The prior's name: ``standard`` or ``vamp``."""
+        return self.p_z.name
+
+    @property
+    def pseudo_inputs(self) -> int:
+        """The VampPrior's number of pseudo-inputs K (0 for N(0, I))."""
+        return self.p_z.pseudo_inputs
+
+    @property
+    def flow(self) -> str:
+        """The flow's spec: ``none`` or ``planar:L``."""
+        return self.q_flow.spec
+
+    @property
+    def flow_layers(self) -> int:
+        """The flow's number of layers L (0 without a flow)."""
+        return self.q_flow.layers
 
     @property
     def flat_params(self) -> np.ndarray:
@@ -270,14 +290,15 @@ class VAE:
         """The encoder's heads: ``(mu, logvar, lam, caches)``; lam (n, L (2k + 1)) is the
         flow's parameters (None without a flow).
 
-        ``with_prior`` (a VampPrior's forward): the pseudo-inputs are encoded in
-        the same pass, as rows n.. of one batch ``[x; u]``, so that one backward
-        adds the encoder's gradient at u to its gradient at x; mu and logvar then
-        have n + K rows, the prior's components last.
+        ``with_prior`` (the forward of a prior with inputs, the VampPrior's
+        pseudo-inputs u): they are encoded in the same pass, as rows n.. of one
+        batch ``[x; u]``, so that one backward adds the encoder's gradient at u
+        to its gradient at x; mu and logvar then have n + K rows, the prior's
+        components last.
         """
         p, scratch = self.params, ws.scratch
-        if with_prior:
-            x = np.concatenate([x, p["prior.u"]], out=ws.x_enc)
+        if with_prior and self.p_z.inputs is not None:
+            x = np.concatenate([x, p[self.p_z.inputs]], out=ws.x_enc)
         h, enc_cache = self.encoder.forward(p, x, ws.enc, c=c, scratch=scratch)
         head_c = None if self.encoder.layers else c   # no hidden layer: the heads see [x, c]
         mu, mu_cache = layers.linear_forward(h, p["enc.mu.W"], p["enc.mu.b"], out=ws.mu, c=head_c,
@@ -285,7 +306,7 @@ class VAE:
         logvar, lv_cache = layers.linear_forward(h, p["enc.logvar.W"], p["enc.logvar.b"], out=ws.logvar,
                                                  c=head_c, scratch=scratch)
         lam = lam_cache = None
-        if self.flow_layers:
+        if self.q_flow.layers:
             lam, lam_cache = layers.linear_forward(h, p["enc.flow.W"], p["enc.flow.b"], out=ws.lam, c=head_c,
                                                    scratch=scratch)
         return mu, logvar, lam, (enc_cache, mu_cache, lv_cache, lam_cache)
@@ -308,31 +329,28 @@ class VAE:
         x = self.check_x(x)
         c = self.check_c(c, len(x))
         mu, _, lam, _ = self._encode(x, c, _Workspace(self, len(x), 1, allocate=False))
-        return flows.flow_forward(mu, lam, self.flow_layers)[0] if self.flow_layers else mu
+        return self.q_flow.forward(mu, lam)[0]
 
     def pseudo_posteriors(self):
         """The VampPrior's components: ``(mu, logvar)``, each (K, k), the encoder at the pseudo-inputs."""
-        if self.prior != "vamp":
+        if self.p_z.inputs is None:
             raise ValueError("this model's prior is N(0, I): it has no pseudo-inputs")
-        mu, logvar, _, _ = self._encode(self.params["prior.u"], None,
+        mu, logvar, _, _ = self._encode(self.params[self.p_z.inputs], None,
                                         _Workspace(self, self.pseudo_inputs, 1, allocate=False))
         return mu, logvar
+
+    def _prior_components(self):
+        """The prior's components, the encoder at its inputs (None for a prior without)."""
+        return None if self.p_z.inputs is None else self.pseudo_posteriors()
 
     def prior_sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """n draws of z from the prior, (n, k): N(0, I), or for the VampPrior a
         component k uniform in 1..K, then z ~ q(z | u_k)."""
-        if self.prior == "standard":
-            return rng.standard_normal((n, self.latent_dim), dtype=self.dtype)
-        mu, logvar = self.pseudo_posteriors()
-        pick = rng.integers(0, self.pseudo_inputs, n)
-        return mu[pick] + np.exp(0.5 * logvar[pick]) * rng.standard_normal((n, self.latent_dim), dtype=self.dtype)
+        return self.p_z.sample(n, self.latent_dim, rng, self.dtype, self._prior_components())
 
     def log_prior(self, z) -> np.ndarray:
         """``log p(z)`` per row of z (rows, k), float64: N(0, I) or the VampPrior."""
-        if self.prior == "standard":
-            return latent.standard_normal_log_prob(z)
-        mu, logvar = self.pseudo_posteriors()
-        return latent.diag_gaussian_mixture_log_prob(z, mu, logvar)[0].astype(np.float64)
+        return self.p_z.log_prob(z, self._prior_components())[0].astype(np.float64)
 
     def decode(self, z, c=None):
         """z: (batch, k) -> E[x | z] (or E[x | z, c]), (batch, d) (probabilities for Bernoulli)."""
@@ -402,48 +420,21 @@ class VAE:
     def _forward(self, x, c, eps, ws, with_grad=True):
         """:meth:`forward` on checked arrays, in the buffers of ``ws``."""
         samples, n = ws.samples, len(x)
-        mu, logvar, lam, enc_caches = self._encode(x, c, ws, with_prior=self.prior == "vamp")
-        prior_params = None
-        if self.prior == "vamp":                        # the encoder's last K rows: the prior's components
-            prior_params, mu, logvar = (mu[n:], logvar[n:]), mu[:n], logvar[:n]
+        mu, logvar, lam, enc_caches = self._encode(x, c, ws, with_prior=True)
+        components = None
+        if self.p_z.inputs is not None:                 # the encoder's last K rows: the prior's components
+            components, mu, logvar = (mu[n:], logvar[n:]), mu[:n], logvar[:n]
         z, kl, kl_sample, lat_cache = latent.reparameterize(mu, logvar, eps, ws.z, ws.kl, ws.kl_sample)
-        var_cache = (z, None, None)
+        kl_cache = (z, None, None)
         if not self.analytic_kl:
-            z, var_cache = self._sampled_kl(z, eps, logvar, lam, prior_params, kl, kl_sample)
+            z, kl_cache = latent.one_sample_kl(lat_cache, lam, self.q_flow, self.p_z, components, kl, kl_sample)
         if samples > 1:                               # every sample of an example sees its x and c
             x = K.repeat_rows(x, samples, out=ws.x_rows)
             c = None if c is None else K.repeat_rows(c, samples, out=ws.c_rows)
         out, dec_caches = self._decode(z, c, ws)
         nll, grad = self.likelihood.nll(out, x, self.likelihood_params, ws.nll, ws.grad, with_grad, ws.scratch)
         terms = Terms(nll, kl, kl_sample, mu, logvar, z, out, samples)
-        return terms, (enc_caches, lat_cache, var_cache, dec_caches, out, x, grad, ws)
-
-    def _sampled_kl(self, z0, eps, logvar, lam, prior_params, kl, kl_sample):
-        """``kl_sample = log q(z_L|x) - log p(z_L)`` where the KL has no closed form
-        (a flow on q, or the VampPrior), written over the kernel's values; ``kl``
-        becomes its mean over the s samples.
-
-        ``log q(z_L|x) = log q_0(z_0|x) - sum_l log det_l`` (change of variables),
-        and with ``z_0 = mu + exp(logvar/2) eps`` the Gaussian's log-density is
-        ``log q_0(z_0|x) = -1/2 sum_j (log 2 pi + logvar_j + eps_j^2)``. log p is
-        N(0, I) or the mixture of the encoder's posteriors at the pseudo-inputs.
-        Returns ``(z_L, cache)``.
-        """
-        n, k = logvar.shape
-        s = len(eps) // n
-        log_q = (-k * HALF_LOG_2PI - 0.5 * (eps * eps).sum(axis=1).reshape(s, n) - 0.5 * logvar.sum(axis=1)).ravel()
-        z, flow_cache = z0, None
-        if self.flow_layers:
-            z, log_det, flow_cache = flows.flow_forward(z0, lam, self.flow_layers)
-            log_q -= log_det
-        prior_cache = None
-        if self.prior == "vamp":
-            log_p, prior_cache = latent.diag_gaussian_mixture_log_prob(z, *prior_params)
-        else:
-            log_p = latent.standard_normal_log_prob(z)
-        kl_sample[...] = log_q - log_p
-        kl[...] = kl_sample.reshape(s, n).mean(axis=0)
-        return z, (z, flow_cache, prior_cache)
+        return terms, (enc_caches, lat_cache, kl_cache, dec_caches, out, x, grad, ws)
 
     def backward(self, cache, w_nll, w_kl=None, w_kl_sample=None, path_scale=None):
         """Gradient of ``sum_r w_nll_r nll_r + sum_i w_kl_i kl_i + sum_r w_kl_sample_r kl_sample_r``
@@ -463,80 +454,52 @@ class VAE:
         importance weights) the encoder's gradient is Tucker et al.'s
         ``sum_r w~_r^2 d log w_r/dz_r dz_r/dphi / n``. Needs w_kl None and no flow.
         """
-        enc_caches, lat_cache, var_cache, dec_caches, out, x, grad, ws = cache
+        enc_caches, lat_cache, kl_cache, dec_caches, out, x, grad, ws = cache
         if grad is None:
             raise ValueError("this forward ran with with_grad=False: it has no backward")
-        if path_scale is not None and (w_kl is not None or self.flow_layers):
-            raise ValueError("the path derivative (DReG) takes the sampled terms only (w_kl None) and no flow: "
-                             "a planar flow's log-density at a fixed z_L needs its inverse")
+        if path_scale is not None:
+            if w_kl is not None:
+                raise ValueError("the path derivative (DReG) takes the sampled terms only: pass w_kl None")
+            check_variants(flow=self.flow, dreg=True)
         g = self.grads
         if self.likelihood_keys:
             self.likelihood.params_backward(out, x, self.likelihood_params, w_nll,
                                             {name: g[key] for name, key in self.likelihood_keys.items()})
         d_z = self.decoder.backward(dec_caches, grad, g, d_ins=ws.d_dec, overwrite_d_y=True,
                                     row_scale=w_nll, scratch=ws.scratch)
-        if self.analytic_kl and path_scale is None:
-            d_mu, d_logvar = latent.reparameterize_backward(lat_cache, d_z, w_kl, w_kl_sample, ws.d_mu, ws.d_logvar)
-            d_lam = None
-        else:
-            d_mu, d_logvar, d_lam = self._sampled_kl_backward(lat_cache, var_cache, d_z, w_kl, w_kl_sample,
-                                                              path_scale, ws)
+        d_mu, d_logvar, d_lam = self._latent_backward(lat_cache, kl_cache, d_z, w_kl, w_kl_sample, path_scale, ws)
         self._encoder_backward(enc_caches, d_mu, d_logvar, d_lam, ws)
         return g
 
-    def _sampled_kl_backward(self, lat_cache, var_cache, d_z, w_kl, w_kl_sample, path_scale, ws):
-        """Backward of :meth:`_sampled_kl` (and of the kernel's kl_sample under DReG).
-
-        ``d_z`` (s n, k): the decoder's gradient at z_L. Every row's kl_sample
-        has the weight ``w_r = w_kl_sample_r + w_kl_i / s`` (kl is the mean of
-        its s samples). Its terms, last first:
-
-        * ``-log p(z_L)``: through z_L; and for the VampPrior into its components
-          (mu_k, logvar_k), which the encoder computed at the pseudo-inputs;
-        * ``-sum_l log det_l``: through the flow into z_0 and the flow's parameters;
-        * ``log q_0(z_0|x)``: with eps fixed it depends on logvar alone, ``d/dlogvar = -1/2``.
-          Under DReG only its path derivative counts instead,
-          ``d/dz_0 log q_0 = -(z_0 - mu)/var = -eps exp(-logvar/2)``.
-
-        Then the reparameterisation ``z_0 = mu + exp(logvar/2) eps`` (the kernel).
-        Returns ``(d_mu, d_logvar, d_lam)``: d_mu and d_logvar have the
-        encoder's rows (n + K for the VampPrior, the components' last).
-        """
-        mu, logvar, eps, z0 = lat_cache
-        z, flow_cache, prior_cache = var_cache
-        (n, k), rows = mu.shape, len(eps)
-        s, n_enc = rows // n, n + self.pseudo_inputs
+    def _latent_backward(self, lat_cache, kl_cache, d_z, w_kl, w_kl_sample, path_scale, ws):
+        """From d_z at z_L (s n, k) to ``(d_mu, d_logvar, d_lam)``: the kernel's
+        analytic backward where it applies, else the one-sample KL's. d_mu and
+        d_logvar have the encoder's rows (n + K with the prior's components last)."""
+        mu = lat_cache[0]
+        (n, k), rows = mu.shape, len(d_z)
+        d_mu = np.empty((n + self.pseudo_inputs, k), self.dtype) if ws.d_mu is None else ws.d_mu
+        d_logvar = np.empty_like(d_mu) if ws.d_logvar is None else ws.d_logvar
+        if self.analytic_kl and path_scale is None:
+            latent.reparameterize_backward(lat_cache, d_z, w_kl, w_kl_sample, d_mu, d_logvar)
+            return d_mu, d_logvar, None
+        # every row's kl_sample weighs w_kl_sample_r + w_kl_i / s (kl is the mean of its s samples)
         w = np.zeros(rows, self.dtype) if w_kl_sample is None else np.array(w_kl_sample, self.dtype)
         if w_kl is not None:
-            w += np.tile(np.asarray(w_kl, self.dtype) / s, s)
-        d_mu = np.empty((n_enc, k), self.dtype) if ws.d_mu is None else ws.d_mu
-        d_logvar = np.empty((n_enc, k), self.dtype) if ws.d_logvar is None else ws.d_logvar
-        if self.prior == "vamp":
-            d_z_prior, d_mu[n:], d_logvar[n:] = latent.diag_gaussian_mixture_log_prob_backward(prior_cache, -w)
-        else:
-            d_z_prior = w[:, None] * z                  # -d log N(z; 0, I)/dz = z
-        if path_scale is not None:
-            scale = np.asarray(path_scale, self.dtype)[:, None]
-            d_z *= scale
-            d_z_prior *= scale
-        d_z += d_z_prior
-        d_lam = None
-        if self.flow_layers:
-            d_z, d_lam = flows.flow_backward(flow_cache, d_z, -w, ws.d_lam)
-        if path_scale is not None:
-            d_z -= (scale * w[:, None]) * eps * np.tile(np.exp(-0.5 * logvar), (s, 1))
-        K.gaussian_latent_backward(mu, logvar, eps, z0, d_z, None, None, d_mu[:n], d_logvar[:n])
-        if path_scale is None:
-            d_logvar[:n] -= 0.5 * w.reshape(s, n).sum(axis=0)[:, None]
+            w += np.tile(np.asarray(w_kl, self.dtype) / (rows // n), rows // n)
+        d_components, d_lam = latent.one_sample_kl_backward(lat_cache, kl_cache, d_z, w, self.q_flow, self.p_z,
+                                                            d_mu[:n], d_logvar[:n], ws.d_lam, path_scale)
+        if d_components is not None:
+            d_mu[n:], d_logvar[n:] = d_components
         return d_mu, d_logvar, d_lam
 
     def _encoder_backward(self, enc_caches, d_mu, d_logvar, d_lam, ws):
         """From d_mu, d_logvar (and the flow's d_lam) through the heads and the encoder
-        into ``self.grads``; for the VampPrior on to the pseudo-inputs."""
+        into ``self.grads``; for a prior with inputs on to them (the VampPrior's pseudo-inputs)."""
         g = self.grads
         enc_cache, mu_cache, lv_cache, lam_cache = enc_caches
-        vamp = self.prior == "vamp"
-        need_d_h = bool(self.encoder.layers) or vamp    # without hidden layers h is x itself
+        inputs = self.p_z.inputs
+        need_d_x = inputs is not None
+        need_d_h = bool(self.encoder.layers) or need_d_x    # without hidden layers h is x itself
         d_h, _ = layers.linear_backward(mu_cache, d_mu, need_d_h, g["enc.mu.W"], g["enc.mu.b"], ws.d_h,
                                         overwrite_d_y=True)
         # h feeds every head: the others' gradients add to the mu head's
@@ -547,9 +510,9 @@ class VAE:
                                    overwrite_d_y=True, accumulate_d_x=True, scratch=ws.scratch)
         d_x = d_h
         if self.encoder.layers:
-            d_x = self.encoder.backward(enc_cache, d_h, g, need_d_x=vamp, d_ins=ws.d_enc, overwrite_d_y=True)
-        if vamp:
-            g["prior.u"][...] = d_x[-self.pseudo_inputs:]
+            d_x = self.encoder.backward(enc_cache, d_h, g, need_d_x=need_d_x, d_ins=ws.d_enc, overwrite_d_y=True)
+        if need_d_x:
+            g[inputs][...] = d_x[-self.pseudo_inputs:]
 
     # ------------------------------------------------------------------
     # objectives: weightings of forward and backward
@@ -618,11 +581,8 @@ class VAE:
         batch (nats); ``nll`` and ``kl`` are the single-sample ELBO parts of the first
         sample, for reference.
         """
-        if not (isinstance(k, (int, np.integer)) and k >= 1):
-            raise ValueError(f"k (importance samples) must be an integer >= 1, got {k!r}")
-        if dreg and self.flow_layers:
-            raise ValueError("DReG needs log q(z|x) at a fixed z, and a planar flow's needs its inverse, "
-                             "which has no closed form: train a flow with the IWAE gradient")
+        check_samples(k)
+        check_variants(flow=self.flow, dreg=dreg)
         x = self.check_x(x)
         b = len(x)
         c = self.check_c(c, b)
@@ -673,7 +633,7 @@ class VAE:
         sizes = "-".join(map(str, [self.input_dim, *self.hidden, self.latent_dim]))
         if self.context_dim:
             sizes += f", context_dim={self.context_dim}"
-        if self.prior == "vamp":
+        if self.pseudo_inputs:
             sizes += f", VampPrior K={self.pseudo_inputs}"
         if self.flow_layers:
             sizes += f", flow={self.flow}"
@@ -681,20 +641,28 @@ class VAE:
                 f"dtype={self.dtype.name}, params={sum(v.size for v in self.params.values())})")
 
 
-def _check_prior(prior, pseudo_inputs, context_dim):
-    """``(prior, K)`` checked: ``standard`` with K = 0, or ``vamp`` with K >= 1 pseudo-inputs."""
-    if prior not in PRIORS:
-        raise ValueError(f"prior must be one of {', '.join(PRIORS)}, got {prior!r}")
-    if not isinstance(pseudo_inputs, (int, np.integer)) or pseudo_inputs < 0:
-        raise ValueError(f"pseudo_inputs must be an integer >= 0, got {pseudo_inputs!r}")
-    if prior == "vamp" and pseudo_inputs < 1:
-        raise ValueError("the VampPrior needs pseudo_inputs >= 1 (its number of components)")
-    if prior == "standard" and pseudo_inputs:
-        raise ValueError(f"pseudo_inputs ({pseudo_inputs}) belong to the VampPrior: use prior='vamp'")
-    if prior == "vamp" and context_dim:
-        raise ValueError("the VampPrior encodes its pseudo-inputs without a context: "
-                         "it cannot go with a conditional VAE")
-    return prior, int(pseudo_inputs)
+def check_variants(prior: str = "standard", flow: str = "none", conditional: bool = False,
+                   dreg: bool = False) -> None:
+    """The rules of which latent variants go together, one message each: the VAE
+    and a run's configuration both call this. ``conditional``: a context c (a
+    conditional VAE or M2); ``dreg``: the doubly reparameterised gradient."""
+    density_at_z = make_flow(flow).density_at_z
+    if prior == "vamp" and not density_at_z:
+        raise ValueError("the VampPrior cannot go with a flow: its components are the encoder's posteriors, "
+                         f"and {NO_DENSITY_AT_Z}")
+    if prior == "vamp" and conditional:
+        raise ValueError("the VampPrior encodes its pseudo-inputs without a context: it cannot go with a "
+                         "conditional or semi-supervised model")
+    if dreg and not density_at_z:
+        raise ValueError(f"DReG needs log q(z|x) at a fixed z, and {NO_DENSITY_AT_Z}: "
+                         "train a flow with the IWAE gradient (iw_gradient iwae)")
+
+
+def check_samples(k) -> int:
+    """k, the number of importance samples, if it is an integer >= 1."""
+    if not (isinstance(k, (int, np.integer)) and k >= 1):
+        raise ValueError(f"k (importance samples) must be an integer >= 1, got {k!r}")
+    return int(k)
 
 
 def _means(terms: Terms, beta: float) -> dict:
@@ -736,11 +704,11 @@ class _Workspace:
 
         k, d, rows = model.latent_dim, model.input_dim, n * samples
         enc, dec = model.encoder.layers, model.decoder.layers
-        vamp = model.prior == "vamp"
+        with_inputs = model.p_z.inputs is not None     # the prior's inputs are encoded with x
         n_enc = n + model.pseudo_inputs                 # the encoder's rows: [x; u] for the VampPrior
-        lam_width = model.flow_layers * flows.params_per_layer(k)
+        lam_width = model.q_flow.width(k)
         self.scratch = Scratch()
-        self.x_enc = buf(n_enc, d) if vamp else None
+        self.x_enc = buf(n_enc, d) if with_inputs else None
         self.enc = [buf(n_enc, layer.fan_out) for layer in enc]
         self.mu, self.logvar = buf(n_enc, k), buf(n_enc, k)
         self.lam = self.d_lam = None
@@ -754,7 +722,7 @@ class _Workspace:
         self.grad = buf(rows, d)
         self.d_dec = [buf(rows, k)] + [buf(rows, layer.fan_in) for layer in dec[1:]]
         self.d_mu, self.d_logvar = buf(n_enc, k), buf(n_enc, k)
-        self.d_h = buf(n_enc, enc[-1].fan_out) if enc else buf(n_enc, d) if vamp else None
+        self.d_h = buf(n_enc, enc[-1].fan_out) if enc else buf(n_enc, d) if with_inputs else None
         # the gradient of the encoder's input: for the VampPrior's pseudo-inputs only
-        self.d_enc = [buf(n_enc, d) if vamp and enc else None] + [buf(n_enc, layer.fan_in) for layer in enc[1:]]
+        self.d_enc = [buf(n_enc, d) if with_inputs and enc else None] + [buf(n_enc, layer.fan_in) for layer in enc[1:]]
         self.w_nll, self.w_kl, self.w_path = buf(rows), buf(n), buf(rows)
