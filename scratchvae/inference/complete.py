@@ -28,7 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..model.latent import diag_gaussian_log_prob
+from ..model.flows import NO_DENSITY_AT_Z
+from ..model.latent import diag_gaussian_log_prob, sample_gaussian
 
 MASK_KINDS = ("bottom-half", "block", "random:P")
 _EPS = 1e-6
@@ -103,14 +104,14 @@ def gibbs_complete(model, x, missing, rng: np.random.Generator, steps: int = 200
                          "context (complete.cvae_complete)")
     if not (0 <= burn_in < steps):
         raise ValueError(f"need 0 <= burn_in < steps, got burn_in={burn_in}, steps={steps}")
-    if metropolis and model.flow_layers:
-        raise ValueError("the Metropolis ratio needs q(z|x) at the chain's state, and a planar flow's density "
-                         "at a given z needs its inverse: complete a flow model by pseudo-Gibbs (metropolis=False)")
+    if metropolis and not model.q_flow.density_at_z:
+        raise ValueError(f"the Metropolis ratio needs q(z|x) at the chain's state, and {NO_DENSITY_AT_Z}: "
+                         "complete a flow model by pseudo-Gibbs (metropolis=False)")
     x, missing = _check(model, x, missing)
     x_hat = np.where(missing, np.asarray(init, model.dtype), x).astype(model.dtype)
     lik = model.likelihood_params
     mu, logvar = model.encode(x_hat)
-    z = (mu + np.exp(0.5 * logvar) * rng.standard_normal(mu.shape, dtype=model.dtype)).astype(model.dtype)
+    z = sample_gaussian(mu, logvar, rng)
     total = np.zeros(x.shape)
     accepted, proposed = 0, 0
     for t in range(steps):
@@ -196,7 +197,8 @@ def compare(model, x_train, x, missing, rng: np.random.Generator, steps: int = 2
     if model.context_dim:
         fills["conditional VAE"] = (cvae_complete(model, x, missing, rng), "")
     else:
-        methods = [("pseudo-Gibbs", False)] + ([] if model.flow_layers else [("Metropolis-within-Gibbs", True)])
+        methods = [("pseudo-Gibbs", False)] + ([("Metropolis-within-Gibbs", True)] if model.q_flow.density_at_z
+                                                else [])
         for name, metropolis in methods:
             done, acceptance = gibbs_complete(model, x, missing, rng, steps, burn_in, metropolis)
             fills[name] = (done, f"acceptance {acceptance:.2f}" if metropolis else "")

@@ -7,6 +7,7 @@ from typing import Dict
 import numpy as np
 
 from ..model import VAE
+from ..model.vae import check_samples
 from ..model.latent import importance_weights
 
 
@@ -51,8 +52,7 @@ def log_likelihood(model: VAE, x: np.ndarray, k: int, rng: np.random.Generator, 
     x: (n, d); c: (n, m) for a conditional model. Returns (n,) float64.
     ``progress``: a callable(done, total).
     """
-    if not (isinstance(k, (int, np.integer)) and k >= 1):
-        raise ValueError(f"k (importance samples) must be an integer >= 1, got {k!r}")
+    check_samples(k)
     x = model.check_x(x)
     c = model.check_c(c, len(x))
     n, latent = len(x), model.latent_dim

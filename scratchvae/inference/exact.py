@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..model import VAE, latent, memory
+from ..model.flows import NO_DENSITY_AT_Z
 
 #: nats: a tile whose mass lies this far below an image's total is left out (e^-25 ~ 1e-11 of it)
 NEGLIGIBLE = 25.0
@@ -64,9 +65,9 @@ def check_latent(model: VAE, q_density: bool = False) -> None:
         raise ValueError(f"exact log p(x) integrates over z on a grid, which is feasible for a latent of size 1 "
                          f"or 2; this model's latent has {model.latent_dim} dimensions (estimate log p(x) with "
                          "importance sampling instead)")
-    if q_density and model.flow_layers:
+    if q_density and not model.q_flow.density_at_z:
         raise ValueError(f"the picture draws q(z|x) on a grid, and this model's q is a Gaussian carried through "
-                         f"a flow ({model.flow}) whose density at a given z has no closed form; --exact works")
+                         f"a flow ({model.flow}): {NO_DENSITY_AT_Z}; --exact works")
 
 
 def log_marginal(model: VAE, x, c=None, tol: float = 1e-3, radius: float = 6.0, tile: float = 0.25,
@@ -153,7 +154,7 @@ class _Lattice:
                 for r0 in range(0, len(rows), ROWS):
                     scores = (T[r0:r0 + ROWS] @ out.T + log_p0z).reshape(len(T[r0:r0 + ROWS]), -1,
                                                                         min(per_tile, len(zp)))
-                    acc[r0:r0 + ROWS, covered] = np.logaddexp(acc[r0:r0 + ROWS, covered], _logsumexp(scores))
+                    acc[r0:r0 + ROWS, covered] = np.logaddexp(acc[r0:r0 + ROWS, covered], latent.log_sum_exp(scores))
             wanted = pairs[np.ix_(rows, batch)]
             mass[np.ix_(rows, batch)] = np.where(wanted, acc + self.h_x[images[rows], None], -np.inf)
         return mass
@@ -182,7 +183,7 @@ class _Lattice:
 
 def _significant(mass):
     """Per image, the tiles within :data:`NEGLIGIBLE` nats of its total, and the total."""
-    total = _logsumexp(mass)
+    total = latent.log_sum_exp(mass)
     return mass >= (total - NEGLIGIBLE)[:, None], total
 
 
@@ -234,12 +235,6 @@ def _levels(lattice, tol, max_points_per_tile, report):
         refined = total + k * math.log(lattice.offsets(m)[1])
         change[rows] = np.abs(refined - log_px[rows])
         log_px[rows] = refined
-
-
-def _logsumexp(a):
-    """``log sum_j exp(a_ij)`` over the last axis, the largest term taken out first."""
-    top = a.max(axis=-1)
-    return top + np.log(np.exp(a - top[..., None]).sum(axis=-1))
 
 
 def posterior_grid(model: VAE, x, c=None, rng=None, points: int = 201, samples: int = 10_000, tol: float = 1e-3):

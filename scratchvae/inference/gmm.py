@@ -23,6 +23,8 @@ from typing import List, Optional
 
 import numpy as np
 
+from ..model.latent import log_sum_exp
+
 
 def parse_sampler(spec: str) -> int:
     """The number of components of a sampler spec: ``prior`` -> 0, ``gmm:N`` -> N >= 1."""
@@ -68,8 +70,7 @@ class GaussianMixture:
         self.log_likelihoods = []
         for _ in range(self.max_iter):
             log_joint = self._log_joint(z)                               # E-step
-            top = log_joint.max(axis=1, keepdims=True)
-            log_px = top[:, 0] + np.log(np.exp(log_joint - top).sum(axis=1))
+            log_px = log_sum_exp(log_joint, axis=1)
             self.log_likelihoods.append(float(log_px.mean()))
             r = np.exp(log_joint - log_px[:, None])                     # responsibilities (n, N)
             counts = r.sum(axis=0) + 10 * np.finfo(np.float64).tiny     # M-step
@@ -111,9 +112,7 @@ class GaussianMixture:
     def log_prob(self, z) -> np.ndarray:
         """The mixture's log-density at each row of z (n, d), nats, (n,)."""
         self._check_fitted()
-        log_joint = self._log_joint(np.asarray(z, np.float64))
-        top = log_joint.max(axis=1, keepdims=True)
-        return top[:, 0] + np.log(np.exp(log_joint - top).sum(axis=1))
+        return log_sum_exp(self._log_joint(np.asarray(z, np.float64)), axis=1)
 
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """n draws, (n, d) float64: a component by its weight, then ``m + L eps``."""

@@ -116,7 +116,7 @@ def add_train_arguments(parser) -> None:
     from ..model.flows import parse_flow
     from ..model.layers import INITS
     from ..model.likelihoods import LIKELIHOODS
-    from ..model.vae import PRIORS
+    from ..model.priors import PRIORS
     from .run import BINARIZE, CONDITIONAL, IW_GRADIENTS
 
     d = TrainConfig()

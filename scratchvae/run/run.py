@@ -39,7 +39,8 @@ from ..model import M2, VAE
 from ..model.flows import parse_flow
 from ..model.layers import one_hot
 from ..model.m2 import split_labels
-from ..model.vae import PRIORS
+from ..model.priors import make_prior
+from ..model.vae import check_variants
 from ..optim import Adam
 from . import checkpoint as ckpt
 from .plots import PICTURES
@@ -177,23 +178,14 @@ class TrainConfig:
         """The prior, the flow and the IWAE gradient, alone and in combination."""
         if self.iw_gradient not in IW_GRADIENTS:
             raise ValueError(f"iw_gradient must be one of {', '.join(IW_GRADIENTS)}, got {self.iw_gradient!r}")
-        if self.prior not in PRIORS:
-            raise ValueError(f"prior must be one of {', '.join(PRIORS)}, got {self.prior!r}")
+        make_prior(self.prior, self.pseudo_inputs if self.prior == "vamp" else 0)
         layers = parse_flow(self.flow)
         if self.iw_gradient == "dreg" and self.iw_samples < 2:
             raise ValueError("the DReG gradient is a gradient of the importance-weighted bound: "
                              "give iw_samples K > 1 (--iw-samples K) with iw_gradient dreg")
-        if self.iw_gradient == "dreg" and layers:
-            raise ValueError("DReG needs log q(z|x) at a fixed z, and a planar flow's needs its inverse: "
-                             "train a flow with iw_gradient iwae")
         if self.prior == "standard" and self.pseudo_inputs != DEFAULT_PSEUDO_INPUTS:
             raise ValueError("pseudo_inputs set the VampPrior's size: use them with prior vamp (--prior vamp)")
-        if self.prior == "vamp" and layers:
-            raise ValueError("the VampPrior cannot go with a flow: its components are the encoder's posteriors, "
-                             "and a planar flow's density at a given z needs its inverse")
-        if self.prior == "vamp" and self.context != "none":
-            raise ValueError("the VampPrior encodes its pseudo-inputs without a context: it takes no "
-                             "conditional or semi-supervised model")
+        check_variants(self.prior, self.flow, conditional=self.context != "none", dreg=self.iw_gradient == "dreg")
         if self.semi_supervised and (layers or self.iw_gradient != "iwae"):
             raise ValueError("semi-supervised (M2) training takes no flow and no iw_gradient")
 
