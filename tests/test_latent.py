@@ -118,3 +118,24 @@ def test_kl_mvn_refuses_bad_covariances():
         naive.kl_mvn(np.zeros(3), np.eye(2), np.zeros(2), np.eye(2))
 
 
+
+
+def test_log_sum_exp_is_stable_and_its_softmax_normalised():
+    a = np.array([[1000.0, 1000.0, -np.inf], [-1000.0, -1001.0, -1002.0]])
+    total, weights = L.log_sum_exp(a, axis=1, with_softmax=True)
+    np.testing.assert_allclose(total, [1000 + np.log(2), -1000 + np.log(1 + np.exp(-1) + np.exp(-2))], rtol=1e-14)
+    np.testing.assert_allclose(weights.sum(axis=1), 1, rtol=1e-14)
+    assert weights[0, 2] == 0
+    small = np.random.default_rng(0).standard_normal((3, 4, 5))
+    for axis in (0, 1, -1):
+        np.testing.assert_allclose(L.log_sum_exp(small, axis=axis), np.log(np.exp(small).sum(axis=axis)), rtol=1e-13)
+
+
+def test_sample_gaussian_is_the_reparameterization_of_fresh_noise():
+    mu, logvar = np.array([[0.0, 5.0]]), np.array([[0.0, np.log(4.0)]])
+    z = L.sample_gaussian(np.repeat(mu, 40000, 0), np.repeat(logvar, 40000, 0), np.random.default_rng(1))
+    np.testing.assert_allclose(z.mean(axis=0), [0, 5], atol=0.03)
+    np.testing.assert_allclose(z.std(axis=0), [1, 2], rtol=0.02)
+    again = L.sample_gaussian(mu, logvar, np.random.default_rng(1))
+    eps = np.random.default_rng(1).standard_normal((1, 2))
+    np.testing.assert_allclose(again, mu + np.exp(logvar / 2) * eps, rtol=1e-12)

@@ -1,11 +1,12 @@
 """The variants' own ops, forward beside backward: one planar flow layer, a flow of
-several, and the VampPrior's mixture log-density, each checked against finite
-differences (float64, relative error <= 1e-6) and against its definition."""
+several, the VampPrior's mixture log-density, and the prior and flow objects the
+model holds, each checked against finite differences (float64, relative error
+<= 1e-6) and against its definition."""
 import numpy as np
 import pytest
 
 from scratchvae.gradcheck import check_op, numerical_gradient
-from scratchvae.model import flows, latent
+from scratchvae.model import flows, latent, priors
 
 pytestmark = pytest.mark.usefixtures("backend")
 
@@ -81,3 +82,57 @@ def test_mixture_log_prob_gradients_and_definition():
     # far out in the tails every component underflows on its own; the log-sum-exp does not
     far, _ = latent.diag_gaussian_mixture_log_prob(z + 60, mu, logvar)
     assert np.all(np.isfinite(far))
+
+
+# --------------------------------------------------------------------------
+# The prior and flow objects the model holds
+# --------------------------------------------------------------------------
+
+def _prior_op(prior, components=None):
+    """prior.log_prob as an op of z (and of its components, if any), for check_op."""
+    def forward(z, mu=None, logvar=None):
+        return prior.log_prob(z, None if mu is None else (mu, logvar))
+
+    def backward(cache, d, z, mu=None, logvar=None):
+        d_z, d_components = prior.log_prob_backward(z, cache, d)
+        return {"z": d_z} if d_components is None else dict(zip(("z", "mu", "logvar"), (d_z, *d_components)))
+    return forward, backward
+
+
+@pytest.mark.parametrize("name", priors.PRIORS)
+def test_each_prior_log_prob_gradients(name):
+    rng = np.random.default_rng(4)
+    prior = priors.make_prior(name, 3 if name == "vamp" else 0)
+    inputs = {"z": rng.standard_normal((5, 2))}
+    if prior.inputs is not None:
+        inputs.update(mu=rng.standard_normal((3, 2)), logvar=0.3 * rng.standard_normal((3, 2)))
+    forward, backward = _prior_op(prior)
+    check_op(forward, lambda cache, d: backward(cache, d, **inputs), inputs).raise_if_failed()
+
+
+def test_standard_normal_prior_is_the_textbook_density_and_sampler():
+    prior, z = priors.make_prior("standard"), np.array([[0.0, 0.0], [1.0, -2.0]])
+    logp, _ = prior.log_prob(z)
+    np.testing.assert_allclose(logp, [-np.log(2 * np.pi), -np.log(2 * np.pi) - 2.5], rtol=1e-14)
+    draws = prior.sample(20000, 3, np.random.default_rng(0), np.float64)
+    assert draws.shape == (20000, 3) and abs(draws.mean()) < 0.02 and abs(draws.var() - 1) < 0.03
+
+
+def test_the_identity_flow_changes_nothing_and_has_no_parameters():
+    flow, z0 = flows.make_flow("none"), np.arange(6.0).reshape(3, 2)
+    z, log_det, cache = flow.forward(z0, None)
+    assert z is z0 and log_det == 0 and flow.width(2) == 0 and flow.density_at_z
+    d_z, d_lam = flow.backward(cache, z0 + 1, np.ones(3))
+    np.testing.assert_array_equal(d_z, z0 + 1)
+    assert d_lam is None
+
+
+def test_the_planar_flow_object_is_the_flow_of_its_layers():
+    rng = np.random.default_rng(5)
+    flow = flows.make_flow("planar:2")
+    assert (flow.layers, flow.spec, flow.width(3), flow.density_at_z) == (2, "planar:2", 14, False)
+    z0, lam = rng.standard_normal((4, 3)), rng.standard_normal((2, 14))
+    z, log_det, _ = flow.forward(z0, lam)
+    want_z, want_log_det, _ = flows.flow_forward(z0, lam, 2)
+    np.testing.assert_array_equal(z, want_z)
+    np.testing.assert_array_equal(log_det, want_log_det)

@@ -7,7 +7,7 @@ import pytest
 import scratchvae as sv
 from scratchvae.gradcheck import gradcheck, numerical_gradient
 from scratchvae.model import latent
-from scratchvae.run import checkpoint
+from scratchvae.run import TrainConfig, checkpoint
 
 pytestmark = pytest.mark.usefixtures("backend")
 
@@ -335,3 +335,20 @@ def test_the_workspace_estimate_covers_the_variants(kwargs, n, samples):
     arrays = [a for v in vars(ws).values() for a in (v if isinstance(v, list) else [v]) if isinstance(a, np.ndarray)]
     actual = sum(a.nbytes for a in arrays)
     assert actual <= memory.step_bytes(model, n, samples) <= 1.5 * actual + 1000
+
+
+@pytest.mark.parametrize("vae_kwargs,config_kwargs,iw_dreg,match", [
+    (dict(prior="vamp", pseudo_inputs=5, flow="planar:2"), dict(prior="vamp", flow="planar:2"), False,
+     "VampPrior cannot go with a flow"),
+    (dict(prior="vamp", pseudo_inputs=5, context_dim=10), dict(prior="vamp", conditional="label"), False,
+     "VampPrior encodes its pseudo-inputs without a context"),
+    (dict(flow="planar:2"), dict(flow="planar:2", iw_samples=3, iw_gradient="dreg"), True, "DReG needs"),
+])
+def test_the_model_and_the_run_refuse_a_combination_with_one_message(vae_kwargs, config_kwargs, iw_dreg, match):
+    """check_variants is the one home of each rule: the VAE and the run configuration say the same."""
+    with pytest.raises(ValueError, match=match) as from_config:
+        TrainConfig(**config_kwargs)
+    with pytest.raises(ValueError, match=match) as from_model:
+        model = sv.VAE(10, [4], 2, **vae_kwargs)
+        model.iw_loss_and_grads(np.zeros((2, 10)), 3, rng=np.random.default_rng(0), dreg=iw_dreg)
+    assert str(from_model.value) == str(from_config.value)
