@@ -165,3 +165,32 @@ def test_a_0_1_0_m2_checkpoint_loads_but_cannot_resume(tmp_path):
     assert not run.resumable
     with pytest.raises(ValueError, match="saved without its optimizer state"):
         Trainer(run)
+
+
+# ----------------------------------------------------------------------
+# the latent variants as written before priors and flows were objects
+# ----------------------------------------------------------------------
+
+VARIANTS = Path(__file__).parent / "data" / "variants"
+
+
+@pytest.mark.parametrize("name", ["vamp", "flow"])
+def test_a_variant_checkpoint_of_7616d8e_loads_computes_the_same_and_resumes(name, tmp_path, monkeypatch):
+    from scratchvae.run import Run, Trainer
+    expected = np.load(VARIANTS / "expected.npz")
+    model = sv.load(VARIANTS / f"{name}-checkpoint.npz")
+    probe, z = expected["probe"], expected["z"]
+    mu, logvar = model.encode(probe)
+    terms, _ = model.forward(probe, expected["eps"], with_grad=False)
+    for key, value in (("mu", mu), ("logvar", logvar), ("embed", model.embed(probe)), ("decoded", model.decode(z)),
+                       ("log_prior", model.log_prior(z)), ("log_weight", terms.log_weight)):
+        np.testing.assert_allclose(value, expected[f"{name}_{key}"], rtol=1e-5, atol=1e-5, err_msg=key)
+    shutil.copy(VARIANTS / f"{name}-checkpoint.npz", tmp_path / "checkpoint.npz")
+    shutil.copy(OLD / "bars.npy", tmp_path / "bars.npy")
+    monkeypatch.chdir(tmp_path)
+    run = Run.open(tmp_path)
+    assert run.resumable and run.epoch == 2
+    run.config.epochs = 3
+    Trainer(run, quiet=True).fit()
+    assert [r["epoch"] for r in Run.open(tmp_path).history] == [1, 2, 3]
+
