@@ -1,4 +1,4 @@
-"""The model: layers, the latent layer, likelihoods, the VAE and M2.
+"""The model: layers, the latent layer, priors p(z) and flows on q, likelihoods, the VAE and M2.
 
 Every op is a forward/backward pair; the VAE has one forward (per-example
 nll, kl, kl_sample) and one weighted backward, which every objective weights.
