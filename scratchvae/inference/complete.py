@@ -121,18 +121,18 @@ def gibbs_complete(model, x, missing, rng: np.random.Generator, steps: int = 200
         if metropolis and t >= burn_in // 2:
             # q proposes independently of the state, so the ratio is one of
             # importance weights: rho = w(z~) / w(z), log w = log p(x, z) - log q(z|x)
-            log_joint_old, out_old = model.log_joint(z, x_hat)
+            log_joint_old, eta_old = model.log_joint(z, x_hat)
             log_q_old, _ = diag_gaussian_log_prob(z, terms.mu, terms.logvar)
             log_rho = terms.log_weight[0] - (log_joint_old - log_q_old)
             accept = np.log(rng.random(len(z))) < log_rho
             z = np.where(accept[:, None], terms.z, z)
-            out = np.where(accept[:, None], terms.out, out_old)
+            eta = np.where(accept[:, None], terms.eta, eta_old)
             accepted, proposed = accepted + int(accept.sum()), proposed + len(z)
         else:
-            z, out = terms.z, terms.out
-        x_hat = np.where(missing, model.likelihood.sample(out, lik, rng).astype(model.dtype), x)
+            z, eta = terms.z, terms.eta
+        x_hat = np.where(missing, model.likelihood.sample(eta, lik, rng).astype(model.dtype), x)
         if t >= burn_in:
-            total += model.likelihood.mean(out, lik)
+            total += model.likelihood.mean(eta, lik)
     completed = np.where(missing, total / (steps - burn_in), x)
     return completed.astype(model.dtype), accepted / proposed if proposed else 1.0
 

@@ -7,8 +7,8 @@ vanishes at the edges of the box its error falls faster than any power of h;
 a ReLU decoder's kinks leave an error like h^2), in float64 with log-sum-exp. With it the ELBO's gap is measured, not bounded:
 ``log p(x) - ELBO = KL(q(z|x) || p(z|x))``.
 
-**One product scores every image.** ``log p(x|out) = T(x) . out + h(x) +
-log p(0|out)`` (``Likelihood.linear_terms``), so decoding N lattice points once
+**One product scores every image.** ``log p(x|eta) = T(x) . eta + h(x) +
+log p(0|eta)`` (``Likelihood.linear_terms``), so decoding N lattice points once
 and scoring n images against them is one (n, d) @ (d, N) product.
 
 **Where the lattice goes, and how fine.** The box ``[-R, R]^k`` is cut into
@@ -146,13 +146,13 @@ class _Lattice:
             for p0 in range(0, len(z), POINTS):
                 zp = z[p0:p0 + POINTS]
                 c = None if self.context is None else np.broadcast_to(self.context, (len(zp), len(self.context)))
-                # log p(0, z) and the decoder's output: with T . out + h(x), log p(x, z) for every image
-                log_p0z, out = self.model.log_joint(zp, zeros[:len(zp)], c)
+                # log p(0, z) and the decoder's output eta: with T . eta + h(x), log p(x, z) for every image
+                log_p0z, eta = self.model.log_joint(zp, zeros[:len(zp)], c)
                 self.points += len(zp)
                 first = p0 // per_tile                  # the batch's tiles this chunk of points covers
                 covered = slice(first, first + max(1, len(zp) // per_tile))
                 for r0 in range(0, len(rows), ROWS):
-                    scores = (T[r0:r0 + ROWS] @ out.T + log_p0z).reshape(len(T[r0:r0 + ROWS]), -1,
+                    scores = (T[r0:r0 + ROWS] @ eta.T + log_p0z).reshape(len(T[r0:r0 + ROWS]), -1,
                                                                         min(per_tile, len(zp)))
                     acc[r0:r0 + ROWS, covered] = np.logaddexp(acc[r0:r0 + ROWS, covered], latent.log_sum_exp(scores))
             wanted = pairs[np.ix_(rows, batch)]

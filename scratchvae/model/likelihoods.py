@@ -1,8 +1,9 @@
-"""Likelihoods p(x | out), ``out`` being the decoder's output: the loss of the
-model's last step and its gradient, the mean and draws of x.
+"""Likelihoods p(x | eta), ``eta`` being the decoder's output, the likelihood's
+parameters (logits for the Bernoulli likelihoods, means for the Gaussian): the
+loss of the model's last step and its gradient, the mean and draws of x.
 
 Units are nats; a data batch is (rows, d). Each likelihood's loss kernel
-gives ``nll`` per row and the unweighted gradient ``dnll/dout``; the model
+gives ``nll`` per row and the unweighted gradient ``dnll/deta``; the model
 applies the per-row weights of its objective in the decoder's backward pass.
 """
 from __future__ import annotations
@@ -16,12 +17,12 @@ import numpy as np
 from ..kernels import ops as K
 
 # --------------------------------------------------------------------------
-# Likelihoods p(x|z): the decoder outputs one vector per example, ``out``
+# Likelihoods p(x|z): the decoder outputs one vector per example, ``eta``
 # --------------------------------------------------------------------------
 
 
 class Likelihood(abc.ABC):
-    """Interface of a likelihood p(x | out), ``out`` being the decoder's output.
+    """Interface of a likelihood p(x | eta), ``eta`` being the decoder's output.
 
     ``params`` holds the likelihood's own learned parameters, named in
     :meth:`init_params` (the model stores them as ``dec.<name>``), possibly none.
@@ -35,37 +36,37 @@ class Likelihood(abc.ABC):
         return {}
 
     @abc.abstractmethod
-    def nll(self, out, x, params, nll=None, grad=None, with_grad=True,
+    def nll(self, eta, x, params, nll=None, grad=None, with_grad=True,
             scratch=None) -> Tuple[np.ndarray, np.ndarray]:
-        """``(nll (rows,), grad = dnll/dout (rows, d))``, grad None without ``with_grad``.
+        """``(nll (rows,), grad = dnll/deta (rows, d))``, grad None without ``with_grad``.
 
         ``nll`` and ``grad`` may be given as outputs.
         """
 
-    def params_backward(self, out, x, params, w, d_params) -> None:
+    def params_backward(self, eta, x, params, w, d_params) -> None:
         """Write ``d/dparam`` of ``sum_i w_i nll_i`` into ``d_params`` (keyed like
         ``params``); nothing to do for a likelihood without parameters."""
 
     def linear_terms(self, x, params) -> Tuple[np.ndarray, np.ndarray]:
-        """``(T, h)``, T (n, d) and h (n,), such that for every decoder output ``out``
+        """``(T, h)``, T (n, d) and h (n,), such that for every decoder output ``eta``
 
-            log p(x | out) = T . out + h + log p(0 | out)
+            log p(x | eta) = T . eta + h + log p(0 | eta)
 
-        (x = 0 the all-zero image): log p(x | out) - log p(0 | out) is linear in
-        out. So n images are scored against N decoder outputs by one (n, d) @ (d, N)
+        (x = 0 the all-zero image): log p(x | eta) - log p(0 | eta) is linear in
+        eta. So n images are scored against N decoder outputs by one (n, d) @ (d, N)
         product plus a term per image and a term per output (exact log p(x) by
         quadrature). A likelihood without it cannot be integrated that way.
         """
-        raise NotImplementedError(f"the {self.name} likelihood does not say how log p(x | out) "
-                                  "depends on out (linear_terms)")
+        raise NotImplementedError(f"the {self.name} likelihood does not say how log p(x | eta) "
+                                  "depends on eta (linear_terms)")
 
     @abc.abstractmethod
-    def mean(self, out, params):
-        """E[x | out], shape (batch, d)."""
+    def mean(self, eta, params):
+        """E[x | eta], shape (batch, d)."""
 
     @abc.abstractmethod
-    def sample(self, out, params, rng):
-        """x ~ p(x | out), shape (batch, d)."""
+    def sample(self, eta, params, rng):
+        """x ~ p(x | eta), shape (batch, d)."""
 
 
 def sigmoid(l):
@@ -83,18 +84,18 @@ class Bernoulli(Likelihood):
     name = "bernoulli"
     needs_unit_interval = True
 
-    def nll(self, out, x, params, nll=None, grad=None, with_grad=True, scratch=None):
-        return K.bernoulli_nll(out, x, nll, grad, with_grad, scratch)
+    def nll(self, eta, x, params, nll=None, grad=None, with_grad=True, scratch=None):
+        return K.bernoulli_nll(eta, x, nll, grad, with_grad, scratch)
 
     def linear_terms(self, x, params):
         """``T = x``, ``h = 0``: ``-log p(x|l) = softplus(l) - x l``, and softplus(l) is ``-log p(0|l)``."""
         return x, np.zeros(len(x), x.dtype)
 
-    def mean(self, out, params):
-        return sigmoid(out)
+    def mean(self, eta, params):
+        return sigmoid(eta)
 
-    def sample(self, out, params, rng):
-        return (rng.random(out.shape) < self.mean(out, params)).astype(out.dtype)
+    def sample(self, eta, params, rng):
+        return (rng.random(eta.shape) < self.mean(eta, params)).astype(eta.dtype)
 
 
 class ContinuousBernoulli(Likelihood):
@@ -107,32 +108,32 @@ class ContinuousBernoulli(Likelihood):
     name = "continuous_bernoulli"
     needs_unit_interval = True
 
-    def nll(self, out, x, params, nll=None, grad=None, with_grad=True, scratch=None):
-        return K.continuous_bernoulli_nll(out, x, nll, grad, with_grad, scratch)
+    def nll(self, eta, x, params, nll=None, grad=None, with_grad=True, scratch=None):
+        return K.continuous_bernoulli_nll(eta, x, nll, grad, with_grad, scratch)
 
     linear_terms = Bernoulli.linear_terms     # x l again: log C(l) is part of log p(0|l)
 
-    def mean(self, out, params):
+    def mean(self, eta, params):
         """E[x] = 1/(1 - e^-l) - 1/l; 1/2 + l/12 - l^3/720 near l = 0."""
-        small = np.abs(out) < 1e-2
-        safe = np.where(small, 1.0, out)
+        small = np.abs(eta) < 1e-2
+        safe = np.where(small, 1.0, eta)
         direct = -1.0 / np.expm1(-safe) - 1.0 / safe
-        series = 0.5 + out * (1 / 12 - out * out / 720)
-        return np.where(small, series, direct).astype(out.dtype, copy=False)
+        series = 0.5 + eta * (1 / 12 - eta * eta / 720)
+        return np.where(small, series, direct).astype(eta.dtype, copy=False)
 
-    def sample(self, out, params, rng):
+    def sample(self, eta, params, rng):
         """Inverse CDF: x = log(1 + u (e^l - 1)) / l, written to never overflow."""
-        u = rng.random(out.shape)
-        small = np.abs(out) < 1e-6
-        safe = np.where(small, 1.0, out)
+        u = rng.random(eta.shape)
+        small = np.abs(eta) < 1e-6
+        safe = np.where(small, 1.0, eta)
         pos = 1 + np.log(u + (1 - u) * np.exp(-np.abs(safe))) / np.abs(safe)   # l > 0
         neg = np.log1p(u * np.expm1(-np.abs(safe))) / -np.abs(safe)          # l < 0
-        x = np.where(small, u, np.where(out > 0, pos, neg))
-        return np.clip(x, 0, 1).astype(out.dtype)
+        x = np.where(small, u, np.where(eta > 0, pos, neg))
+        return np.clip(x, 0, 1).astype(eta.dtype)
 
 
 class Gaussian(Likelihood):
-    """Gaussian ``N(x; out, sigma^2)`` with the decoder output as the mean.
+    """Gaussian ``N(x; eta, sigma^2)`` with the decoder output as the mean.
 
     ``sigma`` is ``"fixed"`` (never trained), ``"scalar"`` (one learned
     sigma) or ``"pixel"`` (one learned sigma per pixel). Learned sigmas are
@@ -161,26 +162,26 @@ class Gaussian(Likelihood):
             return np.full(1, math.log(self.sigma), dtype)
         return params["log_sigma"]
 
-    def nll(self, out, x, params, nll=None, grad=None, with_grad=True, scratch=None):
-        return K.gaussian_nll(out, x, self.log_sigma(params, out.dtype), nll, grad, with_grad, scratch)
+    def nll(self, eta, x, params, nll=None, grad=None, with_grad=True, scratch=None):
+        return K.gaussian_nll(eta, x, self.log_sigma(params, eta.dtype), nll, grad, with_grad, scratch)
 
-    def params_backward(self, out, x, params, w, d_params):
+    def params_backward(self, eta, x, params, w, d_params):
         if self.mode != "fixed":
-            K.gaussian_log_sigma_grad(out, x, params["log_sigma"], w, out=d_params["log_sigma"])
+            K.gaussian_log_sigma_grad(eta, x, params["log_sigma"], w, out=d_params["log_sigma"])
 
     def linear_terms(self, x, params):
         """``T = x / sigma^2``, ``h = -sum_j x_j^2 / (2 sigma_j^2)``: expanding the square,
-        ``-(x - out)^2 / (2 sigma^2) = x out / sigma^2 - x^2 / (2 sigma^2) - out^2 / (2 sigma^2)``
-        and the last term is part of ``log p(0 | out)``."""
+        ``-(x - eta)^2 / (2 sigma^2) = x eta / sigma^2 - x^2 / (2 sigma^2) - eta^2 / (2 sigma^2)``
+        and the last term is part of ``log p(0 | eta)``."""
         precision = np.exp(-2 * self.log_sigma(params, x.dtype))
         return x * precision, -0.5 * (x * x * precision).sum(axis=1)
 
-    def mean(self, out, params):
-        return out
+    def mean(self, eta, params):
+        return eta
 
-    def sample(self, out, params, rng):
-        sigma = np.exp(self.log_sigma(params, out.dtype))
-        return (out + sigma * rng.standard_normal(out.shape)).astype(out.dtype)
+    def sample(self, eta, params, rng):
+        sigma = np.exp(self.log_sigma(params, eta.dtype))
+        return (eta + sigma * rng.standard_normal(eta.shape)).astype(eta.dtype)
 
 
 LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian_fixed", "gaussian_scalar", "gaussian_pixel")

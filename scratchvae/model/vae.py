@@ -80,7 +80,7 @@ class Terms:
     mu: np.ndarray          # (n, k) posterior means (of q_0, before a flow)
     logvar: np.ndarray      # (n, k) posterior log-variances (of q_0)
     z: np.ndarray           # (s n, k) the drawn codes the decoder sees (z_L after a flow)
-    out: np.ndarray         # (s n, d) decoder outputs: the likelihood's parameters
+    eta: np.ndarray         # (s n, d) decoder outputs: the likelihood's parameters
     samples: int            # s
 
     @property
@@ -355,8 +355,8 @@ class VAE:
     def decode(self, z, c=None):
         """z: (batch, k) -> E[x | z] (or E[x | z, c]), (batch, d) (probabilities for Bernoulli)."""
         z = self._check_batch(z, "z", self.latent_dim)
-        out, _ = self._decode(z, self.check_c(c, len(z)), _Workspace(self, len(z), 1, allocate=False))
-        return self.likelihood.mean(out, self.likelihood_params)
+        eta, _ = self._decode(z, self.check_c(c, len(z)), _Workspace(self, len(z), 1, allocate=False))
+        return self.likelihood.mean(eta, self.likelihood_params)
 
     def sample(self, n: int, rng: np.random.Generator, mean: bool = True, c=None, sampler=None):
         """Ancestral sampling: z from the prior, then the decoder (given c (n, m), if conditional).
@@ -372,13 +372,13 @@ class VAE:
         c = self.check_c(c, n)
         z = self.prior_sample(n, rng) if sampler is None else self._check_batch(sampler.sample(n, rng), "z",
                                                                                  self.latent_dim)
-        out, _ = self._decode(z, c, _Workspace(self, n, 1, allocate=False))
+        eta, _ = self._decode(z, c, _Workspace(self, n, 1, allocate=False))
         lik = self.likelihood_params
-        return self.likelihood.mean(out, lik) if mean else self.likelihood.sample(out, lik, rng)
+        return self.likelihood.mean(eta, lik) if mean else self.likelihood.sample(eta, lik, rng)
 
     def log_joint(self, z, x, c=None):
         """``log p(x, z) = log p(x | z, c) + log p(z)`` per row, float64,
-        and the decoder's output (from which ``likelihood.mean``/``sample`` draw).
+        and the decoder's output eta (from which ``likelihood.mean``/``sample`` draw).
 
         z: (n, k), x: (n, d), c: (n, m) if conditional. The decoder half of
         :meth:`forward`, for a z that was not drawn from q (a Markov chain's state).
@@ -388,9 +388,9 @@ class VAE:
         if len(z) != len(x):
             raise ValueError(f"z has {len(z)} rows but x has {len(x)}")
         ws = _Workspace(self, len(x), 1, allocate=False)
-        out, _ = self._decode(z, self.check_c(c, len(x)), ws)
-        nll, _ = self.likelihood.nll(out, x, self.likelihood_params, with_grad=False, scratch=ws.scratch)
-        return self.log_prior(z) - nll.astype(np.float64), out
+        eta, _ = self._decode(z, self.check_c(c, len(x)), ws)
+        nll, _ = self.likelihood.nll(eta, x, self.likelihood_params, with_grad=False, scratch=ws.scratch)
+        return self.log_prior(z) - nll.astype(np.float64), eta
 
     # ------------------------------------------------------------------
     # the one loss path: forward and weighted backward
@@ -431,10 +431,10 @@ class VAE:
         if samples > 1:                               # every sample of an example sees its x and c
             x = K.repeat_rows(x, samples, out=ws.x_rows)
             c = None if c is None else K.repeat_rows(c, samples, out=ws.c_rows)
-        out, dec_caches = self._decode(z, c, ws)
-        nll, grad = self.likelihood.nll(out, x, self.likelihood_params, ws.nll, ws.grad, with_grad, ws.scratch)
-        terms = Terms(nll, kl, kl_sample, mu, logvar, z, out, samples)
-        return terms, (enc_caches, lat_cache, kl_cache, dec_caches, out, x, grad, ws)
+        eta, dec_caches = self._decode(z, c, ws)
+        nll, grad = self.likelihood.nll(eta, x, self.likelihood_params, ws.nll, ws.grad, with_grad, ws.scratch)
+        terms = Terms(nll, kl, kl_sample, mu, logvar, z, eta, samples)
+        return terms, (enc_caches, lat_cache, kl_cache, dec_caches, eta, x, grad, ws)
 
     def backward(self, cache, w_nll, w_kl=None, w_kl_sample=None, path_scale=None):
         """Gradient of ``sum_r w_nll_r nll_r + sum_i w_kl_i kl_i + sum_r w_kl_sample_r kl_sample_r``
@@ -454,7 +454,7 @@ class VAE:
         importance weights) the encoder's gradient is Tucker et al.'s
         ``sum_r w~_r^2 d log w_r/dz_r dz_r/dphi / n``. Needs w_kl None and no flow.
         """
-        enc_caches, lat_cache, kl_cache, dec_caches, out, x, grad, ws = cache
+        enc_caches, lat_cache, kl_cache, dec_caches, eta, x, grad, ws = cache
         if grad is None:
             raise ValueError("this forward ran with with_grad=False: it has no backward")
         if path_scale is not None:
@@ -463,7 +463,7 @@ class VAE:
             check_variants(flow=self.flow, dreg=True)
         g = self.grads
         if self.likelihood_keys:
-            self.likelihood.params_backward(out, x, self.likelihood_params, w_nll,
+            self.likelihood.params_backward(eta, x, self.likelihood_params, w_nll,
                                             {name: g[key] for name, key in self.likelihood_keys.items()})
         d_z = self.decoder.backward(dec_caches, grad, g, d_ins=ws.d_dec, overwrite_d_y=True,
                                     row_scale=w_nll, scratch=ws.scratch)
