@@ -13,10 +13,11 @@ import math
 
 import numpy as np
 
+from ..kernels.contract import HALF_LOG_2PI
+
 SHIFT = 10.0
 # Bernoulli numbers B_2, B_4, ..., B_12
 _BERNOULLI = (1 / 6, -1 / 30, 1 / 42, -1 / 30, 5 / 66, -691 / 2730)
-_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 def _positive(x, name):
@@ -42,7 +43,7 @@ def log_gamma(x):
     x = _positive(x, "log_gamma")
     y, steps = _shifted(x)
     series = sum(b / (2 * k * (2 * k - 1) * y ** (2 * k - 1)) for k, b in enumerate(_BERNOULLI, start=1))
-    out = (y - 0.5) * np.log(y) - y + _HALF_LOG_2PI + series
+    out = (y - 0.5) * np.log(y) - y + HALF_LOG_2PI + series
     for i in range(int(steps.max(initial=0))):
         out -= np.where(steps > i, np.log(x + i), 0.0)
     return out
@@ -110,7 +111,7 @@ def log_norm_cdf(x):
     safe = np.where(far, -20.0, x)
     direct = np.log(norm_cdf(safe))
     t = 1.0 / np.where(far, x, -20.0) ** 2
-    tail = (-0.5 * x * x - np.log(np.abs(np.where(far, x, -20.0))) - _HALF_LOG_2PI
+    tail = (-0.5 * x * x - np.log(np.abs(np.where(far, x, -20.0))) - HALF_LOG_2PI
             + np.log1p(t * (-1 + t * (3 + t * (-15 + t * 105)))))
     return np.where(far, tail, direct)
 
@@ -118,4 +119,4 @@ def log_norm_cdf(x):
 def norm_logpdf(x, mean=0.0, std=1.0):
     """``log N(x; mean, std^2)``."""
     r = (np.asarray(x, dtype=np.float64) - mean) / std
-    return -0.5 * r * r - np.log(std) - _HALF_LOG_2PI
+    return -0.5 * r * r - np.log(std) - HALF_LOG_2PI

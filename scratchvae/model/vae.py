@@ -58,9 +58,9 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 
 from .. import flat
-from ..kernels import Scratch
 from ..kernels import ops as K
 from . import latent, layers, memory
+from .workspace import Workspace
 from .flows import NO_DENSITY_AT_Z, make_flow
 from .likelihoods import make_likelihood
 from .priors import make_prior
@@ -170,7 +170,7 @@ class VAE:
         # each, so that an optimizer can update everything in one sweep
         self.params = flat.pack(params)
         self.grads = flat.zeros_like(params)
-        self._workspaces: Dict[tuple, _Workspace] = {}
+        self._workspaces: Dict[tuple, Workspace] = {}
 
     @property
     def prior(self) -> str:
@@ -320,7 +320,7 @@ class VAE:
         with a flow, those of q_0, the Gaussian the flow starts from."""
         x = self.check_x(x)
         c = self.check_c(c, len(x))
-        mu, logvar, _, _ = self._encode(x, c, _Workspace(self, len(x), 1, allocate=False))
+        mu, logvar, _, _ = self._encode(x, c, Workspace(self, len(x), 1, allocate=False))
         return mu, logvar
 
     def embed(self, x, c=None):
@@ -328,7 +328,7 @@ class VAE:
         ``f_L(... f_1(mu))`` with a flow (what a sampler fitted to the codes sees)."""
         x = self.check_x(x)
         c = self.check_c(c, len(x))
-        mu, _, lam, _ = self._encode(x, c, _Workspace(self, len(x), 1, allocate=False))
+        mu, _, lam, _ = self._encode(x, c, Workspace(self, len(x), 1, allocate=False))
         return self.q_flow.forward(mu, lam)[0]
 
     def pseudo_posteriors(self):
@@ -336,7 +336,7 @@ class VAE:
         if self.p_z.inputs is None:
             raise ValueError("this model's prior is N(0, I): it has no pseudo-inputs")
         mu, logvar, _, _ = self._encode(self.params[self.p_z.inputs], None,
-                                        _Workspace(self, self.pseudo_inputs, 1, allocate=False))
+                                        Workspace(self, self.pseudo_inputs, 1, allocate=False))
         return mu, logvar
 
     def _prior_components(self):
@@ -355,7 +355,7 @@ class VAE:
     def decode(self, z, c=None):
         """z: (batch, k) -> E[x | z] (or E[x | z, c]), (batch, d) (probabilities for Bernoulli)."""
         z = self._check_batch(z, "z", self.latent_dim)
-        eta, _ = self._decode(z, self.check_c(c, len(z)), _Workspace(self, len(z), 1, allocate=False))
+        eta, _ = self._decode(z, self.check_c(c, len(z)), Workspace(self, len(z), 1, allocate=False))
         return self.likelihood.mean(eta, self.likelihood_params)
 
     def sample(self, n: int, rng: np.random.Generator, mean: bool = True, c=None, sampler=None):
@@ -372,7 +372,7 @@ class VAE:
         c = self.check_c(c, n)
         z = self.prior_sample(n, rng) if sampler is None else self._check_batch(sampler.sample(n, rng), "z",
                                                                                  self.latent_dim)
-        eta, _ = self._decode(z, c, _Workspace(self, n, 1, allocate=False))
+        eta, _ = self._decode(z, c, Workspace(self, n, 1, allocate=False))
         lik = self.likelihood_params
         return self.likelihood.mean(eta, lik) if mean else self.likelihood.sample(eta, lik, rng)
 
@@ -387,7 +387,7 @@ class VAE:
         z = self._check_batch(z, "z", self.latent_dim)
         if len(z) != len(x):
             raise ValueError(f"z has {len(z)} rows but x has {len(x)}")
-        ws = _Workspace(self, len(x), 1, allocate=False)
+        ws = Workspace(self, len(x), 1, allocate=False)
         eta, _ = self._decode(z, self.check_c(c, len(x)), ws)
         nll, _ = self.likelihood.nll(eta, x, self.likelihood_params, with_grad=False, scratch=ws.scratch)
         return self.log_prior(z) - nll.astype(np.float64), eta
@@ -411,7 +411,7 @@ class VAE:
         eps = self.check_eps(eps, len(x))
         samples = len(eps) // len(x)
         if workspace is None:
-            workspace = _Workspace(self, len(x), samples, allocate=False)
+            workspace = Workspace(self, len(x), samples, allocate=False)
         elif (workspace.n, workspace.samples) != (len(x), samples):
             raise ValueError(f"the workspace is for {workspace.n} examples x {workspace.samples} samples, "
                              f"not {len(x)} x {samples}")
@@ -616,7 +616,7 @@ class VAE:
             raise _diverged(f"nll={nll}, kl={kl}")
         return terms, cache, ws
 
-    def workspace(self, n: int, samples: int = 1) -> "_Workspace":
+    def workspace(self, n: int, samples: int = 1) -> Workspace:
         """The buffers of a training step on n examples with ``samples`` draws of
         z each: made once per shape and reused (a few shapes kept)."""
         key = (n, samples)
@@ -626,7 +626,7 @@ class VAE:
                            f"a training step of {self!r} on {n:,} examples x {samples} samples")
             if len(self._workspaces) >= 4:
                 self._workspaces.pop(next(iter(self._workspaces)))
-            ws = self._workspaces[key] = _Workspace(self, n, samples)
+            ws = self._workspaces[key] = Workspace(self, n, samples)
         return ws
 
     def __repr__(self):
@@ -675,54 +675,3 @@ def _means(terms: Terms, beta: float) -> dict:
 def _diverged(values: str) -> FloatingPointError:
     return FloatingPointError(f"the loss is not finite ({values}): the weights have diverged; "
                               "lower the learning rate or clip the gradient norm")
-
-
-class _Workspace:
-    """Every array one step on n examples with s samples of z each writes, allocated once.
-
-    Forward: encoder layer outputs, mu, logvar (n rows; n + K with the
-    VampPrior, whose pseudo-inputs are encoded with x), the flow's parameters; eps, z, kl_sample,
-    decoder layer outputs, nll, the likelihood's gradient (s n rows); the
-    rows of x and c repeated per sample (s > 1). Backward: the gradients of
-    each decoder layer's input (``d_dec[0]`` is d_z), d_mu, d_logvar, d_h
-    (encoder output) and the encoder layers' input gradients; the per-row
-    weights of the objectives; the kernels' scratch. With ``allocate=False``
-    every buffer is None: the kernels then return new arrays (one-off calls).
-    """
-
-    def __init__(self, model: VAE, n: int, samples: int, allocate: bool = True):
-        self.n, self.samples = n, samples
-        if not allocate:
-            for name in ("scratch", "x_enc", "enc", "mu", "logvar", "lam", "eps", "z", "kl", "kl_sample", "nll",
-                         "x_rows", "c_rows", "dec", "grad", "d_dec", "d_mu", "d_logvar", "d_lam", "d_h", "d_enc",
-                         "w_nll", "w_kl", "w_path"):
-                setattr(self, name, None)
-            return
-
-        def buf(*shape):
-            return np.empty(shape, model.dtype)
-
-        k, d, rows = model.latent_dim, model.input_dim, n * samples
-        enc, dec = model.encoder.layers, model.decoder.layers
-        with_inputs = model.p_z.inputs is not None     # the prior's inputs are encoded with x
-        n_enc = n + model.pseudo_inputs                 # the encoder's rows: [x; u] for the VampPrior
-        lam_width = model.q_flow.width(k)
-        self.scratch = Scratch()
-        self.x_enc = buf(n_enc, d) if with_inputs else None
-        self.enc = [buf(n_enc, layer.fan_out) for layer in enc]
-        self.mu, self.logvar = buf(n_enc, k), buf(n_enc, k)
-        self.lam = self.d_lam = None
-        if lam_width:
-            self.lam, self.d_lam = buf(n, lam_width), buf(n, lam_width)
-        self.eps, self.z = buf(rows, k), buf(rows, k)
-        self.kl, self.kl_sample, self.nll = buf(n), buf(rows), buf(rows)
-        self.x_rows = buf(rows, d) if samples > 1 else None
-        self.c_rows = buf(rows, model.context_dim) if samples > 1 and model.context_dim else None
-        self.dec = [buf(rows, layer.fan_out) for layer in dec]
-        self.grad = buf(rows, d)
-        self.d_dec = [buf(rows, k)] + [buf(rows, layer.fan_in) for layer in dec[1:]]
-        self.d_mu, self.d_logvar = buf(n_enc, k), buf(n_enc, k)
-        self.d_h = buf(n_enc, enc[-1].fan_out) if enc else buf(n_enc, d) if with_inputs else None
-        # the gradient of the encoder's input: for the VampPrior's pseudo-inputs only
-        self.d_enc = [buf(n_enc, d) if with_inputs and enc else None] + [buf(n_enc, layer.fan_in) for layer in enc[1:]]
-        self.w_nll, self.w_kl, self.w_path = buf(rows), buf(n), buf(rows)
