@@ -210,7 +210,7 @@ def small_runs(tmp_path_factory):
     import contextlib
     import io
     from scratchvae.run import cli
-    from test_cli import bars
+    from cli_helpers import bars
     folder = tmp_path_factory.mktemp("exact")
     np.savez(folder / "bars.npz", x=bars(200))
     for name, extra in (("latent2", ["--latent", "2"]), ("latent3", ["--latent", "3"]),
@@ -222,7 +222,7 @@ def small_runs(tmp_path_factory):
 
 
 def test_evaluate_exact_prints_the_chain_of_bounds_and_its_gaps(capsys, small_runs):
-    from test_cli import run
+    from cli_helpers import run
     code, out, err = run(capsys, "evaluate", small_runs / "latent2", "--exact", "--iw-samples", "200",
                          "--samples", "20")
     assert code == 0, err
@@ -241,14 +241,14 @@ def test_evaluate_exact_prints_the_chain_of_bounds_and_its_gaps(capsys, small_ru
 
 
 def test_evaluate_exact_of_a_flow_model(capsys, small_runs):
-    from test_cli import run
+    from cli_helpers import run
     code, out, err = run(capsys, "evaluate", small_runs / "flow", "--exact", "--iw-samples", "50")
     assert code == 0, err
     assert "exact - ELBO = KL(q(z|x) || p(z|x))" in out
 
 
 def test_evaluate_posterior_draws_the_picture(capsys, small_runs, tmp_path):
-    from test_cli import assert_png, run
+    from cli_helpers import assert_png, run
     png = tmp_path / "post.png"
     code, out, err = run(capsys, "evaluate", small_runs / "latent2", "--posterior", "4", "-o", png)
     assert code == 0, err
@@ -270,7 +270,7 @@ def test_evaluate_posterior_draws_the_picture(capsys, small_runs, tmp_path):
     (["flow", "--posterior", "0", "-o", "p.png"], "carried through a flow (planar:2)"),
 ])
 def test_evaluate_refuses_what_it_cannot_do(capsys, small_runs, tmp_path, monkeypatch, argv, needle):
-    from test_cli import assert_one_error, run
+    from cli_helpers import assert_one_error, run
     monkeypatch.chdir(tmp_path)
     code, out, err = run(capsys, "evaluate", small_runs / argv[0], *argv[1:])
     assert_one_error(code, err, needle)
@@ -280,7 +280,7 @@ def test_evaluate_refuses_what_it_cannot_do(capsys, small_runs, tmp_path, monkey
 def test_posterior_picture_of_a_one_dimensional_latent(tmp_path):
     pytest.importorskip("matplotlib")
     from scratchvae.run import plots
-    from test_cli import assert_png
+    from cli_helpers import assert_png
     model, x = _nonlinear(1)
     grid = posterior_grid(model, x[0], samples=2000)
     (z,) = grid["axes"]

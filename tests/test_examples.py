@@ -59,7 +59,7 @@ def test_issue_7_examples_run(example, argv, expect, tmp_path, monkeypatch, caps
 def test_exact_vs_sampling_example_agrees_with_monte_carlo_over_the_prior(tmp_path, monkeypatch, capsys):
     import numpy as np
     from scratchvae.run import cli
-    from test_cli import bars
+    from cli_helpers import bars
     np.savez(tmp_path / "bars.npz", x=bars(200))
     assert cli.main(["train", "--dataset", str(tmp_path / "bars.npz"), "--hidden", "16", "--latent", "2",
                      "--epochs", "2", "--batch-size", "32", "--no-plots", "-q", "--out", str(tmp_path / "run")]) == 0

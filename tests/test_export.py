@@ -11,7 +11,7 @@ import textwrap
 import numpy as np
 import pytest
 from blockers import block_imports
-from test_cli import assert_one_error, bars, run
+from cli_helpers import assert_one_error, bars, run
 
 import scratchvae as sv
 from scratchvae import kernels

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_cli import SMALL, assert_one_error, bars, run, subprocess_env
+from cli_helpers import SMALL, assert_one_error, bars, run, subprocess_env
 
 import scratchvae as sv
 from scratchvae import atomic

@@ -1,7 +1,7 @@
 """Latent interpolation: the two paths, the decoded images, the command."""
 import numpy as np
 import pytest
-from test_cli import SMALL, assert_one_error, assert_png, bars, run
+from cli_helpers import SMALL, assert_one_error, assert_png, bars, run
 
 import scratchvae as sv
 from scratchvae.data import datasets as ds
