@@ -139,38 +139,48 @@ class VAE:
                                   [activation] * len(hidden) + ["identity"])
         self.encoder = layers.MLP("enc", [input_dim + context_dim, *hidden], [activation] * len(hidden))
         self.input_dim, self.hidden, self.latent_dim = int(input_dim), [int(h) for h in hidden], int(latent_dim)
-        h_dim = self.hidden[-1] if hidden else self.input_dim + self.context_dim
         self.init, self.sigma = init, float(sigma)
-        flow_width = self.q_flow.width(self.latent_dim)
-        layer_shapes = [(layer.fan_in, layer.fan_out) for layer in self.encoder.layers + self.decoder.layers]
-        layer_shapes += [(h_dim, self.latent_dim)] * 2 + ([(h_dim, flow_width)] if flow_width else [])
-        memory.require(memory.init_bytes(layer_shapes, self.input_dim * (1 + self.pseudo_inputs),
-                                         self.dtype.itemsize),
-                       f"VAE({'-'.join(map(str, [self.input_dim, *self.hidden, self.latent_dim]))}): its "
-                       "parameters and gradients")
-        rng = np.random.default_rng(seed)
-        params = self.encoder.init(rng, init, self.dtype)
-        for head in ("mu", "logvar"):
-            params[f"enc.{head}.W"], params[f"enc.{head}.b"] = layers.init_linear(
-                rng, h_dim, latent_dim, init, self.dtype)
-        params.update(self.decoder.init(rng, init, self.dtype))
-        #: the likelihood's own parameters: their names for the likelihood -> keys of params
-        self.likelihood_keys = {}
-        for name, value in self.likelihood.init_params(input_dim, self.dtype).items():
-            self.likelihood_keys[name] = "dec." + name
-            params["dec." + name] = value
-        # the variants' parameters from a generator of their own: the rest stay those of a standard VAE
-        variant_rng = np.random.default_rng([seed, 2])
-        if flow_width:
-            params["enc.flow.W"], params["enc.flow.b"] = layers.init_linear(
-                variant_rng, h_dim, flow_width, init, self.dtype)
-        if self.p_z.inputs is not None:
-            params[self.p_z.inputs] = variant_rng.random((self.pseudo_inputs, self.input_dim)).astype(self.dtype)
+        params = self._init_params(seed)
         # params and grads: plain dicts whose arrays are views into one flat buffer
         # each, so that an optimizer can update everything in one sweep
         self.params = flat.pack(params)
         self.grads = flat.zeros_like(params)
         self._workspaces: Dict[tuple, Workspace] = {}
+
+    def _init_params(self, seed: int) -> Dict[str, np.ndarray]:
+        """The initial parameters by name, after checking that they fit in memory;
+        sets :attr:`likelihood_keys`.
+
+        The variants' parameters (the flow's head, the pseudo-inputs) come
+        from a generator of their own, so that every other weight is the
+        standard VAE's of the same seed.
+        """
+        h_dim = self.hidden[-1] if self.hidden else self.input_dim + self.context_dim
+        k, flow_width = self.latent_dim, self.q_flow.width(self.latent_dim)
+        layer_shapes = [(layer.fan_in, layer.fan_out) for layer in self.encoder.layers + self.decoder.layers]
+        layer_shapes += [(h_dim, k)] * 2 + ([(h_dim, flow_width)] if flow_width else [])
+        memory.require(memory.init_bytes(layer_shapes, self.input_dim * (1 + self.pseudo_inputs),
+                                         self.dtype.itemsize),
+                       f"VAE({'-'.join(map(str, [self.input_dim, *self.hidden, k]))}): its "
+                       "parameters and gradients")
+        rng = np.random.default_rng(seed)
+        params = self.encoder.init(rng, self.init, self.dtype)
+        for head in ("mu", "logvar"):
+            params[f"enc.{head}.W"], params[f"enc.{head}.b"] = layers.init_linear(
+                rng, h_dim, k, self.init, self.dtype)
+        params.update(self.decoder.init(rng, self.init, self.dtype))
+        #: the likelihood's own parameters: their names for the likelihood -> keys of params
+        self.likelihood_keys = {}
+        for name, value in self.likelihood.init_params(self.input_dim, self.dtype).items():
+            self.likelihood_keys[name] = "dec." + name
+            params["dec." + name] = value
+        variant_rng = np.random.default_rng([seed, 2])
+        if flow_width:
+            params["enc.flow.W"], params["enc.flow.b"] = layers.init_linear(
+                variant_rng, h_dim, flow_width, self.init, self.dtype)
+        if self.p_z.inputs is not None:
+            params[self.p_z.inputs] = variant_rng.random((self.pseudo_inputs, self.input_dim)).astype(self.dtype)
+        return params
 
     @property
     def prior(self) -> str:
