@@ -23,6 +23,7 @@ from typing import List, Optional
 
 import numpy as np
 
+from ..kernels import HALF_LOG_2PI
 from ..model.latent import log_sum_exp
 
 
@@ -101,7 +102,7 @@ class GaussianMixture:
         for j in range(self.components):
             L = np.linalg.cholesky(self.covariances[j])
             y = np.linalg.solve(L, (z - self.means[j]).T)
-            out[:, j] = (math.log(self.weights[j]) - d * 0.5 * math.log(2 * math.pi)
+            out[:, j] = (math.log(self.weights[j]) - d * HALF_LOG_2PI
                          - np.log(np.diag(L)).sum() - 0.5 * (y * y).sum(axis=0))
         return out
 
