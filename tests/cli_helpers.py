@@ -1,26 +1,22 @@
-"""Shared by the tests of the ``scratchvae`` command (tests/test_cli*.py): tiny data, a way to run
-the command in this process, checks of its one-line errors and its pictures, and the fixtures of one
-shared training run.
+"""Shared by the tests of the ``scratchvae`` command (tests/test_cli*.py and others): tiny data, a way
+to run the command in this process, checks of its one-line errors and its pictures.
 
 Every run here trains a 64-16-2 model on a few hundred 8x8 images for one
 or two epochs, so each takes well under a second; only the subprocess tests
-pay for a fresh interpreter. A test module imports the fixtures it uses by
-name, ``no_debug`` always (it is autouse).
+pay for a fresh interpreter. The fixtures (``no_debug``, ``data_file``, ``trained``,
+``run_copy``) are in tests/conftest.py; a module of the command's tests turns
+``no_debug`` on for all its tests with ``pytestmark = pytest.mark.usefixtures("no_debug")``.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
-import io
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from scratchvae.run import cli
 
@@ -99,39 +95,3 @@ def subparsers(parser):
     """The parsers of ``parser``'s subcommands, by name."""
     (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     return action.choices
-
-
-@pytest.fixture(autouse=True)
-def no_debug(monkeypatch):
-    """SCRATCHVAE_DEBUG would turn every clean error into a traceback."""
-    monkeypatch.delenv("SCRATCHVAE_DEBUG", raising=False)
-
-
-@pytest.fixture(scope="module")
-def data_file(tmp_path_factory) -> Path:
-    """200 images of 8x8 (180 train, 20 held out by the CLI) in an .npz under key x."""
-    path = tmp_path_factory.mktemp("data") / "bars.npz"
-    np.savez(path, x=bars(200))
-    return path
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, data_file):
-    """One CLI training run (one epoch, with pictures), shared read-only by many tests.
-
-    Returns (run directory, exit code, stdout, stderr).
-    """
-    out_dir = tmp_path_factory.mktemp("trained") / "run"
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli.main(["train", "--dataset", str(data_file), *SMALL, "--epochs", "1",
-                         "--out", str(out_dir)])
-    return out_dir, code, out.getvalue(), err.getvalue()
-
-
-@pytest.fixture
-def run_copy(trained, tmp_path) -> Path:
-    """A private copy of the shared run, for tests that change it."""
-    dst = tmp_path / "run"
-    shutil.copytree(trained[0], dst)
-    return dst

@@ -1,11 +1,17 @@
+import contextlib
 import importlib
 import importlib.util
+import io
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import SMALL, bars
 
 from scratchvae import kernels
 from scratchvae.data.datasets import Dataset
+from scratchvae.run import cli
 
 HAS_NUMBA = importlib.util.find_spec("numba") is not None
 
@@ -54,3 +60,45 @@ def tiny_data():
     x_tr, y_tr = bars_and_blocks(rng, 600)
     x_te, y_te = bars_and_blocks(rng, 200)
     return Dataset("tiny", x_tr, y_tr, x_te, y_te, (6, 6))
+
+
+# The command's tests (tests/test_cli*.py and others): its environment, tiny data and one shared run.
+
+@pytest.fixture
+def no_debug(monkeypatch):
+    """SCRATCHVAE_DEBUG would turn every clean error into a traceback.
+
+    The modules that test the command's errors use it for all their tests
+    (``pytestmark = pytest.mark.usefixtures("no_debug")``).
+    """
+    monkeypatch.delenv("SCRATCHVAE_DEBUG", raising=False)
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory) -> Path:
+    """200 images of 8x8 (180 train, 20 held out by the CLI) in an .npz under key x."""
+    path = tmp_path_factory.mktemp("data") / "bars.npz"
+    np.savez(path, x=bars(200))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_file):
+    """One CLI training run (one epoch, with pictures), shared read-only by many tests.
+
+    Returns (run directory, exit code, stdout, stderr).
+    """
+    out_dir = tmp_path_factory.mktemp("trained") / "run"
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(["train", "--dataset", str(data_file), *SMALL, "--epochs", "1",
+                         "--out", str(out_dir)])
+    return out_dir, code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def run_copy(trained, tmp_path) -> Path:
+    """A private copy of the shared run, for tests that change it."""
+    dst = tmp_path / "run"
+    shutil.copytree(trained[0], dst)
+    return dst

@@ -1,7 +1,7 @@
 """``scratchvae train`` end to end, resumed, and diverging, on tiny data files.
 
-The helpers and fixtures shared with the other tests of the command
-(tests/test_cli_*.py) are in tests/cli_helpers.py.
+The helpers shared with the other tests of the command (tests/test_cli_*.py)
+are in tests/cli_helpers.py, the fixtures in tests/conftest.py.
 """
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ import pytest
 from blockers import block_imports
 from cli_helpers import (PICTURES, SMALL, assert_one_error, assert_png, bars, read_csv, run, run_python,
                          subparsers, subprocess_env)
-from cli_helpers import data_file, no_debug, run_copy, trained  # noqa: F401  (fixtures)
 
 import scratchvae
 from scratchvae.data import datasets as ds
@@ -24,6 +23,7 @@ from scratchvae.run import Trainer, cli
 from scratchvae.run import checkpoint as ckpt
 from scratchvae.run.train import Objective, history_fields
 
+pytestmark = pytest.mark.usefixtures("no_debug")
 HISTORY_FIELDS = history_fields(Objective())
 BLOCK_MATPLOTLIB = block_imports("matplotlib")
 

@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cli_helpers import SMALL, assert_one_error, bars, run, subprocess_env
-from cli_helpers import data_file, no_debug, run_copy, trained  # noqa: F401  (fixtures)
 
 from scratchvae.data import datasets as ds
 from scratchvae.run import checkpoint as ckpt
 from scratchvae.run import cli
+
+pytestmark = pytest.mark.usefixtures("no_debug")
 
 
 def _write_npz(path, **arrays):

@@ -4,10 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from cli_helpers import PICTURES, assert_one_error, assert_png, run
-from cli_helpers import data_file, no_debug, run_copy, trained  # noqa: F401  (fixtures)
 
 import scratchvae
 from scratchvae.run import checkpoint as ckpt
+
+pytestmark = pytest.mark.usefixtures("no_debug")
 
 
 def test_evaluate(capsys, trained):

@@ -5,11 +5,12 @@ import argparse
 
 import pytest
 from cli_helpers import run, subparsers
-from cli_helpers import no_debug  # noqa: F401  (fixture)
 
 import scratchvae
 from scratchvae.data import datasets as ds
 from scratchvae.run import TrainConfig, cli
+
+pytestmark = pytest.mark.usefixtures("no_debug")
 
 
 def test_datasets_lists_every_name(capsys, tmp_path, monkeypatch):

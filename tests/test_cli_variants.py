@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from cli_helpers import SMALL, assert_one_error, assert_png, read_csv, run
-from cli_helpers import data_file, no_debug, trained  # noqa: F401  (fixtures)
 
 import scratchvae
 from scratchvae.run import TrainConfig
 from scratchvae.run import checkpoint as ckpt
+
+pytestmark = pytest.mark.usefixtures("no_debug")
 
 
 def test_train_on_the_importance_weighted_bound(capsys, data_file, tmp_path):

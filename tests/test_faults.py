@@ -39,16 +39,13 @@ from scratchvae.run import Run, TrainConfig, Trainer, TrainingDiverged
 from scratchvae.run import checkpoint as ckpt
 from scratchvae.run.run import DataChangedError, RunExistsError
 
+pytestmark = pytest.mark.usefixtures("no_debug")
 SMALL_RUN = dict(epochs=1, batch_size=32, hidden=[16], latent_dim=2)
-
-
-@pytest.fixture(autouse=True)
-def _no_debug(monkeypatch):
-    monkeypatch.delenv("SCRATCHVAE_DEBUG", raising=False)
 
 
 @pytest.fixture
 def data_file(tmp_path) -> Path:
+    """Each test's own data file (some rewrite it), in place of conftest's one per module."""
     path = tmp_path / "bars.npz"
     np.savez(path, x=bars(200))
     return path
