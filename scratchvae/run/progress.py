@@ -8,15 +8,16 @@ import time
 class Progress:
     """``Progress(total, label)``; call ``update(done, text)``, then ``close()``.
 
-    On a terminal the line is redrawn at most ten times a second; elsewhere
-    (logs, CI) nothing is drawn per update, so logs stay short. ``quiet``
-    silences it entirely.
+    The line goes to ``file`` (as print's does; stderr by default). On a
+    terminal it is redrawn at most ten times a second; elsewhere (logs, CI)
+    nothing is drawn per update, so logs stay short. ``quiet`` silences it
+    entirely.
     """
 
-    def __init__(self, total: int, label: str, stream=None, quiet: bool = False):
+    def __init__(self, total: int, label: str, file=None, quiet: bool = False):
         self.total, self.label = total, label
-        self.stream = sys.stderr if stream is None else stream
-        self.live = not quiet and getattr(self.stream, "isatty", lambda: False)()
+        self.file = sys.stderr if file is None else file
+        self.live = not quiet and getattr(self.file, "isatty", lambda: False)()
         self._last = 0.0
         self._width = 0
 
@@ -28,11 +29,11 @@ class Progress:
         frac = done / self.total if self.total else 1.0
         bar = "#" * int(20 * frac)
         line = f"{self.label} [{bar:<20}] {done}/{self.total} {text}"
-        self.stream.write("\r" + line.ljust(self._width))
+        self.file.write("\r" + line.ljust(self._width))
         self._width = len(line)
-        self.stream.flush()
+        self.file.flush()
 
     def close(self) -> None:
         if self.live and self._width:
-            self.stream.write("\r" + " " * self._width + "\r")
-            self.stream.flush()
+            self.file.write("\r" + " " * self._width + "\r")
+            self.file.flush()
