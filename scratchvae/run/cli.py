@@ -642,9 +642,11 @@ def cmd_export(args) -> int:
 
 def add_bench_arguments(parser) -> None:
     """The backend and products to time, the model's shape and how long to time it."""
-    parser.add_argument("--backend", help="kernel backend (reference, numpy, numba or a module path) [the default]")
-    parser.add_argument("--gemm", choices=("blas", "numba", "reference"), help="where the products come from "
-                                                                               "[the backend's own]")
+    from ..kernels import BUILTIN_BACKENDS, GEMMS
+
+    parser.add_argument("--backend", help=f"kernel backend ({', '.join(BUILTIN_BACKENDS)} or a module path) "
+                                          "[the default]")
+    parser.add_argument("--gemm", choices=tuple(GEMMS), help="where the products come from [the backend's own]")
     parser.add_argument("--batch-size", type=_positive_int, default=128, help="examples per step [128]")
     parser.add_argument("--input-dim", type=_positive_int, default=784, help="pixels per example [784]")
     parser.add_argument("--hidden", type=_hidden, default=[400], help="encoder hidden widths [400]")
