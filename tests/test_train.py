@@ -213,3 +213,18 @@ def test_trains_on_real_fashion_mnist():
     # an untrained model costs about 784 log 2 = 543 nats; the reference VAE reaches ~262 after one epoch
     assert before > 500 and after["total"] < 300, (before, after)
     assert after["kl"] > 5
+
+
+@pytest.mark.parametrize("options", [{}, {"iw_samples": 3}, {"conditional": "label"}, {"semi_supervised": True,
+                                                                                     "labels_per_class": 5}])
+def test_the_loop_does_not_rescan_its_batches(tiny_data, tmp_path, monkeypatch, options):
+    """The training batches are rows of data checked when loaded: no step reads their values
+    again (issue 20); the test set's evaluation still checks what it is given."""
+    from scratchvae.kernels import ops
+    trainer = new(TrainConfig(**{**SMALL, "epochs": 1, **options}), tiny_data, tmp_path / "r", quiet=True)
+    batch_rows = {SMALL["batch_size"], len(tiny_data.x_train) % SMALL["batch_size"]}
+    scanned = []
+    real = ops.min_max
+    monkeypatch.setattr(ops, "min_max", lambda a: scanned.append(len(a)) or real(a))
+    trainer.fit()
+    assert not batch_rows & set(scanned)

@@ -296,3 +296,27 @@ def test_weighted_losses_and_their_gradients(context_dim, likelihood):
         np.testing.assert_allclose(equal[k], mean_grads[k], rtol=1e-10, atol=1e-14)
     with pytest.raises(ValueError, match="one per example"):
         model.weighted_loss_and_grads(x, w[:3], eps=eps, c=c)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")    # the NaN's arithmetic
+def test_checked_batches_are_not_scanned_again_and_a_nan_still_stops_the_step(monkeypatch):
+    """A training loop's batches are rows of data checked when loaded: ``checked=True`` skips the
+    per-step scan of their values (issue 20), and a NaN among them still surfaces in the loss."""
+    from scratchvae.kernels import ops
+    model = sv.VAE(12, [8], 3)
+    x = np.random.default_rng(0).random((5, 12)).astype(np.float32)
+    scans = []
+    real = ops.min_max
+    monkeypatch.setattr(ops, "min_max", lambda a: scans.append(a.shape) or real(a))
+    for call in (lambda **kw: model.loss_and_grads(x, rng=np.random.default_rng(1), **kw),
+                 lambda **kw: model.iw_loss_and_grads(x, 3, rng=np.random.default_rng(1), **kw)):
+        call(checked=True)
+        assert scans == []
+        call()
+        assert scans == [(5, 12)]
+        scans.clear()
+    x[2, 4] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        model.loss_and_grads(x, rng=np.random.default_rng(1))
+    with pytest.raises(FloatingPointError, match="not finite"):
+        model.loss_and_grads(x, rng=np.random.default_rng(1), checked=True)

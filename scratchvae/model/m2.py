@@ -108,7 +108,8 @@ class M2:
         """The batch loss without gradients (as :meth:`loss_and_grads`; the gradients are discarded)."""
         return self.loss_and_grads(x_l, y_l, x_u, rng, eps)[0]
 
-    def loss_and_grads(self, x_l, y_l, x_u, rng: Optional[np.random.Generator] = None, eps=None):
+    def loss_and_grads(self, x_l, y_l, x_u, rng: Optional[np.random.Generator] = None, eps=None,
+                       checked: bool = False):
         """Loss of a labelled batch ``(x_l (B_l, d), y_l (B_l,))`` and an
         unlabelled one ``x_u (B_u, d)``, and its gradient for every parameter.
 
@@ -116,10 +117,11 @@ class M2:
         the labelled examples, then class 0's copies of the unlabelled ones,
         then class 1's, ...). Returns ``(losses, grads)``; ``losses["total"]
         = labelled + unlabelled``, with ``labelled`` the mean of L(x, y)
-        including alpha times ``ce`` (the mean cross-entropy).
+        including alpha times ``ce`` (the mean cross-entropy). ``checked`` as in
+        :meth:`VAE.loss_and_grads`.
         """
         n_classes, vae = self.n_classes, self.vae
-        x_l, x_u = vae.check_x(x_l), vae.check_x(x_u)
+        x_l, x_u = vae.check_x(x_l, scan=not checked), vae.check_x(x_u, scan=not checked)
         y_l = np.asarray(y_l)
         if y_l.shape != (len(x_l),):
             raise ValueError(f"y_l must hold one label per labelled example, shape ({len(x_l)},), got {y_l.shape}")
@@ -133,7 +135,8 @@ class M2:
         log_q = K.log_softmax(logits).astype(np.float64)
         q = np.exp(log_q)
         weights = np.concatenate([np.full(b_l, 1.0 / b_l), (q[b_l:].T / b_u).reshape(-1)])
-        per_row, _ = vae.weighted_loss_and_grads(x_rows, weights, rng, eps, c=c_rows)
+        # x_rows repeat the checked x_l and x_u, c_rows are one-hot: no need to read them again
+        per_row, _ = vae.weighted_loss_and_grads(x_rows, weights, rng, eps, c=c_rows, checked=True)
         per_row = per_row + math.log(n_classes)                # -log p(y)
         L_l, L_u = per_row[:b_l], per_row[b_l:].reshape(n_classes, b_u).T     # (B_l,), (B_u, K)
         ce = -log_q[np.arange(b_l), y_l]

@@ -233,7 +233,9 @@ class VAE:
     # checks
     # ------------------------------------------------------------------
 
-    def _check_batch(self, x, name: str, dim: int, unit_interval: bool = False) -> np.ndarray:
+    def _check_batch(self, x, name: str, dim: int, unit_interval: bool = False, scan: bool = True) -> np.ndarray:
+        """x as (rows, dim) C-contiguous floats in the model's dtype; ``scan`` also reads
+        every value (finite, in [0, 1] with ``unit_interval``)."""
         x = np.asarray(x)
         if x.dtype.kind != "f":
             hint = " (for 8-bit images: x.astype(np.float32) / 255)" if x.dtype == np.uint8 else ""
@@ -244,6 +246,8 @@ class VAE:
         if x.shape[0] == 0:
             raise ValueError(f"{name} is an empty batch (shape {x.shape}); pass at least one example")
         x = np.ascontiguousarray(x, dtype=self.dtype)
+        if not scan:
+            return x
         lo, hi = K.min_max(x)              # NaN propagates
         if not (np.isfinite(lo) and np.isfinite(hi)):
             raise ValueError(f"{name} contains NaN or inf; clean the data before training")
@@ -252,21 +256,23 @@ class VAE:
                              f"likelihood needs [0, 1]; scale the data (e.g. x / 255)")
         return x
 
-    def check_x(self, x) -> np.ndarray:
+    def check_x(self, x, scan: bool = True) -> np.ndarray:
         """x as the model computes with it: (batch, d) floats, C-contiguous, in the
         model's dtype, finite (and in [0, 1] for the Bernoulli likelihoods), or a
-        ValueError/TypeError that says what is wrong."""
-        return self._check_batch(x, "x", self.input_dim, self.likelihood.needs_unit_interval)
+        ValueError/TypeError that says what is wrong. ``scan=False`` leaves the
+        values unread: for rows of an array that was checked already."""
+        return self._check_batch(x, "x", self.input_dim, self.likelihood.needs_unit_interval, scan)
 
-    def check_c(self, c, n: int) -> Optional[np.ndarray]:
-        """The context of n examples: None for a plain VAE, (n, m) floats for a conditional one."""
+    def check_c(self, c, n: int, scan: bool = True) -> Optional[np.ndarray]:
+        """The context of n examples: None for a plain VAE, (n, m) floats for a
+        conditional one (``scan`` as in :meth:`check_x`)."""
         if self.context_dim == 0:
             if c is not None:
                 raise ValueError("this VAE has no context (context_dim=0): do not pass c")
             return None
         if c is None:
             raise ValueError(f"this conditional VAE needs its context c, shape (batch, {self.context_dim})")
-        c = self._check_batch(c, "c", self.context_dim)
+        c = self._check_batch(c, "c", self.context_dim, scan=scan)
         if len(c) != n:
             raise ValueError(f"c has {len(c)} rows but the batch has {n}")
         return c
@@ -534,19 +540,22 @@ class VAE:
         return _means(terms, beta)
 
     def loss_and_grads(self, x, rng: Optional[np.random.Generator] = None, eps=None,
-                       beta: float = 1.0, c=None):
+                       beta: float = 1.0, c=None, checked: bool = False):
         """Loss of one batch and the gradient of ``mean(nll + beta * kl)`` for every parameter.
 
         x: (batch, d) floats (in [0, 1] for the Bernoulli likelihoods).
         Pass ``rng`` to draw eps ~ N(0, I), or ``eps`` (batch, k) to fix it.
-        ``c``: (batch, m), the context of a conditional VAE.
+        ``c``: (batch, m), the context of a conditional VAE. ``checked``: x and c
+        are rows of arrays checked already (a training loop's batches of loaded
+        data), so their values are not read again; a NaN among them still
+        surfaces as a non-finite loss.
         Returns ``(losses, grads)``: ``losses`` has the per-example means
         ``total``, ``nll`` and ``kl`` in nats (``total = nll + beta * kl``);
         ``grads`` has the keys of ``self.params``. ``grads`` is
         ``self.grads``: its arrays are overwritten by the next call (copy
         them to keep them), as are the workspaces this step computes in.
         """
-        terms, cache, ws = self._elbo_forward(x, rng, eps, beta, c)
+        terms, cache, ws = self._elbo_forward(x, rng, eps, beta, c, checked)
         losses = _means(terms, beta)
         n = len(ws.w_nll)
         ws.w_nll.fill(1.0 / n)                       # the ELBO: every example weighs 1/n
@@ -554,7 +563,7 @@ class VAE:
         return losses, self.backward(cache, ws.w_nll, ws.w_kl)
 
     def weighted_loss_and_grads(self, x, weights, rng: Optional[np.random.Generator] = None, eps=None,
-                                beta: float = 1.0, c=None):
+                                beta: float = 1.0, c=None, checked: bool = False):
         """Per-example losses ``l_i = nll_i + beta * kl_i`` and the gradient of
         ``sum_i w_i l_i``, for objectives that weight examples unequally (the
         semi-supervised M2 model weights each class's copy of an example by
@@ -565,13 +574,13 @@ class VAE:
         w = np.asarray(weights, dtype=self.dtype)
         if w.shape != (len(x),) or not np.all(np.isfinite(w)):
             raise ValueError(f"weights must be {len(x)} finite numbers, one per example, got shape {w.shape}")
-        terms, cache, ws = self._elbo_forward(x, rng, eps, beta, c)
+        terms, cache, ws = self._elbo_forward(x, rng, eps, beta, c, checked)
         per_row = terms.nll.astype(np.float64) + beta * terms.kl.astype(np.float64)
         np.multiply(w, beta, out=ws.w_kl)
         return per_row, self.backward(cache, w, ws.w_kl)
 
     def iw_loss_and_grads(self, x, k: int, rng: Optional[np.random.Generator] = None, eps=None, c=None,
-                          dreg: bool = False):
+                          dreg: bool = False, checked: bool = False):
         """The importance-weighted bound (IWAE, Burda et al. 2016) of one batch and its gradient.
 
         ``L_k = log (1/k) sum_i w_i``, ``log w_i = log p(x|z_i) + log p(z_i) - log q(z_i|x)
@@ -586,16 +595,17 @@ class VAE:
         has the same expectation; the decoder's (and the prior's) gradient is the
         IWAE one. Not with a flow (see :meth:`backward`).
 
-        x: (batch, d); eps, if given: (k, batch, latent); c: (batch, m) if conditional.
+        x: (batch, d); eps, if given: (k, batch, latent); c: (batch, m) if conditional;
+        ``checked`` as in :meth:`loss_and_grads`.
         Returns ``(losses, grads)``: ``losses["total"]`` is ``-L_k`` averaged over the
         batch (nats); ``nll`` and ``kl`` are the single-sample ELBO parts of the first
         sample, for reference.
         """
         check_samples(k)
         check_variants(flow=self.flow, dreg=dreg)
-        x = self.check_x(x)
+        x = self.check_x(x, scan=not checked)
         b = len(x)
-        c = self.check_c(c, b)
+        c = self.check_c(c, b, scan=not checked)
         if eps is not None and np.shape(eps) != (k, b, self.latent_dim):
             raise ValueError(f"eps must have shape (k, batch, latent) = {(k, b, self.latent_dim)}, "
                              f"got {np.shape(eps)}")
@@ -613,12 +623,12 @@ class VAE:
         self.backward(cache, ws.w_nll, None, ws.w_nll, path_scale)
         return {"total": total, "nll": float(terms.nll[:b].mean()), "kl": float(terms.kl.mean())}, self.grads
 
-    def _elbo_forward(self, x, rng, eps, beta, c):
+    def _elbo_forward(self, x, rng, eps, beta, c, checked=False):
         """The one-sample forward in this batch size's workspace; raises on a non-finite loss."""
         if not (np.isfinite(beta) and beta >= 0):
             raise ValueError(f"beta must be a finite number >= 0, got {beta}")
-        x = self.check_x(x)
-        c = self.check_c(c, len(x))
+        x = self.check_x(x, scan=not checked)
+        c = self.check_c(c, len(x), scan=not checked)
         ws = self.workspace(len(x), 1)
         terms, cache = self._forward(x, c, self._noise(len(x), 1, rng, eps, ws), ws)
         nll, kl = float(terms.nll.mean()), float(terms.kl.mean())

@@ -185,7 +185,7 @@ def profile(backend: Optional[str] = None, gemm: Optional[str] = None, batch_siz
 
         def step(i):
             x = pool[(i % 4) * batch_size:(i % 4 + 1) * batch_size]
-            opt.step(model.loss_and_grads(x, rng=rng)[1])
+            opt.step(model.loss_and_grads(x, rng=rng, checked=True)[1])    # as the training loop steps
 
         kernels.warmup()
         for i in range(5):

@@ -48,7 +48,7 @@ class Objective:
 
     def losses_and_grads(self, run: Run, x, idx, rng, beta):
         """Loss parts (per-example means, nats) and gradients of the batch ``x = x_train[idx]``."""
-        return run.model.loss_and_grads(x, rng=rng, beta=beta, c=run.train_context(idx, x, rng))
+        return run.model.loss_and_grads(x, rng=rng, beta=beta, c=run.train_context(idx, x, rng), checked=True)
 
     def test(self, run: Run) -> dict:
         """The test metrics after ``run.epoch`` epochs (its own generator per epoch)."""
@@ -68,7 +68,8 @@ class ImportanceWeighted(Objective):
         self.k, self.dreg = k, dreg
 
     def losses_and_grads(self, run, x, idx, rng, beta):
-        return run.model.iw_loss_and_grads(x, self.k, rng=rng, c=run.train_context(idx, x, rng), dreg=self.dreg)
+        return run.model.iw_loss_and_grads(x, self.k, rng=rng, c=run.train_context(idx, x, rng), dreg=self.dreg,
+                                           checked=True)
 
 
 class SemiSupervised(Objective):
@@ -83,7 +84,7 @@ class SemiSupervised(Objective):
         x_l = run.x_train[pick]
         if run.config.binarize == "dynamic":           # as the loop binarised the unlabelled batch
             binarize(x_l, rng, out=x_l)
-        return run.model.loss_and_grads(x_l, run.data.y_train[pick], x, rng=rng)
+        return run.model.loss_and_grads(x_l, run.data.y_train[pick], x, rng=rng, checked=True)
 
     def test(self, run):
         return {"test_accuracy": accuracy(run.model.predict, run.x_test, run.data.y_test)}
