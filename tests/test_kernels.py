@@ -373,3 +373,16 @@ def test_subprocesses_follow_the_environment():
     r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
                        timeout=120, env=dict(env, SCRATCHVAE_BACKEND="nope"))
     assert "unknown kernel backend 'nope'" in r.stderr
+
+
+def test_describe_names_numpys_blas_and_the_kernel_openblas_chose():
+    """With BLAS products, describe() says which library and which of its kernels run (issue 20):
+    OpenBLAS picks a kernel per CPU at run time, and OPENBLAS_CORETYPE overrides the pick."""
+    info = numpy_backend.describe()
+    if "blas_kernel" not in info:
+        pytest.skip(f"NumPy's BLAS here is not an OpenBLAS that says its kernel ({info.get('blas', 'unknown')})")
+    assert info["blas_isa"] == numpy_backend.OPENBLAS_ISA.get(info["blas_kernel"], "unknown")
+    code = "import scratchvae as sv; sv.set_backend('numpy'); d = sv.describe(); print(d['blas_kernel'], d['blas_isa'])"
+    forced = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            env={**os.environ, "OPENBLAS_CORETYPE": "Haswell"})
+    assert forced.stdout.split() == ["Haswell", "AVX2"]

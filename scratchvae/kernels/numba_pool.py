@@ -11,15 +11,18 @@ depend on the thread count.
 """
 from __future__ import annotations
 
+# The contract's kernels, defined here by importing them (hence the noqa: this
+# module is a backend, its imports are its definitions).
 from . import numba as serial
-from .gemm_numba import gemm
-from .numba import (gaussian_latent, gaussian_latent_backward, gaussian_log_sigma_grad, gaussian_nll,
-                    log_softmax, log_softmax_backward, min_max, repeat_rows, sgd_update, sum_squares, warmup)
-from .numba import activation_backward_pool as activation_backward
-from .numba import adam_update_pool as adam_update
-from .numba import bernoulli_nll_pool as bernoulli_nll
-from .numba import bias_activation_pool as bias_activation
-from .numba import continuous_bernoulli_nll_pool as continuous_bernoulli_nll
+from .gemm_numba import gemm  # noqa: F401
+from .numba import (gaussian_latent, gaussian_latent_backward, gaussian_log_sigma_grad,  # noqa: F401
+                    gaussian_nll, log_softmax, log_softmax_backward, min_max, repeat_rows, sgd_update,
+                    sum_squares, warmup)
+from .numba import activation_backward_pool as activation_backward  # noqa: F401
+from .numba import adam_update_pool as adam_update  # noqa: F401
+from .numba import bernoulli_nll_pool as bernoulli_nll  # noqa: F401
+from .numba import bias_activation_pool as bias_activation  # noqa: F401
+from .numba import continuous_bernoulli_nll_pool as continuous_bernoulli_nll  # noqa: F401
 
 
 def describe() -> dict:

@@ -8,7 +8,10 @@ does differently from the textbook line and why. Tested against
 """
 from __future__ import annotations
 
+import ctypes
+import itertools
 import math
+from typing import Optional
 
 import numpy as np
 
@@ -22,6 +25,55 @@ def _result(out, like):
 def _column(w, n, like):
     """Per-row weights (n,) as an (n, 1) column in ``like``'s dtype (no copy when it already is)."""
     return np.asarray(w, like.dtype).reshape(n, 1)
+
+
+#: OpenBLAS's kernels (as ``openblas_get_corename`` names them) by the vector instructions they use
+OPENBLAS_ISA = {"SapphireRapids": "AVX-512", "Cooperlake": "AVX-512", "SkylakeX": "AVX-512",
+                "Haswell": "AVX2", "Zen": "AVX2", "SandyBridge": "AVX", "Nehalem": "SSE4.2",
+                "Prescott": "SSE3", "Core2": "SSSE3", "Penryn": "SSE4.1", "Atom": "SSSE3",
+                "Neoversev1": "SVE", "Neoversen2": "SVE2", "Neoversen1": "NEON", "Armv8": "NEON"}
+
+
+def describe() -> dict:
+    """NumPy's BLAS: the library NumPy was built with and, for OpenBLAS, the kernel it
+    chose for this CPU at run time (``OPENBLAS_CORETYPE`` overrides it) and that
+    kernel's vector instructions. Keys that cannot be known here are left out."""
+    info = {}
+    try:
+        built = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        info["blas"] = f"{built['name']} {built.get('version', '')}".strip()
+    except (TypeError, KeyError, AttributeError):       # NumPy < 1.26 has no mode="dicts"
+        pass
+    core = _openblas_core()
+    if core:
+        info["blas_kernel"] = core
+        info["blas_isa"] = OPENBLAS_ISA.get(core, "unknown")
+    return info
+
+
+def _openblas_core() -> Optional[str]:
+    """The kernel the OpenBLAS loaded in this process runs (e.g. ``SkylakeX``), or None.
+
+    Linux lists a process's shared libraries in /proc/self/maps; OpenBLAS says
+    its kernel through ``openblas_get_corename``, whose name NumPy's own build
+    prefixes and suffixes (``scipy_openblas_get_corename64_``).
+    """
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = sorted({line.split()[-1] for line in maps if "openblas" in line and ".so" in line})
+    except OSError:
+        return None
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for prefix, suffix in itertools.product(("", "scipy_"), ("", "64_")):
+            corename = getattr(lib, f"{prefix}openblas_get_corename{suffix}", None)
+            if corename is not None:
+                corename.restype = ctypes.c_char_p
+                return corename().decode()
+    return None
 
 
 # --------------------------------------------------------------------------
