@@ -172,7 +172,8 @@ class ScratchVAE(System):
         self.rng = self.np.random.default_rng(seed)
 
     def step(self, x):
-        _losses, grads = self.model.loss_and_grads(x, rng=self.rng)
+        # as the training loop steps: the pool was checked when it was made, so no step rescans it
+        _losses, grads = self.model.loss_and_grads(x, rng=self.rng, checked=True)
         self.opt.step(grads)
 
     def describe(self):

@@ -191,3 +191,22 @@ def test_numba_benchmarks_quick_run(tmp_path, script, check):
     assert proc.returncode == 0, proc.stderr
     rec = json.loads(out.read_text())
     assert rec["benchmark"] == script and rec["args"]["quick"] is True and check(rec)
+
+
+def test_scaling_quick_run_tables_each_thread_count(tmp_path):
+    """benchmarks/scaling.py runs train_throughput.py per thread count and puts the runs side by side."""
+    out = tmp_path / "scaling.json"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(_hide(tmp_path, "torch", "jax")), str(ROOT)])
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scaling.py"), "--quick", "--threads", "1,2",
+                           "--systems", "scratchvae-numpy,jax-jit", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    rec = json.loads(out.read_text())
+    assert rec["benchmark"] == "scaling" and rec["threads"] == [1, 2] and set(rec["runs"]) == {"1", "2"}
+    rows = rec["tables"]["128"]
+    assert [(r["system"], r["threads"]) for r in rows] == [("scratchvae-numpy", 1), ("scratchvae-numpy", 2)]
+    assert rows[0]["speedup"] == 1 and rows[0]["efficiency"] == 1 and rows[0]["ratio_to_jax_jit"] is None
+    assert rows[1]["speedup"] == pytest.approx(rows[1]["examples_per_s"] / rows[0]["examples_per_s"])
+    assert rows[1]["efficiency"] == pytest.approx(rows[1]["speedup"] / 2)
+    assert "| scratchvae-numpy | 2 |" in proc.stdout
