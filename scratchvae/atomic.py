@@ -2,19 +2,34 @@
 
 One rule for every file the library writes (checkpoints, histories, arrays,
 pictures, data files): the bytes go to a temporary file beside the target,
-``.<name>.<pid>-<random>.part``, which is flushed, fsync'ed and renamed over
-the target. If anything fails, the temporary is removed and the old file is
-left as it was; the :class:`WriteError` names the file and the cause (for a
-full disk, the bytes needed and free). A process killed mid-write leaves its
-temporary behind; :func:`remove_stale_temporaries` deletes those whose
-process is gone when their directory is next used.
+``.<name>.scratchvae-<host>-<pid>-<random>.part`` (``host``: 8 hex digits of
+a hash of this machine's name, ``pid``: the writing process), which is
+flushed, fsync'ed and renamed over the target. If anything fails, the
+temporary is removed and the old file is left as it was; the
+:class:`WriteError` names the file and the cause (for a full disk, the bytes
+needed and free).
+
+Principles:
+
+- A command writes only the files it was asked to write. A process killed
+  mid-write leaves its temporary behind; :func:`remove_stale_temporaries`
+  deletes those, and only those: names of exactly the form above, written on
+  this machine by a process that no longer runs. Only ``train`` calls it, on
+  its own run directory; a command that reads a file (``sample``,
+  ``evaluate``, ...) never deletes anything beside it.
+- Files are created with the user's umask and replaced with their old mode:
+  a new file gets ``0o666 & ~umask`` (what ``open()`` and ``np.save`` give),
+  a file that replaces another keeps the mode of the one it replaces.
 """
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import re
+import socket
+import stat
 import tempfile
 from pathlib import Path
 from typing import IO, Iterator, List, Optional, Union
@@ -27,8 +42,16 @@ PathLike = Union[str, "os.PathLike[str]"]
 FILE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO,
                errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG}
 _FULL = {errno.ENOSPC, errno.EDQUOT}
-#: a temporary's name: the target's, the writing process (absent in older files), 8 random characters
-_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?:(?P<pid>\d+)-)?[a-z0-9_]{8}\.part$")
+#: this machine, in a temporary's name: process ids of other machines (a shared disk) are not asked about
+HOST = hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
+#: what marks a temporary as this library's: the prefix of its random part
+MARKER = "scratchvae"
+#: a temporary's name: the target's, the marker, the machine, the writing process, 8 random characters
+#: (those of :func:`tempfile.mkstemp`)
+TEMPORARY = re.compile(rf"^\.(?P<name>.+)\.{MARKER}-(?P<host>[0-9a-f]{{8}})-(?P<pid>[1-9][0-9]{{0,9}})-"
+                       r"[a-z0-9_]{8}\.part$")
+#: where Linux tells a process its umask without changing it
+PROC_STATUS = "/proc/self/status"
 
 
 class WriteError(OSError):
@@ -51,7 +74,8 @@ def atomic_write(path: PathLike, size: Optional[int] = None) -> Iterator[IO[byte
     system) is flushed and fsync'ed, then moved over ``path`` with
     ``os.replace``. If the body raises, or the process is interrupted, the
     temporary is deleted and ``path`` is left as it was: there is never a
-    partial file under the final name. The final file gets mode 0o644.
+    partial file under the final name. The final file gets the mode of the
+    file it replaces, or, if new, ``0o666 & ~umask`` (as ``open()`` does).
     Raises :class:`WriteError` for a failure of the file system.
     """
     path = Path(path)
@@ -61,7 +85,7 @@ def atomic_write(path: PathLike, size: Optional[int] = None) -> Iterator[IO[byte
             raise WriteError(f"cannot write {path}: not enough space on the device: it needs "
                              f"{format_bytes(size)}, {format_bytes(free)} free", errno.ENOSPC, path)
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}-", suffix=".part")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temporary_prefix(path.name), suffix=".part")
     except OSError as e:
         raise _write_error(path, e, size, 0) from None
     try:
@@ -69,7 +93,7 @@ def atomic_write(path: PathLike, size: Optional[int] = None) -> Iterator[IO[byte
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, _mode_for(path))
         os.replace(tmp, path)
     except BaseException as e:
         written = _size_of(tmp)
@@ -79,6 +103,36 @@ def atomic_write(path: PathLike, size: Optional[int] = None) -> Iterator[IO[byte
             raise _write_error(path, e, size, written) from None
         raise
     _fsync_dir(path.parent)
+
+
+def temporary_prefix(name: str) -> str:
+    """The start of the name of :func:`atomic_write`'s temporary for a file ``name``."""
+    return f".{name}.{MARKER}-{HOST}-{os.getpid()}-"
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux says it
+    (``Umask:`` of /proc/self/status), else set to 0o077 and back at once
+    (``os.umask`` is the only other way to ask, and it is process-wide)."""
+    try:
+        with open(PROC_STATUS) as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def _mode_for(path: Path) -> int:
+    """The mode a file written to ``path`` gets: that of the file it replaces,
+    else what ``open()`` would give a new one under the current umask."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return 0o666 & ~current_umask()
 
 
 def write_bytes(path: PathLike, data: bytes) -> Path:
@@ -124,27 +178,30 @@ def remove_empty(directories: List[Path]) -> None:
 
 def remove_stale_temporaries(directory: PathLike) -> List[str]:
     """Delete the temporaries of :func:`atomic_write` in ``directory`` whose
-    process (on this machine) no longer runs: those a ``kill -9`` or a power
-    cut left behind, and those of scratchvae versions that did not record the
-    process. Returns the names removed; a directory that cannot be read or
-    changed is left alone."""
+    process no longer runs: those a ``kill -9`` or a power cut left behind.
+
+    Only names of exactly the form :data:`TEMPORARY` count, written on this
+    machine (:data:`HOST`) by a process that is gone; any other file, however
+    it is named (a user's ``.notes.draft001.part``, an older scratchvae's
+    temporary), is left alone. Only ``train`` calls this, on the run
+    directory it writes into. Returns the names removed; a directory that
+    cannot be read or changed is left alone."""
     removed = []
     try:
         names = os.listdir(directory)
     except OSError:
         return removed
     for name in names:
-        m = _TEMPORARY.match(name)
-        if m and not _running(m.group("pid")):
+        m = TEMPORARY.match(name)
+        if m and m.group("host") == HOST and not _running(m.group("pid")):
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(directory, name))
                 removed.append(name)
     return removed
 
 
-def _running(pid: Optional[str]) -> bool:
-    if pid is None:
-        return False
+def _running(pid: str) -> bool:
+    """Does process ``pid`` run on this machine? (True where that cannot be told.)"""
     if os.name != "posix":                     # no way to ask: keep it
         return True
     try:

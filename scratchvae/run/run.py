@@ -32,7 +32,6 @@ from typing import List, Optional
 
 import numpy as np
 
-from ..atomic import remove_stale_temporaries
 from ..data.datasets import Dataset, binarize, load_array_file, load_dataset
 from ..inference.complete import MASK_KINDS, Mask, observed_context
 from ..model import M2, VAE
@@ -382,7 +381,6 @@ class Run:
         header, groups = ckpt.read(path)
         path = Path(path)
         out_dir = path if path.is_dir() else path.parent
-        remove_stale_temporaries(out_dir)
         state = header.get("train")
         resumable = "optimizer" in header
         if state is not None:
