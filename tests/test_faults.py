@@ -251,15 +251,22 @@ def _dead_pid() -> int:
     return p.pid
 
 
-def test_stale_temporaries_are_removed_when_the_run_directory_is_next_used(capsys, run_dir):
-    dead, old, live = (f".checkpoint.npz.{_dead_pid()}-abcd1234.part", ".history.json.q1w2e3r4.part",
-                       f".checkpoint.npz.{os.getpid()}-zxcv5678.part")
-    mine = (".notes.part", ".my.notes.part")                     # not named as a temporary: the user's
-    for name in (dead, old, live, *mine):
+def test_stale_temporaries_are_removed_when_the_run_directory_is_next_trained(capsys, run_dir):
+    tag = f"{atomic.MARKER}-{atomic.HOST}"
+    dead, live = (f".checkpoint.npz.{tag}-{_dead_pid()}-abcd1234.part",
+                  f".checkpoint.npz.{tag}-{os.getpid()}-zxcv5678.part")
+    # not this library's temporaries of this machine: an older scratchvae's, another machine's, the user's
+    others = (f".checkpoint.npz.{_dead_pid()}-abcd1234.part", ".history.json.q1w2e3r4.part",
+              f".checkpoint.npz.{atomic.MARKER}-0123abcd-{_dead_pid()}-abcd1234.part", ".notes.part",
+              ".my.notes.part", ".thesis.tex.draft001.part")
+    for name in (dead, live, *others):
         (run_dir / name).write_bytes(b"x" * 1000)
-    code, _, err = run(capsys, "evaluate", run_dir)
+    code, _, err = run(capsys, "evaluate", run_dir)               # a command that reads deletes nothing
     assert code == 0, err
-    assert parts(run_dir) == sorted([live, *mine])
+    assert parts(run_dir) == sorted([dead, live, *others])
+    code, _, err = run(capsys, "train", "--resume", run_dir, "--epochs", "2", "--no-plots", "-q")
+    assert code == 0, err
+    assert parts(run_dir) == sorted([live, *others])
 
 
 def test_kill_9_during_checkpoint_writes_never_leaves_a_checkpoint_that_does_not_load(tmp_path):
@@ -291,7 +298,7 @@ def test_kill_9_during_checkpoint_writes_never_leaves_a_checkpoint_that_does_not
             assert header["train"]["epoch"] >= 1
             loaded += 1
     assert killed_mid_write >= 3 and loaded >= 3              # the kills did land during writes
-    Run.open(tmp_path / "run")
+    atomic.remove_stale_temporaries(tmp_path / "run")             # what train does first
     assert parts(tmp_path / "run") == []
 
 
@@ -612,3 +619,117 @@ def test_a_full_disk_keeps_every_old_file_and_names_the_new_one(capsys, run_dir,
     now = {p.name: p.read_bytes() for p in [small_tmpfs / "s.npy", *(small_tmpfs / "run").iterdir()]}
     assert now == kept                                        # every old file whole, no temporary left
     assert sorted(p.name for p in small_tmpfs.iterdir()) == ["bars.npz", "filler", "run", "s.npy"]
+
+
+# ----------------------------------------------------------------------
+# issue 21, items 4, 7, 8: files not asked for, untrusted checkpoints, permissions
+# ----------------------------------------------------------------------
+
+def test_reading_a_checkpoint_deletes_nothing_beside_it(capsys, run_dir, tmp_path):
+    """`sample ~/Downloads/model.npz` once deleted ~/Downloads/.thesis.tex.draft001.part."""
+    downloads = tmp_path / "Downloads"
+    downloads.mkdir()
+    shutil.copy(run_dir / "checkpoint.npz", downloads / "model.npz")
+    theirs = [".thesis.tex.draft001.part", ".notes.part", f".model.npz.{_dead_pid()}-abcd1234.part",
+              f".model.npz.{atomic.MARKER}-{atomic.HOST}-{_dead_pid()}-abcd1234.part"]
+    for name in theirs:
+        (downloads / name).write_bytes(b"mine")
+    for argv in (["sample", downloads / "model.npz", "-n", "2", "-o", tmp_path / "s.npy"],
+                 ["evaluate", downloads / "model.npz"]):
+        code, _, err = run(capsys, *argv)
+        assert code == 0, err
+    assert sorted(p.name for p in downloads.iterdir()) == sorted(["model.npz", *theirs])
+
+
+def _zeros_member(path: Path, name: str, nbytes: int) -> None:
+    """Add to the zip ``path`` a compressed .npy member ``name`` of ``nbytes`` zero bytes."""
+    import zipfile
+    header = np.lib.format.header_data_from_array_1_0(np.zeros(0, np.uint8))
+    header["shape"] = (nbytes,)
+    with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED) as z, z.open(name, "w", force_zip64=True) as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        block = bytes(1 << 20)
+        for _ in range(nbytes >> 20):
+            f.write(block)
+
+
+def test_an_unknown_array_in_a_checkpoint_is_refused_before_it_is_read(capsys, run_dir, tmp_path):
+    """1 MB of compressed zeros under an unknown name made `sample` take 1.09 GB and exit 0."""
+    _zeros_member(run_dir / "checkpoint.npz", "zeros.npy", 1 << 30)
+    assert (run_dir / "checkpoint.npz").stat().st_size < 3 << 20
+    code, _, err = run(capsys, "sample", run_dir, "-n", "2", "-o", tmp_path / "s.npy")
+    assert_one_error(code, err, "unexpected array 'zeros'", "param/, optim/ and train/", "use the checkpoint")
+    assert not (tmp_path / "s.npy").exists()
+
+
+@pytest.mark.parametrize("member, words", [
+    ("param/enc.0.W.npy", ["do not fit", "param/enc.0.W has shape (1073741824,)", "the model's is (64, 16)"]),
+    ("optim/m.enc.0.W.npy", ["do not fit", "optim/m.enc.0.W has shape (1073741824,)", "the model's is (64, 16)"]),
+    ("train/perm.npy", ["train/perm", "(1073741824,)", "more than the 180 of its training set"]),
+])
+def test_an_array_larger_than_the_model_is_refused_before_it_is_read(capsys, run_dir, tmp_path, member, words):
+    with np.load(run_dir / "checkpoint.npz") as z:
+        arrays = {k: z[k] for k in z.files if k != member[:-4]}
+    np.savez(run_dir / "checkpoint.npz", **arrays)
+    _zeros_member(run_dir / "checkpoint.npz", member, 1 << 30)
+    code, _, err = run(capsys, "train", "--resume", run_dir, "--epochs", "2", "--no-plots", "-q")
+    assert_one_error(code, err, *words)
+
+
+def test_a_member_that_declares_more_than_it_holds_is_refused(run_dir, monkeypatch):
+    """The .npy header inside says 10^12 floats, the zip directory says a few bytes: corrupt, not read."""
+    with np.load(run_dir / "checkpoint.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    np.savez(run_dir / "checkpoint.npz", **{k: v for k, v in arrays.items() if k != "param/enc.0.W"})
+    import zipfile
+    header = np.lib.format.header_data_from_array_1_0(arrays["param/enc.0.W"])
+    header["shape"] = (10 ** 6, 10 ** 6)
+    with zipfile.ZipFile(run_dir / "checkpoint.npz", "a") as z, z.open("param/enc.0.W.npy", "w") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+    with pytest.raises(ckpt.CheckpointError, match=r"param/enc\.0\.W declares .* holds only"):
+        ckpt.read(run_dir)
+
+
+def test_arrays_that_do_not_fit_in_memory_are_refused_before_they_are_read(run_dir, monkeypatch):
+    monkeypatch.setattr(ckpt, "available_memory", lambda: 1000)
+    with pytest.raises(memory.NotEnoughMemoryError, match=r"checkpoint\.npz: its arrays need .* of memory, "
+                                                          r"only .*1,000 bytes\) is available; free some memory"):
+        ckpt.read(run_dir)
+
+
+def test_checkpoints_written_before_keep_loading():
+    data = Path(__file__).parent / "data"
+    for path in sorted(data.glob("*/*checkpoint.npz")):
+        header, groups = ckpt.read(path)
+        assert groups["param"], path
+        (ckpt.load_m2 if "m2" in header.get("train", {}) else sv.load)(path)
+        Run.open(path, data=None)
+
+
+@pytest.mark.parametrize("mask", [0o077, 0o022, 0o002, 0o027])
+def test_files_are_created_with_the_users_umask(capsys, run_dir, tmp_path, data_file, mask):
+    old = os.umask(mask)
+    try:
+        np.save(tmp_path / "numpy.npy", np.zeros(2))
+        code, _, err = run(capsys, "sample", run_dir, "-n", "2", "-o", tmp_path / "s.npy")
+        assert code == 0, err
+        code, _, err = train(capsys, data_file, tmp_path / "new")
+        assert code == 0, err
+    finally:
+        os.umask(old)
+    want = 0o666 & ~mask
+    assert (tmp_path / "numpy.npy").stat().st_mode & 0o777 == want        # what NumPy itself does
+    for p in [tmp_path / "s.npy", *(tmp_path / "new").iterdir()]:
+        assert p.stat().st_mode & 0o777 == want, p
+
+
+def test_a_replaced_file_keeps_its_mode(capsys, run_dir, tmp_path):
+    (run_dir / "checkpoint.npz").chmod(0o640)
+    (tmp_path / "s.npy").write_bytes(b"old")
+    (tmp_path / "s.npy").chmod(0o604)
+    code, _, err = run(capsys, "sample", run_dir, "-n", "2", "-o", tmp_path / "s.npy")
+    assert code == 0, err
+    code, _, err = run(capsys, "train", "--resume", run_dir, "--epochs", "2", "--no-plots", "-q")
+    assert code == 0, err
+    assert (tmp_path / "s.npy").stat().st_mode & 0o777 == 0o604
+    assert (run_dir / "checkpoint.npz").stat().st_mode & 0o777 == 0o640

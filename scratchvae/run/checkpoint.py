@@ -24,6 +24,17 @@ classifier's parameters as ``train/cls.*`` and its configuration as
 Files are written atomically (temporary file, fsync, rename), so a crash or
 Ctrl-C during a save leaves the previous checkpoint intact; a save refuses
 weights that are not finite, so a checkpoint always holds a usable model.
+
+A checkpoint is untrusted input: checked by name, shape and size before it
+is read. :func:`read` looks at the zip directory first and refuses an array
+whose name is not one of the layout's (``param/*``, ``optim/*``,
+``train/perm``, ``train/cls.*``) without reading it; then, from each
+member's ``.npy`` header alone (never its data), it refuses a member that
+declares more bytes than the zip directory gives it, a dtype that is not a
+plain number, a parameter or optimizer array whose shape is not the model's
+(the model the header describes, built under the memory guard), an
+order longer than the training set, and arrays whose total does not fit in
+the memory available. Only then are the arrays read.
 """
 from __future__ import annotations
 
@@ -38,11 +49,18 @@ import numpy as np
 
 from .._version import __version__
 from ..model import M2, VAE
+from ..model.memory import NotEnoughMemoryError
 from ..atomic import atomic_write
+from ..sizes import available_memory, format_bytes
 
 FORMAT = "scratchvae-checkpoint"
 FORMAT_VERSION = 1
 HEADER_KEY = "__header__.json"
+#: the arrays a checkpoint may hold besides its header: group -> a test of the name within it
+GROUPS = {"param": lambda name: bool(name), "optim": lambda name: bool(name),
+          "train": lambda name: name == "perm" or (name.startswith("cls.") and len(name) > 4)}
+#: the most bytes a header may declare (a long run's history is a few MB)
+HEADER_LIMIT = 256 * 2 ** 20
 
 
 class CheckpointError(ValueError):
@@ -186,56 +204,187 @@ def save(path, model: Union[VAE, M2], optimizer=None, train_state: Optional[dict
     return path
 
 
+class Groups(dict):
+    """:func:`read`'s arrays by group; ``model`` is the model the header
+    describes, built to check the shapes, which :func:`model_from` takes
+    (once) rather than building it again."""
+    model: Union[VAE, M2, None] = None
+
+
 def read(path) -> Tuple[dict, Dict[str, Dict[str, np.ndarray]]]:
     """Read a checkpoint: ``(header, {"param": {...}, "optim": {...}, "train": {...}})``.
 
     Raises :class:`CheckpointError` for a missing, truncated or corrupt file,
     a file that is not a scratchvae checkpoint, one written by a newer
-    format version, or a header that breaks :data:`HEADER`.
+    format version, or a header that breaks :data:`HEADER`; and, before any
+    array is read, for an array of a name, dtype, shape or size the model
+    does not have (:class:`NotEnoughMemoryError` where they do not fit in
+    memory).
     """
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoint.npz"
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    corrupt = CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt); "
+                              "use an intact copy or train again")
     try:
-        archive = np.load(path, allow_pickle=False)
-        if not isinstance(archive, np.ndarray):
-            with archive as npz:
-                contents = {k: npz[k] for k in npz.files}
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt); "
-                              "use an intact copy or train again") from None
-    if isinstance(archive, np.ndarray):
-        raise CheckpointError(f"{path}: holds one NumPy array, not a checkpoint (a checkpoint is the "
-                              ".npz file a training run writes)")
-    if HEADER_KEY not in contents:
+        with open(path, "rb") as f:
+            magic = f.read(len(np.lib.format.MAGIC_PREFIX))
+        if magic == np.lib.format.MAGIC_PREFIX:
+            raise CheckpointError(f"{path}: holds one NumPy array, not a checkpoint (a checkpoint is the "
+                                  ".npz file a training run writes)")
+        with zipfile.ZipFile(path) as archive:
+            members = _members(archive, path)
+            header = _read_header(archive, members.pop(HEADER_KEY), path)
+            check_header(header, str(path))
+            declared = {key: _declared(archive, info, key, path) for key, info in members.items()}
+            model = _expected(header, declared, path)
+            groups = Groups(param={}, optim={}, train={})
+            for key, info in members.items():
+                group, _, name = key.partition("/")
+                with archive.open(info) as f:
+                    groups[group][name] = np.lib.format.read_array(f, allow_pickle=False)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, OSError, ValueError, EOFError) as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise corrupt from None
+    groups.model = model
+    return header, groups
+
+
+def _members(archive: zipfile.ZipFile, path: Path) -> Dict[str, zipfile.ZipInfo]:
+    """The archive's members by array name, all of the layout's names (checked
+    before anything is read), the header among them."""
+    members: Dict[str, zipfile.ZipInfo] = {}
+    for info in archive.infolist():
+        key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+        group, _, name = key.partition("/")
+        if key != HEADER_KEY and not (group in GROUPS and GROUPS[group](name)):
+            if HEADER_KEY in archive.NameToInfo or HEADER_KEY + ".npy" in archive.NameToInfo:
+                raise CheckpointError(
+                    f"{path}: unexpected array {key!r} in checkpoint (a checkpoint holds its header and "
+                    "param/, optim/ and train/ arrays only); it was not read: use the checkpoint "
+                    "training wrote, or save the model again with scratchvae")
+            raise CheckpointError(f"{path}: not a scratchvae checkpoint (no {HEADER_KEY})")
+        if key in members or info.is_dir():
+            raise CheckpointError(f"{path}: the checkpoint holds {key!r} twice; use an intact copy or train again")
+        members[key] = info
+    if HEADER_KEY not in members:
         raise CheckpointError(f"{path}: not a scratchvae checkpoint (no {HEADER_KEY})")
+    return members
+
+
+def _declared(archive: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, path: Path) -> Tuple[tuple, np.dtype]:
+    """The shape and dtype a member's .npy header declares (its data unread),
+    checked against the bytes the zip directory gives the member."""
+    with archive.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version not in ((1, 0), (2, 0), (3, 0)):
+            raise ValueError(f"npy format {version}")
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, _, dtype = read_header(f)
+        offset = f.tell()
+    if dtype.hasobject or dtype.kind not in "biufc" or dtype.fields is not None:
+        raise CheckpointError(f"{path}: array {key} has dtype {dtype}; a checkpoint stores plain numbers")
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes > info.file_size - offset:
+        raise CheckpointError(f"{path}: array {key} declares {format_bytes(nbytes)} (shape {shape}) but the "
+                              f"file holds only {format_bytes(max(0, info.file_size - offset))} for it: it is "
+                              "corrupt; use an intact copy or train again")
+    return shape, dtype
+
+
+def _read_header(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> dict:
+    if info.file_size > HEADER_LIMIT:
+        raise CheckpointError(f"{path}: its header declares {format_bytes(info.file_size)}, more than a "
+                              f"checkpoint header holds ({format_bytes(HEADER_LIMIT)} at most); it was not read")
+    shape, dtype = _declared(archive, info, HEADER_KEY, path)
+    if dtype != np.uint8 or len(shape) != 1:
+        raise CheckpointError(f"{path}: corrupt checkpoint header (an array {dtype} {shape}, not bytes)")
+    with archive.open(info) as f:
+        raw = np.lib.format.read_array(f, allow_pickle=False)
     try:
-        header = json.loads(contents.pop(HEADER_KEY).tobytes().decode("utf-8"))
+        return json.loads(raw.tobytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise CheckpointError(f"{path}: corrupt checkpoint header ({e})") from None
-    check_header(header, str(path))
-    groups: Dict[str, Dict[str, np.ndarray]] = {"param": {}, "optim": {}, "train": {}}
-    for key, value in contents.items():
+
+
+def _build(header: dict, m2: bool, source) -> Union[VAE, M2]:
+    """The model ``header`` describes (its weights drawn, to be replaced)."""
+    m2_config = header.get("train", {}).get("m2") if m2 else None
+    if m2 and m2_config is None:
+        raise CheckpointError(f"{source}: not a semi-supervised (M2) checkpoint")
+    try:
+        return M2(**m2_config) if m2 else VAE.from_config(header["model"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{source}: bad model description in the header ({e})") from None
+
+
+def _dig(value, *keys):
+    """``value[k1][k2]...``, or None where a level is missing or not a JSON object."""
+    for key in keys:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    return value
+
+
+def _expected(header: dict, declared: Dict[str, Tuple[tuple, np.dtype]], path: Path) -> Union[VAE, M2]:
+    """Check the declared arrays against the model the header describes (which
+    is built, under the memory guard, and returned) and the memory available."""
+    train = header.get("train")
+    model = _build(header, isinstance(train, dict) and "m2" in train, path)
+    vae, cls = (model.vae, model.cls_params) if isinstance(model, M2) else (model, {})
+    params = {k: v.shape for k, v in vae.params.items()}
+    n_train = _dig(train, "data", "fingerprint", "train", "shape")
+    n_train = n_train[0] if isinstance(n_train, list) and n_train and type(n_train[0]) is int else None
+    for key, (shape, dtype) in declared.items():
         group, _, name = key.partition("/")
-        if group not in groups:
-            raise CheckpointError(f"{path}: unexpected array {key!r} in checkpoint")
-        groups[group][name] = value
-    return header, groups
+        of = name.partition(".")[2]
+        if group == "param":
+            want, what = params.get(name), "the model's"
+        elif group == "optim" and name == "step":
+            if shape != () or dtype.kind not in "iu":
+                raise CheckpointError(f"{path}: optimizer state step must be one integer >= 0, got {dtype} "
+                                      f"{shape}; it was not read: use an intact copy or train again")
+            continue
+        elif group == "optim":
+            want, what = params.get(of), "the model's"
+        elif name == "perm":
+            if len(shape) != 1 or dtype.kind not in "iu" or (n_train is not None and shape[0] > n_train):
+                bound = "" if n_train is None else f", more than the {n_train:,} of its training set"
+                raise CheckpointError(f"{path}: train/perm is not an order of the training examples (shape "
+                                      f"{shape}, dtype {dtype}{bound}); it was not read: use an intact copy or "
+                                      "train again")
+            continue
+        else:
+            want, what = (cls[name].shape if name in cls else None), "the model's"
+        if want is None:
+            raise CheckpointError(f"{path}: array {key} (shape {shape}) is not one of {what} arrays "
+                                  f"({model!r}); it was not read: use the checkpoint training wrote")
+        if tuple(shape) != tuple(want):
+            raise CheckpointError(f"{path}: its parameters do not fit this architecture ({model!r}): {key} has "
+                                  f"shape {shape}, {what} is {tuple(want)}; it was not read: use an intact copy "
+                                  "or train again")
+    total = sum(math.prod(shape) * dtype.itemsize for shape, dtype in declared.values())
+    available = available_memory()
+    if available is not None and total > available:
+        raise NotEnoughMemoryError(f"{path}: its arrays need {format_bytes(total)} of memory, only "
+                                   f"{format_bytes(available)} is available; free some memory or read it on a "
+                                   "machine with more")
+    return model
 
 
 def model_from(header: dict, groups: Dict[str, Dict[str, np.ndarray]], source="checkpoint",
                m2: bool = False) -> Union[VAE, M2]:
     """Build the model the header describes and fill in its parameters (names and
     shapes checked): the VAE, or with ``m2`` the whole M2 model of an M2 checkpoint."""
-    m2_config = header.get("train", {}).get("m2") if m2 else None
-    if m2 and m2_config is None:
-        raise CheckpointError(f"{source}: not a semi-supervised (M2) checkpoint")
-    try:
-        model = M2(**m2_config) if m2 else VAE.from_config(header["model"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{source}: bad model description in the header ({e})") from None
+    built, model = getattr(groups, "model", None), None
+    if built is not None and isinstance(built, M2) == m2:
+        groups.model, model = None, built                  # read() built it: take it, once
+    model = model or _build(header, m2, source)
     load_params(model, groups, source)
     return model
 
