@@ -733,3 +733,104 @@ def test_a_replaced_file_keeps_its_mode(capsys, run_dir, tmp_path):
     assert code == 0, err
     assert (tmp_path / "s.npy").stat().st_mode & 0o777 == 0o604
     assert (run_dir / "checkpoint.npz").stat().st_mode & 0o777 == 0o640
+
+
+# ----------------------------------------------------------------------
+# issue 21, items 1, 2, 3, 5: one writer per run directory, signals, empty paths
+# ----------------------------------------------------------------------
+
+from scratchvae.run.lock import LOCK  # noqa: E402
+
+
+def test_resuming_a_backup_beside_its_run_is_refused_and_says_how(capsys, run_dir):
+    """`train --resume runs/A/epoch1.npz` once continued the copy over runs/A/checkpoint.npz and its history."""
+    shutil.copy(run_dir / "checkpoint.npz", run_dir / "epoch1.npz")
+    code, _, err = run(capsys, "train", "--resume", run_dir, "--epochs", "2", "--no-plots", "-q")
+    assert code == 0, err                                                  # the run goes on to epoch 2
+    kept = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    code, _, err = run(capsys, "train", "--resume", run_dir / "epoch1.npz", "--epochs", "3", "--no-plots", "-q")
+    assert_one_error(code, err, f"{run_dir / 'epoch1.npz'} is not the checkpoint of the run in {run_dir}",
+                     "would write over that run", f"cp {run_dir / 'epoch1.npz'} ", f"--resume {run_dir}")
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == kept     # epoch 2 is still there
+    new = run_dir.parent / "run-from-epoch1"                              # the way out the message gives works
+    new.mkdir()
+    shutil.copy(run_dir / "epoch1.npz", new / "checkpoint.npz")
+    code, _, err = run(capsys, "train", "--resume", new, "--epochs", "2", "--no-plots", "-q")
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("option", ["--resume", "--out"])
+def test_an_empty_path_is_refused(capsys, data_file, tmp_path, monkeypatch, option):
+    """`train --resume "$RUN"` with RUN unset once started a fresh default training."""
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, "train", "--dataset", data_file, *SMALL, "--epochs", "1", "--no-plots", option, "")
+    assert_one_error(code, err, f"{option} was given an empty path")
+    assert not (tmp_path / "runs").exists()
+
+
+def _trainer(tmp_path, *extra, epochs="100000", data="bars.npz"):
+    """A training subprocess on tmp_path/bars.npz (the data_file fixture; checkpoints of a few kB)."""
+    argv = [sys.executable, "-m", "scratchvae", "train", "--dataset", data, *SMALL, "--epochs", epochs,
+            "--no-plots", *extra]
+    return subprocess.Popen(argv, cwd=tmp_path, env=subprocess_env(SCRATCHVAE_BACKEND="numpy"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(path: Path, p, seconds=60):
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        assert p.poll() is None and time.monotonic() < deadline, p.communicate()
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_and_sighup_end_training_as_ctrl_c_does(data_file, tmp_path, sig):
+    """SIGTERM (timeout, docker stop, systemd, schedulers) once killed training at once: nothing saved or said."""
+    p = _trainer(tmp_path, "--out", "run")
+    _wait_for(tmp_path / "run" / "checkpoint.npz", p)                      # training, epoch 1 done
+    time.sleep(0.05)
+    p.send_signal(sig)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 128 + sig, err
+    assert err.splitlines()[-1] == (f"interrupted by {signal.Signals(sig).name}: checkpoint saved; "
+                                    "continue with scratchvae train --resume run"), err
+    assert "Traceback" not in err and out == ""
+    header, _ = ckpt.read(tmp_path / "run")
+    state = header["train"]
+    assert state["epoch"] >= 1 and len(json.loads((tmp_path / "run" / "history.json").read_text())) == state["epoch"]
+    assert not (tmp_path / "run" / LOCK).exists()
+
+
+def test_a_second_trainer_is_told_the_directory_is_in_use_and_by_whom(data_file, tmp_path):
+    first = _trainer(tmp_path, "--out", "run")
+    try:
+        _wait_for(tmp_path / "run" / "checkpoint.npz", first)
+        for extra in (["--out", "run", "--overwrite", "--epochs", "2"], ["--resume", "run", "--epochs", "200000"]):
+            second = _trainer(tmp_path, "-q", *extra)
+            try:
+                out, err = second.communicate(timeout=20)
+            finally:
+                second.kill()
+            assert_one_error(second.returncode, err, "run is in use", f"process {first.pid} on ")
+        assert first.poll() is None                                        # the first trains on, untouched
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=60)
+    assert first.returncode == 128 + signal.SIGTERM
+
+
+def test_two_trainers_started_together_one_writes_the_run(data_file, tmp_path):
+    """Both once passed the "holds a run" check and exited 0, the checkpoint and history from different runs."""
+    np.savez(tmp_path / "more.npz", x=bars(6000))          # a first epoch longer than a start: the two overlap
+    procs = [_trainer(tmp_path, "--out", "run", "-q", "--seed", str(seed), epochs="2", data="more.npz")
+             for seed in (1, 2)]
+    results = [(p.wait(timeout=60), p.stderr.read()) for p in procs]
+    winners = [i for i, (code, _) in enumerate(results) if code == 0]
+    assert len(winners) == 1, results
+    (code, err), = [r for i, r in enumerate(results) if i not in winners]
+    assert_one_error(code, err)
+    assert "is in use" in err or "already holds a run" in err, err
+    header, _ = ckpt.read(tmp_path / "run")
+    assert header["train"]["config"]["seed"] == winners[0] + 1
+    assert [r["epoch"] for r in json.loads((tmp_path / "run" / "history.json").read_text())] == [1, 2]
+    assert not (tmp_path / "run" / LOCK).exists()

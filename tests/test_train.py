@@ -228,3 +228,120 @@ def test_the_loop_does_not_rescan_its_batches(tiny_data, tmp_path, monkeypatch, 
     monkeypatch.setattr(ops, "min_max", lambda a: scanned.append(len(a)) or real(a))
     trainer.fit()
     assert not batch_rows & set(scanned)
+
+
+# ----------------------------------------------------------------------
+# one writer per run directory (issue 21): the lock, and what changed under it
+# ----------------------------------------------------------------------
+
+from scratchvae.run import lock as run_lock  # noqa: E402
+from scratchvae.run.lock import LOCK, RunInUseError  # noqa: E402
+from scratchvae.run.run import RunChangedError, RunExistsError  # noqa: E402
+
+ONE = dict(SMALL, epochs=1)
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_fit_holds_the_lock_and_releases_it_on_every_way_out(tiny_data, tmp_path):
+    seen = []
+    trainer = new(TrainConfig(**ONE), tiny_data, tmp_path / "r", quiet=True,
+                  on_batch=lambda t: seen.append(json.loads((tmp_path / "r" / LOCK).read_text())["pid"]))
+    assert trainer.fit() == "done"
+    assert set(seen) == {os.getpid()} and not (tmp_path / "r" / LOCK).exists()
+
+    def interrupt(t):
+        os.kill(os.getpid(), signal.SIGINT)
+    assert new(TrainConfig(**ONE), tiny_data, tmp_path / "c", quiet=True, on_batch=interrupt).fit() == "interrupted"
+    assert not (tmp_path / "c" / LOCK).exists()
+
+    def poison(t):
+        t.run.model.params["enc.logvar.b"][:] = 1e4
+    with np.errstate(over="ignore", invalid="ignore"), pytest.raises(TrainingDiverged):
+        new(TrainConfig(**ONE), tiny_data, tmp_path / "d", quiet=True, on_batch=poison).fit()
+    assert not (tmp_path / "d").exists()                  # made by the failed fit, lock and all: removed
+
+
+def test_a_second_trainer_of_the_directory_is_refused_while_the_first_trains(tiny_data, tmp_path):
+    refused = []
+
+    def second(trainer):
+        if trainer.run.batch == 2 and not refused:
+            other = Run(TrainConfig(**ONE), tiny_data, tmp_path / "r", overwrite=True)
+            with pytest.raises(RunInUseError, match=rf"{tmp_path / 'r'} is in use: this process \({os.getpid()}\)"):
+                Trainer(other, quiet=True).fit()
+            refused.append(True)
+    assert new(TrainConfig(**ONE), tiny_data, tmp_path / "r", quiet=True, on_batch=second).fit() == "done"
+    assert refused and Run.open(tmp_path / "r").epoch == 1
+
+
+def test_two_new_runs_made_together_cannot_both_write(tiny_data, tmp_path):
+    """Both pass the "holds a run" check when made; the second is refused under the lock."""
+    a, b = (new(TrainConfig(**ONE), tiny_data, tmp_path / "r", quiet=True) for _ in range(2))
+    assert a.fit() == "done"
+    kept = (tmp_path / "r" / "checkpoint.npz").read_bytes()
+    with pytest.raises(RunExistsError, match="already holds a run"):
+        b.fit()
+    assert (tmp_path / "r" / "checkpoint.npz").read_bytes() == kept
+
+
+def test_two_resumes_opened_together_cannot_both_write(tiny_data, tmp_path):
+    new(TrainConfig(**ONE), tiny_data, tmp_path / "r", quiet=True).fit()
+    a, b = (resumed(tmp_path / "r", tiny_data, epochs=2, quiet=True) for _ in range(2))
+    assert a.fit() == "done"
+    with pytest.raises(RunChangedError, match=r"has changed since this run was opened.*--resume"):
+        b.fit()
+    assert Run.open(tmp_path / "r").epoch == 2 and len(json.loads((tmp_path / "r" / "history.json").read_text())) == 2
+
+
+def test_a_run_trains_on_after_its_own_saves(tiny_data, tmp_path):
+    trainer = new(TrainConfig(**ONE), tiny_data, tmp_path / "r", quiet=True)
+    trainer.fit()
+    trainer.run.config.epochs = 2                     # the same object, further: its own checkpoint is no stranger
+    assert trainer.fit() == "done" and Run.open(tmp_path / "r").epoch == 2
+
+
+@pytest.mark.parametrize("flock", [True, False])
+def test_a_stale_lock_of_a_dead_process_does_not_block(tiny_data, tmp_path, monkeypatch, flock):
+    import socket
+    if not flock:
+        monkeypatch.setattr(run_lock, "fcntl", None)
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / LOCK).write_text(json.dumps({"pid": _dead_pid(), "host": socket.gethostname()}))
+    assert new(TrainConfig(**ONE), tiny_data, tmp_path / "r", quiet=True).fit() == "done"
+    assert not (tmp_path / "r" / LOCK).exists()
+
+
+@pytest.mark.parametrize("holder,needle", [({"pid": 1, "host": None}, "process 1 on"),
+                                           ({"pid": 12345, "host": "elsewhere"}, "process 12345 on elsewhere")])
+def test_without_flock_a_live_or_foreign_lock_blocks_and_says_which_file_to_remove(
+        tiny_data, tmp_path, monkeypatch, holder, needle):
+    import socket
+    monkeypatch.setattr(run_lock, "fcntl", None)
+    (tmp_path / "r").mkdir()
+    holder = {**holder, "host": holder["host"] or socket.gethostname()}
+    (tmp_path / "r" / LOCK).write_text(json.dumps(holder))
+    with pytest.raises(RunInUseError, match=needle) as e:
+        new(TrainConfig(**ONE), tiny_data, tmp_path / "r", quiet=True).fit()
+    assert f"remove {tmp_path / 'r' / LOCK}" in str(e.value)
+    assert json.loads((tmp_path / "r" / LOCK).read_text()) == holder        # not taken over
+
+
+def test_a_backup_beside_a_run_is_not_continued_over_that_run(tiny_data, tmp_path):
+    new(TrainConfig(**ONE), tiny_data, tmp_path / "A", quiet=True).fit()
+    (tmp_path / "A" / "epoch1.npz").write_bytes((tmp_path / "A" / "checkpoint.npz").read_bytes())
+    kept = {p.name: p.read_bytes() for p in (tmp_path / "A").iterdir()}
+    with pytest.raises(RunExistsError, match=r"epoch1.npz is not the checkpoint of the run in .*--resume "):
+        resumed(tmp_path / "A" / "epoch1.npz", tiny_data, epochs=2, quiet=True)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "A").iterdir()} == kept
+    # a copy alone in its folder continues there (it is that folder's run from then on)
+    (tmp_path / "B").mkdir()
+    (tmp_path / "B" / "model.npz").write_bytes(kept["epoch1.npz"])
+    again = resumed(tmp_path / "B" / "model.npz", tiny_data, epochs=2, quiet=True)
+    assert again.fit() == "done" and Run.open(tmp_path / "B").epoch == 2

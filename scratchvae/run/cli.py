@@ -186,19 +186,33 @@ def add_train_arguments(parser) -> None:
                         help="replace the run that --out holds: its checkpoint, history and pictures are replaced "
                              "when the new run saves its first checkpoint (until then the old run stays intact)")
     parser.add_argument("--resume", metavar="CKPT", help="continue the run in this checkpoint or run directory "
-                                                         "(--epochs may extend it)")
+                                                         "(--epochs may extend it); a copy of a checkpoint beside "
+                                                         "another run is refused: resume it in a directory of its "
+                                                         "own")
     parser.add_argument("--no-plots", action="store_true", help="skip the pictures at the end")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only the run directory")
 
 
 def cmd_train(args) -> int:
+    """Train; SIGTERM and SIGHUP end it the way Ctrl-C does, wherever they come (see :meth:`Trainer.fit`)."""
+    from .train import signals_interrupt
+    with signals_interrupt():
+        return _train(args)
+
+
+def _train(args) -> int:
+    import signal
     from .run import Run, data_source
     from .train import Trainer, default_run_dir
 
+    for option, value in (("--resume", args.resume), ("--out", args.out)):
+        if value is not None and not value.strip():
+            raise ValueError(f"{option} was given an empty path (an unset shell variable?); give a "
+                             + ("checkpoint or run directory" if option == "--resume" else "directory"))
     given = {k: getattr(args, k) for k in RUN_OPTIONS if getattr(args, k) is not None}
     if "dataset" in given:
         given["dataset"] = data_source(given["dataset"])
-    if args.resume:
+    if args.resume is not None:
         if args.out:
             raise ValueError("--out cannot be combined with --resume: a run continues in its own directory")
         if args.overwrite:
@@ -233,13 +247,15 @@ def cmd_train(args) -> int:
                 "unlabelled, " if cfg.semi_supervised else "")
         print(f"training {run.model!r} on {data.name} ({len(data.x_train):,} train / {len(data.x_test):,} test), "
               f"{what}{cfg.epochs} epochs, batch {cfg.batch_size}, kernels: {_kernels()}", file=sys.stderr)
-    status = trainer.fit()
-    if status == "interrupted":
-        print(f"interrupted: checkpoint saved; continue with "
-              f"scratchvae train --resume {run.out_dir}", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    if not args.no_plots:
-        _pictures(run, run.out_dir, args.quiet)
+    with run.writing():         # one writer: the run directory is locked through training and pictures
+        if trainer.fit() == "interrupted":
+            signum = trainer.stopped_by or signal.SIGINT
+            by = "" if signum == signal.SIGINT else f" by {signal.Signals(signum).name}"
+            print(f"interrupted{by}: checkpoint saved; continue with "
+                  f"scratchvae train --resume {run.out_dir}", file=sys.stderr)
+            return 128 + signum         # 130 for Ctrl-C (EXIT_INTERRUPTED), 143 for SIGTERM, as shells report
+        if not args.no_plots:
+            _pictures(run, run.out_dir, args.quiet)
     if cfg.semi_supervised:
         print(f"test accuracy of q(y|x): {run.history[-1]['test_accuracy']:.4f}")
     print(f"run directory: {run.out_dir}")

@@ -13,6 +13,15 @@ told to replace it (``overwrite=True``). Its checkpoints record a
 fingerprint of the data (shape and SHA-256 of each split), and a run opened
 from one refuses data that differ from it, saying what changed.
 
+A run directory has one writer at a time: whatever writes into it does so
+inside :meth:`Run.writing`, which takes the directory's lock
+(:mod:`scratchvae.run.lock`; a second writer is told which process holds it)
+and then checks, under the lock, that the directory holds nothing this run
+would write over (:meth:`Run.check_destination`): a run that appeared since
+a new one was made, a checkpoint newer than the one a resumed run read, or
+another run beside the backup copy a run was opened from. Reading a run
+(``Run.open``, ``evaluate``, ``sample``, ...) takes no lock and writes nothing.
+
 Randomness: the model's weights come from ``seed``; the training stream
 (shuffling, eps, dynamic binarisation, M2's labelled draws) from a generator
 seeded by ``seed`` and saved in every checkpoint, so a resumed run continues
@@ -21,6 +30,7 @@ per epoch and does not touch the training stream.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -32,6 +42,7 @@ from typing import List, Optional
 
 import numpy as np
 
+from ..atomic import check_writable, make_dirs, remove_empty
 from ..data.datasets import Dataset, binarize, load_array_file, load_dataset
 from ..inference.complete import MASK_KINDS, Mask, observed_context
 from ..model import M2, VAE
@@ -42,6 +53,7 @@ from ..model.priors import make_prior
 from ..model.vae import check_variants
 from ..optim import Adam
 from . import checkpoint as ckpt
+from .lock import RunLock
 from .plots import PICTURES
 
 BINARIZE = ("none", "dynamic", "static")
@@ -69,6 +81,10 @@ class RunExistsError(ValueError):
 
 class DataChangedError(ValueError):
     """A saved run was given data other than those it was trained on."""
+
+
+class RunChangedError(ValueError):
+    """A run's directory was written by someone else since the run was opened or last saved."""
 
 
 def data_source(name: str) -> str:
@@ -228,6 +244,10 @@ class Run:
                 f"{self.out_dir} already holds a run ({', '.join(found)}); continue it with "
                 f"scratchvae train --resume {self.out_dir}, or replace it with --overwrite (Run(..., overwrite=True))")
         self._replaces = bool(found)
+        self._overwrite = overwrite
+        self._seen = None           # checkpoint.npz as this run last opened or saved it (see check_destination)
+        self.source: Optional[Path] = None   # the checkpoint this run continues: the one opened, then the one saved
+        self._lock: Optional[RunLock] = None
         self._data = data
         self.trained_on: Optional[dict] = None
         self.model = self._build_model() if model is None else model
@@ -361,6 +381,7 @@ class Run:
         save of a run that replaces another then removes the old history and pictures."""
         arrays = {} if self.perm is None else {"perm": self.perm}
         path = ckpt.save(self.checkpoint_path, self.model, self.optimizer, self.state(), arrays)
+        self.source, self._seen = path, _identity(path)
         if self._replaces:
             for name in RUN_FILES[1:] + PICTURES:
                 (self.out_dir / name).unlink(missing_ok=True)
@@ -390,6 +411,8 @@ class Run:
         if config is not None and data_dir:
             config = dataclasses.replace(config, data_dir=data_dir)
         run = cls(config, data, out_dir=out_dir, model=model)
+        run.source = path / CHECKPOINT if path.is_dir() else path
+        run._seen = _identity(run.checkpoint_path)
         if state is None:
             return run
         run.history = state.get("history", [])
@@ -427,6 +450,73 @@ class Run:
         """Does this run hold what training needs to continue (optimizer and loop state)?"""
         return self.optimizer is not None
 
+    # ------------------------------------------------------------------
+    # one writer at a time
+    # ------------------------------------------------------------------
+
+    def check_destination(self) -> None:
+        """Refuse to write this run into :attr:`out_dir` where that would write over work it does not own.
+
+        - A run opened from a checkpoint that is not its folder's own
+          ``checkpoint.npz`` (a backup copy, ``runs/A/epoch1.npz``) would
+          continue in ``runs/A/checkpoint.npz`` and its history: refused
+          (:class:`RunExistsError`) when that folder holds a run.
+        - A new run: refused when the directory holds a run (unless
+          ``overwrite``), as when it was made; it may have gained one since.
+        - A run opened or saved before: refused (:class:`RunChangedError`)
+          when its checkpoint is no longer the file this run read or wrote
+          last (another process trained it meanwhile).
+        """
+        if self.out_dir is None:                # a run that writes nowhere
+            return
+        found = run_files(self.out_dir)
+        source = self.source
+        if source is not None and source.name != CHECKPOINT and found:
+            new = self.out_dir.parent / f"{self.out_dir.name}-from-{source.stem}"
+            raise RunExistsError(
+                f"{source} is not the checkpoint of the run in {self.out_dir} ({', '.join(found)}), and continuing "
+                f"it would write over that run; continue the copy in a directory of its own (mkdir {new} && "
+                f"cp {source} {new / CHECKPOINT} && scratchvae train --resume {new}), or continue the run "
+                f"itself with --resume {self.out_dir}")
+        if self._seen is None:
+            if found and not self._overwrite:
+                raise RunExistsError(
+                    f"{self.out_dir} already holds a run ({', '.join(found)}); continue it with scratchvae train "
+                    f"--resume {self.out_dir}, or replace it with --overwrite (Run(..., overwrite=True))")
+            if self._overwrite:
+                self._replaces = bool(found)
+        elif _identity(self.checkpoint_path) != self._seen:
+            raise RunChangedError(
+                f"{self.checkpoint_path} has changed since this run was opened (another process trained or "
+                f"replaced it meanwhile), and continuing from the older state would write over that work; "
+                f"start again from the run as it is now: scratchvae train --resume {self.out_dir}")
+
+    @contextlib.contextmanager
+    def writing(self):
+        """Hold this run's directory for writing: make it if need be, check that
+        it can be written, take its lock (:class:`~scratchvae.run.lock.RunLock`;
+        :class:`~scratchvae.run.lock.RunInUseError` if another process or
+        object holds it) and :meth:`check_destination` under the lock. The lock
+        is released however the block ends; directories made here are removed
+        again if it fails before anything was written into them. Re-entrant
+        for the same run object (the command holds it through training and the
+        pictures; the trainer takes it too)."""
+        if self._lock is not None:
+            yield
+            return
+        made = make_dirs(self.out_dir)
+        try:
+            check_writable(self.out_dir)
+            with RunLock(self.out_dir) as self._lock:
+                try:
+                    self.check_destination()
+                    yield
+                finally:
+                    self._lock = None
+        except BaseException:
+            remove_empty(made)
+            raise
+
 
 def config_from(stored: dict, source: str) -> TrainConfig:
     """A :class:`TrainConfig` from a checkpoint's stored configuration (fields
@@ -439,6 +529,15 @@ def config_from(stored: dict, source: str) -> TrainConfig:
         return TrainConfig(**stored)
     except (TypeError, ValueError) as e:
         raise ckpt.CheckpointError(f"{source}: bad training configuration in the header ({e})") from None
+
+
+def _identity(path: Path):
+    """Which file ``path`` is now (None: none): every save replaces the file, so a new save is a new one."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def run_files(directory) -> List[str]:

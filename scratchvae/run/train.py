@@ -9,9 +9,24 @@ What differs between the ELBO, the importance-weighted bound, a conditional
 VAE and M2 is an :class:`Objective`: the loss and gradient of one batch, the
 loss parts summed over an epoch, and the test metrics. Everything else
 (order, checkpoints, Ctrl-C, resume bit for bit) is the loop's.
+
+Two rules of the loop (issue 21):
+
+- A run directory has one writer at a time. :meth:`Trainer.fit` holds the
+  run's directory through :meth:`Run.writing <scratchvae.run.run.Run.writing>`
+  (its lock, :mod:`scratchvae.run.lock`, and the check under that lock that
+  nothing there is newer than what this run read or wrote), and releases it
+  however it ends. Anything else that writes into a run directory takes the
+  same lock.
+- Every signal a scheduler sends ends training the way Ctrl-C does: SIGINT,
+  SIGTERM and SIGHUP (:data:`STOP_SIGNALS`) finish the step, save a
+  checkpoint and return ``"interrupted"``; a second one raises
+  KeyboardInterrupt. A new signal that should stop training goes into
+  :data:`STOP_SIGNALS`, not into a handler of its own.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
@@ -22,7 +37,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ..atomic import check_writable, make_dirs, remove_empty, remove_stale_temporaries, write_bytes
+from ..atomic import remove_stale_temporaries, write_bytes
 from ..data.datasets import binarize
 from ..inference.evaluate import elbo
 from ..model import M2, memory
@@ -34,6 +49,33 @@ from .run import Run, stream
 
 class TrainingDiverged(RuntimeError):
     """The loss or the weights became NaN or inf; the last good checkpoint is left as it was."""
+
+
+#: the signals that stop training the way Ctrl-C does: Ctrl-C itself, and what ``timeout``, ``docker stop``,
+#: systemd, batch schedulers (SIGTERM) and a closed terminal (SIGHUP) send
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+@contextlib.contextmanager
+def handling(signals, handler):
+    """Handle ``signals`` with ``handler`` inside the block, restoring the previous handlers after it
+    (in the main thread only: elsewhere Python cannot set handlers, and nothing changes)."""
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for s in signals:
+            previous[s] = signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            if h is not None:               # None: a handler not set from Python, which cannot be restored
+                signal.signal(s, h)
+
+
+def signals_interrupt():
+    """Every signal of :data:`STOP_SIGNALS` raises KeyboardInterrupt inside the block, as Ctrl-C does, so
+    that a command's ``finally`` clauses run (its lock released, its empty directories removed)."""
+    return handling(STOP_SIGNALS, signal.default_int_handler)
 
 
 # --------------------------------------------------------------------------
@@ -133,6 +175,7 @@ class Trainer:
         if not run.resumable:
             raise ValueError(f"{run.out_dir}: this run was saved without its optimizer state, "
                              "so it cannot continue; train a new one")
+        run.check_destination()         # again under the lock, in fit
         self.run, self.quiet, self.on_batch = run, quiet, on_batch
         self.file = sys.stderr if file is None else file
         self.objective = objective_of(run)
@@ -142,6 +185,7 @@ class Trainer:
         self._check_position()
         self._require_memory()
         self._stop = False
+        self.stopped_by: Optional[int] = None       # the signal that stopped the last fit, if one did
         self._buffers = {}
 
     def _check_position(self):
@@ -189,35 +233,28 @@ class Trainer:
     def fit(self) -> str:
         """Train up to ``config.epochs``. Returns ``"done"`` or ``"interrupted"``.
 
-        Ctrl-C finishes the current step, saves a checkpoint and returns
-        ``"interrupted"`` (a second Ctrl-C aborts at once). A non-finite loss,
-        or weights that are not finite when a checkpoint is due, raise
-        :class:`TrainingDiverged` and save nothing.
+        Ctrl-C, SIGTERM and SIGHUP (:data:`STOP_SIGNALS`) finish the current
+        step, save a checkpoint and return ``"interrupted"``, the signal in
+        :attr:`stopped_by`; a second signal aborts at once (KeyboardInterrupt).
+        A non-finite loss, or weights that are not finite when a checkpoint is
+        due, raise :class:`TrainingDiverged` and save nothing.
 
-        The run directory is made if need be, checked to be writable, and
-        cleared of temporaries that killed processes left; directories this
-        call made are removed again if it fails before writing into them.
+        The run directory is held for the whole call (:meth:`Run.writing`:
+        made if need be, checked to be writable, locked, checked again to hold
+        nothing this run would write over; released however the call ends),
+        and cleared of temporaries that killed processes left; directories
+        this call made are removed again if it fails before writing into them.
         """
         out_dir = self.run.out_dir
-        made = make_dirs(out_dir)
-        previous = None
-        if threading.current_thread() is threading.main_thread():
-            previous = signal.signal(signal.SIGINT, self._on_sigint)
-        try:
+        self._stop, self.stopped_by = False, None
+        with self.run.writing(), handling(STOP_SIGNALS, self._on_signal):
             remove_stale_temporaries(out_dir)
-            check_writable(out_dir)
             while self.run.epoch < self.run.config.epochs:
                 if not self.train_epoch():
                     self._save("at the interruption", self.run.epoch + 1)
                     return "interrupted"
                 self._end_epoch()
             return "done"
-        except BaseException:
-            remove_empty(made)
-            raise
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
 
     def _save(self, where: str, epoch: int) -> None:
         """The run's checkpoint, or :class:`TrainingDiverged` (in ``epoch``) if its weights are not finite."""
@@ -226,9 +263,11 @@ class Trainer:
         except NotFiniteError as e:
             raise self._diverged(where, e, epoch) from None
 
-    def _on_sigint(self, signum, frame):
+    def _on_signal(self, signum, frame):
         self._stop = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)   # a second Ctrl-C aborts
+        self.stopped_by = signum
+        for s in STOP_SIGNALS:                                      # a second signal aborts
+            signal.signal(s, signal.default_int_handler)
 
     def train_epoch(self) -> bool:
         """Train the rest of the current epoch; False when Ctrl-C stopped it first.
