@@ -6,7 +6,7 @@ from typing import Dict
 
 import numpy as np
 
-from ..model import VAE
+from ..model import VAE, memory
 from ..model.vae import check_samples
 from ..model.latent import importance_weights
 
@@ -56,6 +56,9 @@ def log_likelihood(model: VAE, x: np.ndarray, k: int, rng: np.random.Generator, 
     x = model.check_x(x)
     c = model.check_c(c, len(x))
     n, latent = len(x), model.latent_dim
+    rows, draws = min(batch_size, n), min(chunk, k)
+    memory.require(memory.step_bytes(model, rows, draws) + rows * draws * latent * model.dtype.itemsize,
+                   f"the importance-weighted bound, {draws:,} samples of {rows:,} examples at a time")
     out = np.empty(n)
     for start in range(0, n, batch_size):
         xb = x[start:start + batch_size]

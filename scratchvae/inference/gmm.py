@@ -24,6 +24,7 @@ from typing import List, Optional
 import numpy as np
 
 from ..kernels import HALF_LOG_2PI
+from ..model import memory
 from ..model.latent import log_sum_exp
 
 
@@ -35,6 +36,13 @@ def parse_sampler(spec: str) -> int:
     if kind == "gmm" and count.isdigit() and int(count) >= 1:
         return int(count)
     raise ValueError(f"sampler must be prior or gmm:N with N >= 1 components (e.g. gmm:10), got {spec!r}")
+
+
+def fit_bytes(n: int, d: int, components: int) -> int:
+    """Bytes :meth:`GaussianMixture.fit` takes on n codes of size d: the codes,
+    the (n, N) log-joint, responsibilities and their temporary, and per component
+    its mean, covariance and Cholesky factor, in float64."""
+    return 8 * (n * d + 3 * n * components + components * (d + 2 * d * d) + 2 * n * d)
 
 
 class GaussianMixture:
@@ -65,6 +73,8 @@ class GaussianMixture:
         if z.ndim != 2 or len(z) < self.components:
             raise ValueError(f"need codes of shape (n, d) with n >= {self.components} components, got {z.shape}")
         n, d = z.shape
+        memory.require(fit_bytes(n, d, self.components), f"a mixture of {self.components:,} components fitted "
+                                                         f"to {n:,} codes")
         self.means = self._seed_means(z, rng)
         self.covariances = np.tile(np.cov(z.T).reshape(d, d) + self.reg * np.eye(d), (self.components, 1, 1))
         self.weights = np.full(self.components, 1.0 / self.components)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..model import VAE
+from ..model import VAE, memory
 
 PATHS = ("linear", "spherical")
 
@@ -45,6 +45,14 @@ def slerp(z0, z1, t):
     return (np.sin((1 - t) * angle) * z0 + np.sin(t * angle) * z1) / np.sin(angle)
 
 
+def interpolate_bytes(model: VAE, steps: int) -> int:
+    """Bytes :func:`interpolate` takes for ``steps`` points per path: t, both
+    paths and their float64 temporaries, the repeated context and the decoded rows."""
+    rows = len(PATHS) * steps
+    return (steps * 8 + rows * model.latent_dim * (4 * 8 + model.dtype.itemsize)
+            + rows * model.context_dim * model.dtype.itemsize + memory.decode_bytes(model, rows))
+
+
 def interpolate(model: VAE, z_from, z_to, steps: int = 10, c=None) -> np.ndarray:
     """Decoded means E[x | z] along both paths from ``z_from`` to ``z_to`` (each (k,)).
 
@@ -55,6 +63,7 @@ def interpolate(model: VAE, z_from, z_to, steps: int = 10, c=None) -> np.ndarray
     """
     if not (isinstance(steps, (int, np.integer)) and steps >= 2):
         raise ValueError(f"steps must be an integer >= 2 (the two ends included), got {steps!r}")
+    memory.require(interpolate_bytes(model, steps), f"interpolating {steps:,} steps per path")
     k = model.latent_dim
     z_from, z_to = (np.asarray(z, float).reshape(-1) for z in (z_from, z_to))
     if z_from.shape != (k,) or z_to.shape != (k,):

@@ -427,7 +427,8 @@ def add_sample_arguments(parser) -> None:
 
 
 def cmd_sample(args) -> int:
-    from ..inference.gmm import fit_to_codes, parse_sampler
+    from ..inference.gmm import fit_bytes, fit_to_codes, parse_sampler
+    from ..model import memory
     from ..model.layers import one_hot
     from .run import Run
 
@@ -439,13 +440,28 @@ def cmd_sample(args) -> int:
     model = run.vae
     classes = model.context_dim
     sampler = None
-    if components:        # fitted to the codes of the training set as the model trained on it
-        rng = np.random.default_rng([args.seed, 1])
-        sampler = fit_to_codes(model, run.x_train_seen(rng), components, rng)
     if args.label is not None and not classes:
         raise ValueError("--label needs a conditional model (trained with --conditional label)")
     if args.label is not None and args.label >= classes:
         raise ValueError(f"--label must lie in [0, {classes - 1}] for this model, got {args.label}")
+    per_class = classes and args.label is None
+    rows = args.n * classes if per_class else args.n
+    cols = args.n if per_class else int(np.ceil(np.sqrt(rows)))
+    if out.suffix == ".png":
+        if run.image_shape is None:
+            raise ValueError("this model's data are not images; write .npy instead")
+        _require_picture(rows, run.image_shape, cols, "-n")
+    # the labels, their one-hot contexts, the decoded rows and the finiteness check of each
+    _require(rows * (8 + classes * model.dtype.itemsize + model.input_dim) + memory.decode_bytes(model, rows),
+             f"sampling {rows:,} examples" + (f" ({args.n:,} for each of {classes} classes)" if per_class else ""),
+             "-n")
+    if components:        # fitted to the codes of the training set as the model trained on it
+        rng = np.random.default_rng([args.seed, 1])
+        codes = run.x_train_seen(rng)
+        _require(fit_bytes(len(codes), model.latent_dim, components),
+                 f"--sampler gmm:{components} (a mixture of {components:,} components fitted to {len(codes):,} "
+                 "codes)", "N of gmm:N")
+        sampler = fit_to_codes(model, codes, components, rng)
     labels = (None if not classes else np.full(args.n, args.label) if args.label is not None
               else np.repeat(np.arange(classes), args.n))
     c = None if labels is None else one_hot(labels, classes, model.dtype)
@@ -457,14 +473,12 @@ def cmd_sample(args) -> int:
         save_npy(out, x)
     else:
         from . import plots
-        if run.image_shape is None:
-            raise ValueError("this model's data are not images; write .npy instead")
         what = "" if labels is None else f" of class {args.label}" if args.label is not None else \
             ", one row per class"
         if components:
             what += f", z from a {components}-component mixture fitted to the training codes"
         plots.image_grid(x, run.image_shape, out, f"{len(x)} samples{what} from {args.checkpoint}",
-                         cols=args.n if classes and args.label is None else None)
+                         cols=cols)
     print(out)
     return 0
 
@@ -478,6 +492,36 @@ def save_npy(path: Path, x: np.ndarray) -> None:
     with atomic_write(path, size=header.tell() + x.nbytes) as f:
         f.write(header.getvalue())
         f.write(x.data)
+
+
+def _require(nbytes: int, what: str, lower: str) -> None:
+    """Refuse, before allocating, what does not fit in the memory available
+    (:func:`~scratchvae.model.memory.require`), naming the option to lower."""
+    from ..model import memory
+    try:
+        memory.require(nbytes, what)
+    except memory.NotEnoughMemoryError as e:
+        raise memory.NotEnoughMemoryError(f"{e} (lower {lower})") from None
+
+
+#: Matplotlib draws no picture wider or taller than this many pixels
+MAX_PICTURE_SIDE = 2 ** 16
+#: bytes drawing a grid takes per pixel of its canvas (see :func:`_require_picture`)
+PICTURE_BYTES_PER_PIXEL = 640
+
+
+def _require_picture(n: int, image_shape, cols: int, lower: str) -> None:
+    """Refuse a grid of ``n`` images in ``cols`` columns that Matplotlib cannot draw or memory cannot hold:
+    drawing takes about 600 bytes per pixel of the canvas (measured: its float64 copies, and the figure of
+    2.5 x 2.5 RGBA pixels per canvas pixel with the renderer's buffers)."""
+    h, w = image_shape
+    rows = -(-n // cols)
+    height, width = rows * (h + 1) + 1, cols * (w + 1) + 1
+    side = int(max(height / 40 + 0.8, width / 40 + 0.5) * 100)          # plots._save_grid's figure at 100 dpi
+    if side >= MAX_PICTURE_SIDE:
+        raise ValueError(f"a picture of {n:,} images in {cols:,} columns would be {side:,} pixels a side, more "
+                         f"than Matplotlib draws ({MAX_PICTURE_SIDE:,}); lower {lower}, or write an array (.npy)")
+    _require(height * width * PICTURE_BYTES_PER_PIXEL, f"a picture of {n:,} images", lower)
 
 
 def add_plot_arguments(parser) -> None:
@@ -570,7 +614,7 @@ def add_interpolate_arguments(parser) -> None:
 
 def cmd_interpolate(args) -> int:
     from ..model.layers import one_hot
-    from ..inference.interpolate import interpolate
+    from ..inference.interpolate import interpolate, interpolate_bytes
 
     out = Path(args.output) if args.output else None
     if out is None and not args.array:
@@ -610,14 +654,17 @@ def cmd_interpolate(args) -> int:
         if args.label >= model.context_dim:
             raise ValueError(f"--label must lie in [0, {model.context_dim - 1}] for this model, got {args.label}")
         c = one_hot(np.array([args.label]), model.context_dim, model.dtype)[0]
+    if out is not None:
+        if run.image_shape is None:
+            raise ValueError("this model's data are not images; write --array FILE.npy instead")
+        _require_picture(2 * args.steps, run.image_shape, args.steps, "--steps")
+    _require(interpolate_bytes(model, args.steps), f"interpolating with --steps {args.steps:,}", "--steps")
     images = interpolate(model, z_from, z_to, args.steps, c)
     if args.array:
         save_npy(Path(args.array), images)
         print(args.array)
     if out is not None:
         from . import plots
-        if run.image_shape is None:
-            raise ValueError("this model's data are not images; write --array FILE.npy instead")
         held = ("" if c is None else f", label {int(np.argmax(c))} held fixed" if context == "label"
                 else f", the context of test image {args.start} held fixed")
         plots.image_grid(images.reshape(-1, images.shape[-1]), run.image_shape, out,
@@ -672,7 +719,13 @@ def add_bench_arguments(parser) -> None:
 
 
 def cmd_bench(args) -> int:
+    from ..model import VAE, memory
     from .roofline import profile
+    # its pool of four random batches (float32) and one training step, checked before either is made
+    model = VAE(args.input_dim, args.hidden, args.latent)
+    _require(16 * args.batch_size * args.input_dim + memory.step_bytes(model, args.batch_size),
+             f"bench --batch-size {args.batch_size:,} --input-dim {args.input_dim:,}", "--batch-size")
+    del model
     print(profile(args.backend, args.gemm, args.batch_size, args.input_dim, args.hidden, args.latent,
                   args.seconds))
     return 0
