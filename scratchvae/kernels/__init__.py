@@ -28,9 +28,10 @@ names every kernel; a backend is any module that defines all of them with the
 signatures of ``reference.py`` (checked by :func:`register_backend`).
 
 **Open.** :func:`register_backend` adds a backend by name (a module or its
-import path); ``SCRATCHVAE_BACKEND=package.module`` selects an out-of-tree
-backend in the API, the command line and subprocesses alike, and
-:func:`check_backend` runs every kernel of a backend against ``reference`` on
+import path); ``SCRATCHVAE_BACKEND=package.module`` (or a top-level
+``module``) selects an out-of-tree backend in the API, the command line and
+subprocesses alike; what its import or its kernels raise becomes one error
+naming the backend (:class:`BackendError`), and :func:`check_backend` runs every kernel of a backend against ``reference`` on
 awkward shapes and prints a report.
 
 **GEMM.** A backend brings its own ``gemm``; ``set_backend(name, gemm=G)``
@@ -45,7 +46,9 @@ it imports and NumPy otherwise; it is chosen at the first kernel call, so
 """
 from __future__ import annotations
 
+import functools
 import importlib
+import importlib.util
 import inspect
 import os
 import time
@@ -114,14 +117,41 @@ def backends() -> tuple:
     return tuple(_registry)
 
 
+class BackendError(RuntimeError):
+    """A kernel of a backend from outside the library raised: the message names
+    the backend, the kernel and the error (the original is its ``__cause__``)."""
+
+
 def _import(path: str, name: str) -> types.ModuleType:
+    builtin = path in BUILTIN_BACKENDS.values() or path in GEMMS.values()      # only Numba can be missing
     try:
         return importlib.import_module(path)
     except ImportError as e:
-        builtin = path in BUILTIN_BACKENDS.values() or path in GEMMS.values()      # only Numba can be missing
         hint = ("install it (pip install 'scratchvae[fast]') or use the numpy backend"
                 if builtin else "check the module path and that its package is installed")
         raise ImportError(f"kernel backend {name!r} needs a module that does not import ({e}); {hint}") from None
+    except Exception as e:              # the module's own code failed as it ran: name it, the backend and the error
+        if builtin:
+            raise
+        raise ImportError(f"kernel backend {name!r}: importing {path} raised {type(e).__name__}: {e}; fix "
+                          "the module or choose another backend") from e
+
+
+def _guarded(name: str, kernel: str, fn):
+    """``fn``, the kernel ``kernel`` of the outside backend ``name``, with what it raises turned into one
+    :class:`BackendError` naming both (FloatingPointError and MemoryError pass unchanged: the library's
+    loops act on them)."""
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (FloatingPointError, MemoryError, BackendError):
+            raise
+        except Exception as e:
+            raise BackendError(f"kernel backend {name!r}: its kernel {kernel} raised {type(e).__name__}: {e}; "
+                               "fix the backend or choose another (check it with "
+                               "scratchvae.kernels.check_backend)") from e
+    return call
 
 
 def _check_signatures(module, name, kernels=CONTRACT) -> None:
@@ -140,9 +170,15 @@ def _module(name: str) -> types.ModuleType:
     """The module of the backend ``name``: a registered name, or a dotted import path."""
     entry = _registry.get(name)
     if entry is None:
-        if "." not in name:
-            raise ValueError(f"unknown kernel backend {name!r}; available: {', '.join(_registry)}, "
-                             "or a module path such as mypackage.mybackend")
+        if "." not in name:        # a top-level module is a module path too, if it imports
+            try:
+                found = importlib.util.find_spec(name) is not None
+            except (ImportError, ValueError):
+                found = False
+            if not found:
+                raise ValueError(f"unknown kernel backend {name!r}: neither a registered backend "
+                                 f"({', '.join(_registry)}) nor an importable module; give one of those, or a "
+                                 "module path on PYTHONPATH such as mybackend or mypackage.mybackend")
         register_backend(name, name)
         entry = _registry[name]
     if isinstance(entry, str):
@@ -179,9 +215,12 @@ def set_backend(name: str, gemm: Optional[str] = None) -> None:
         raise ValueError(f"unknown GEMM {gemm!r}; choose one of {', '.join(GEMMS)}")
     name = ONE_POOL.get((name, gemm), name)
     module = _module(name)
-    gemm_fn = module.gemm if gemm is None else _import(GEMMS[gemm], f"gemm {gemm}").gemm
+    # an outside backend's kernels are wrapped so that what they raise names the backend
+    outside = getattr(module, "__name__", None) not in BUILTIN_BACKENDS.values()
+    wrap = (lambda k, fn: _guarded(name, k, fn)) if outside else (lambda k, fn: fn)
+    gemm_fn = wrap("gemm", module.gemm) if gemm is None else _import(GEMMS[gemm], f"gemm {gemm}").gemm
     for k in CONTRACT:
-        setattr(ops, k, getattr(module, k))
+        setattr(ops, k, wrap(k, getattr(module, k)))
     ops.gemm = gemm_fn
     _active.update(backend=name, gemm=gemm, module=module)
 

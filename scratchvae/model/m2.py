@@ -159,7 +159,13 @@ class M2:
 
 def split_labels(y: np.ndarray, per_class: int, seed: int):
     """``(labelled, unlabelled)`` indices: ``per_class`` examples of every
-    class chosen with ``seed``, and all the others."""
+    class chosen with ``seed``, and all the others.
+
+    Refuses a split that leaves no example unlabelled: M2 learns from the
+    unlabelled examples (an epoch is one pass over them), so with every label
+    given there is nothing to pass over; fewer labels per class, or a
+    classifier or a label-conditional VAE trained on them all, is what was meant.
+    """
     rng = np.random.default_rng([seed, 7])
     classes = np.unique(y)
     labelled = []
@@ -168,6 +174,11 @@ def split_labels(y: np.ndarray, per_class: int, seed: int):
         if len(members) < per_class:
             raise ValueError(f"class {c} has {len(members)} examples, fewer than {per_class} labels per class")
         labelled.append(rng.choice(members, per_class, replace=False))
+    if per_class * len(classes) >= len(y):
+        smallest = min(int((y == c).sum()) for c in classes)
+        raise ValueError(f"{per_class} labels per class label all {len(y):,} training examples, leaving none "
+                         f"unlabelled for the semi-supervised model to learn from; give fewer labels per class "
+                         f"(below {smallest}, the smallest class), or train with --conditional label on them all")
     labelled = np.sort(np.concatenate(labelled))
     return labelled, np.setdiff1d(np.arange(len(y)), labelled)
 
