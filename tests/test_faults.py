@@ -736,6 +736,130 @@ def test_a_replaced_file_keeps_its_mode(capsys, run_dir, tmp_path):
 
 
 # ----------------------------------------------------------------------
+# issue 21, items 6, 11, 12, 13: user-sized allocations, outside backends, M2 with every label, top-level backends
+# ----------------------------------------------------------------------
+
+@pytest.fixture
+def labelled_run(tmp_path, monkeypatch):
+    """A conditional (label) run on 300 synthetic digits, 30 of each class."""
+    from scratchvae.data import datasets as ds
+    monkeypatch.setattr(ds, "SYNTHETIC_SIZES", (300, 50))
+    out = tmp_path / "cond"
+    assert sv.run.cli.main(["train", "--conditional", "label", *SMALL, "--epochs", "1", "--out", str(out), "-q",
+                            "--no-plots"]) == 0
+    return out
+
+
+@pytest.mark.parametrize("argv, needles", [
+    (["interpolate", "RUN", "--prior", "--steps", "30000000", "--array", "OUT.npy"],
+     ["interpolating with --steps 30,000,000", "lower --steps"]),
+    (["sample", "RUN", "-n", "1000000", "-o", "OUT.png"], ["a picture of 1,000,000 images", "lower -n"]),
+    (["sample", "RUN", "--sampler", "gmm:150", "-o", "OUT.npy"], ["--sampler gmm:150", "lower N of gmm:N"]),
+])
+def test_user_sizes_are_checked_before_they_are_allocated(capsys, run_dir, tmp_path, monkeypatch, argv, needles):
+    monkeypatch.setattr(memory, "available_memory", lambda: 500_000)
+    argv = [str(run_dir) if a == "RUN" else str(tmp_path / a) if a.startswith("OUT") else a for a in argv]
+    code, _, err = run(capsys, *argv)
+    assert_one_error(code, err, *needles, "would take about", "is available")
+    assert not list(tmp_path.glob("OUT*"))
+
+
+def test_a_picture_matplotlib_cannot_draw_is_refused_before_decoding(capsys, run_dir, tmp_path):
+    code, _, err = run(capsys, "interpolate", run_dir, "--prior", "--steps", "5000", "-o", tmp_path / "i.png")
+    assert_one_error(code, err, "a picture of 10,000 images in 5,000 columns", "lower --steps")
+
+
+def test_a_conditional_models_samples_of_every_class_are_checked_first(capsys, labelled_run, tmp_path, little_memory):
+    code, _, err = run(capsys, "sample", labelled_run, "-n", "10000000", "-o", tmp_path / "s.npy")
+    assert_one_error(code, err, "sampling 100,000,000 examples (10,000,000 for each of 10 classes)", "lower -n")
+
+
+def test_bench_batch_size_is_checked_first(capsys, little_memory):
+    code, _, err = run(capsys, "bench", "--batch-size", "10000000", "--seconds", "0.01")
+    assert_one_error(code, err, "bench --batch-size 10,000,000", "would take about", "lower --batch-size")
+
+
+def test_the_api_checks_interpolation_mixtures_and_the_iw_bound_first(little_memory):
+    from scratchvae.inference.evaluate import log_likelihood
+    from scratchvae.inference.gmm import GaussianMixture
+    from scratchvae.inference.interpolate import interpolate
+    model, rng = sv.VAE(64, [16], 2), np.random.default_rng(0)
+    with pytest.raises(memory.NotEnoughMemoryError, match="interpolating 10,000,000 steps per path"):
+        interpolate(model, np.zeros(2), np.ones(2), 10_000_000)
+    with pytest.raises(memory.NotEnoughMemoryError, match="a mixture of 5,000 components fitted to 5,000 codes"):
+        GaussianMixture(5000).fit(rng.standard_normal((5000, 2)), rng)
+    with pytest.raises(memory.NotEnoughMemoryError, match="the importance-weighted bound, 5,000 samples"):
+        log_likelihood(model, np.full((1000, 64), 0.5, np.float32), 5000, rng, batch_size=1000, chunk=5000)
+    assert interpolate(model, np.zeros(2), np.ones(2), 10).shape == (2, 10, 64)        # what fits still runs
+
+
+BACKENDS = {
+    "mytoplevel": "from scratchvae.kernels.numpy import *\n",
+    "raises_at_import": "raise KeyError('setting missing')\n",
+    "raises_in_gemm": "from scratchvae.kernels.numpy import *\n"
+                      "from scratchvae.kernels import numpy as _n\nimport functools\n"
+                      "@functools.wraps(_n.gemm)\ndef gemm(*args, **kwargs):\n    raise ZeroDivisionError('oops')\n",
+}
+
+
+@pytest.fixture
+def outside_backends(tmp_path, monkeypatch):
+    """Top-level modules on the path: a working backend, one whose import raises, one whose gemm raises."""
+    from scratchvae import kernels
+    for name, text in BACKENDS.items():
+        (tmp_path / f"{name}.py").write_text(text)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    before = kernels.get_backend()
+    yield
+    kernels.set_backend(before)
+    for name in BACKENDS:
+        kernels._registry.pop(name, None)
+        sys.modules.pop(name, None)
+
+
+def test_a_top_level_module_is_a_backend(outside_backends):
+    from scratchvae import kernels
+    kernels.set_backend("mytoplevel")
+    assert kernels.get_backend() == "mytoplevel"
+    with pytest.raises(ValueError, match=r"unknown kernel backend 'no_such_backend_mod': neither a registered "
+                                         r"backend .* nor an importable module"):
+        kernels.set_backend("no_such_backend_mod")
+
+
+def test_an_outside_backend_that_raises_is_one_line_naming_it(capsys, run_dir, tmp_path, outside_backends,
+                                                               monkeypatch):
+    monkeypatch.setenv("SCRATCHVAE_BACKEND", "raises_at_import")
+    code, _, err = run(capsys, "bench", "--backend", "raises_at_import", "--seconds", "0.01")
+    assert_one_error(code, err, "kernel backend 'raises_at_import'", "KeyError", "setting missing")
+    code, _, err = run(capsys, "bench", "--backend", "raises_in_gemm", "--seconds", "0.01")
+    assert_one_error(code, err, "kernel backend 'raises_in_gemm'", "kernel gemm raised ZeroDivisionError: oops")
+
+
+def test_a_builtin_kernels_error_is_not_renamed():
+    from scratchvae import kernels
+    before = kernels.get_backend()
+    try:
+        kernels.set_backend("numpy")
+        with pytest.raises(ValueError) as e:
+            kernels.ops.gemm(np.ones((2, 3)), np.ones((4, 5)))
+        assert not isinstance(e.value, kernels.BackendError)
+    finally:
+        kernels.set_backend(before)
+
+
+def test_m2_with_every_example_labelled_is_refused_with_the_reason(capsys, tmp_path, monkeypatch):
+    from scratchvae.data import datasets as ds
+    from scratchvae.model.m2 import split_labels
+    monkeypatch.setattr(ds, "SYNTHETIC_SIZES", (300, 50))              # 30 examples of each class
+    code, _, err = run(capsys, "train", "--semi-supervised", "--labels-per-class", "30", *SMALL, "--epochs", "1",
+                       "--out", tmp_path / "m2", "-q", "--no-plots")
+    assert_one_error(code, err, "30 labels per class label all 300 training examples", "below 30")
+    assert not (tmp_path / "m2").exists()
+    labelled, unlabelled = split_labels(np.repeat(np.arange(3), 5), 4, 0)       # one unlabelled of each: fine
+    assert len(labelled) == 12 and len(unlabelled) == 3
+
+
+# ----------------------------------------------------------------------
 # issue 21, items 1, 2, 3, 5: one writer per run directory, signals, empty paths
 # ----------------------------------------------------------------------
 

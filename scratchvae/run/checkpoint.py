@@ -338,6 +338,7 @@ def _expected(header: dict, declared: Dict[str, Tuple[tuple, np.dtype]], path: P
     model = _build(header, isinstance(train, dict) and "m2" in train, path)
     vae, cls = (model.vae, model.cls_params) if isinstance(model, M2) else (model, {})
     params = {k: v.shape for k, v in vae.params.items()}
+    optimized = {**params, **{k: v.shape for k, v in cls.items()}}     # one optimizer steps M2's two nets
     n_train = _dig(train, "data", "fingerprint", "train", "shape")
     n_train = n_train[0] if isinstance(n_train, list) and n_train and type(n_train[0]) is int else None
     for key, (shape, dtype) in declared.items():
@@ -351,7 +352,7 @@ def _expected(header: dict, declared: Dict[str, Tuple[tuple, np.dtype]], path: P
                                       f"{shape}; it was not read: use an intact copy or train again")
             continue
         elif group == "optim":
-            want, what = params.get(of), "the model's"
+            want, what = optimized.get(of), "the model's"
         elif name == "perm":
             if len(shape) != 1 or dtype.kind not in "iu" or (n_train is not None and shape[0] > n_train):
                 bound = "" if n_train is None else f", more than the {n_train:,} of its training set"
