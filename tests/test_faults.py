@@ -958,3 +958,31 @@ def test_two_trainers_started_together_one_writes_the_run(data_file, tmp_path):
     assert header["train"]["config"]["seed"] == winners[0] + 1
     assert [r["epoch"] for r in json.loads((tmp_path / "run" / "history.json").read_text())] == [1, 2]
     assert not (tmp_path / "run" / LOCK).exists()
+
+
+# ----------------------------------------------------------------------
+# issue 21: the small ones
+# ----------------------------------------------------------------------
+
+def _datasets_into(stdout, tmp_path):
+    """``python -m scratchvae datasets`` with its standard output on ``stdout``: (exit code, stderr)."""
+    p = subprocess.Popen([sys.executable, "-m", "scratchvae", "datasets"], stdout=stdout, stderr=subprocess.PIPE,
+                         cwd=tmp_path, env=subprocess_env(), text=True)
+    if stdout is subprocess.PIPE:
+        p.stdout.close()                                   # the reader is gone, as in `| head -0`
+    err = p.stderr.read()
+    return p.wait(timeout=120), err
+
+
+def test_a_closed_stdout_ends_quietly_like_other_tools(tmp_path):
+    """`scratchvae datasets | head -0` said "error: [Errno 32] Broken pipe" and exited 1."""
+    code, err = _datasets_into(subprocess.PIPE, tmp_path)
+    assert (code, err) == (141, "")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_full_stdout_is_not_reported_as_a_full_disk(tmp_path):
+    """`> /dev/full` said "error: [Errno 28] No space left on device", as if a file of the command's failed."""
+    with open("/dev/full", "w") as full:
+        code, err = _datasets_into(full, tmp_path)
+    assert_one_error(code, err, "cannot write to standard output", "redirect it elsewhere")

@@ -7,12 +7,16 @@ beside it by ``add_NAME_arguments(parser)``; :data:`COMMANDS` lists them, and
 
 Every error a user can cause ends with one line ``scratchvae: error: ...``
 on stderr and a non-zero exit code (set ``SCRATCHVAE_DEBUG=1`` for the
-traceback).
+traceback).  A standard output that cannot be written is named as such: one
+closed by its reader (``scratchvae datasets | head -1``) ends the command
+quietly with 141, as SIGPIPE ends other tools; a full one (``> /dev/full``) is
+an error about standard output, never about a disk the command writes to.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import io
 import os
 import sys
@@ -26,6 +30,8 @@ from ..atomic import atomic_write, make_dirs
 from .run import TrainConfig
 
 EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
+#: standard output closed by its reader: 128 + SIGPIPE, as the shell reports for ``yes | head -1``
+EXIT_BROKEN_PIPE = 141
 
 # train options that define the run: every field of TrainConfig but how long it trains and where its
 # data lie; on --resume they must agree with the checkpoint
@@ -818,14 +824,80 @@ COMMANDS = {
 }
 
 
+class StdoutError(OSError):
+    """Writing to standard output failed: the reader closed it (a pipe into ``head``) or it is full
+    (``> /dev/full``); raised by :class:`_GuardedStdout` so that :func:`main` does not blame a file."""
+
+
+class _GuardedStdout:
+    """``sys.stdout`` during :func:`main`: every write or flush that fails raises :class:`StdoutError`."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def _guard(self, method, *args):
+        try:
+            return method(*args)
+        except OSError as e:
+            raise StdoutError(e.errno, e.strerror) from None
+
+    def write(self, text):
+        return self._guard(self._stream.write, text)
+
+    def flush(self):
+        return self._guard(self._stream.flush)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def _stdout_failed(e: OSError, stdout) -> int:
+    """One line for a standard output that cannot be written, and the exit code.
+
+    A reader that closed the pipe (``scratchvae datasets | head -1``) wanted no more: exit quietly
+    with 141, the status the shell reports for a tool ended by SIGPIPE (``yes | head -1``), which
+    is what a script with ``set -o pipefail`` expects.  Anything else (``> /dev/full``, a full file)
+    is an error naming standard output, never a file of the command's own."""
+    if stdout is sys.__stdout__:  # what is still buffered would fail again when Python flushes it on exit
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, stdout.fileno())
+            os.close(devnull)
+        except (OSError, AttributeError, ValueError):
+            pass
+    if e.errno == errno.EPIPE:
+        return EXIT_BROKEN_PIPE
+    print(f"scratchvae: error: cannot write to standard output ({e.strerror or e}): it goes to a full "
+          f"device or file, not to a file of the command's; redirect it elsewhere", file=sys.stderr)
+    return EXIT_ERROR
+
+
 def main(argv=None) -> int:
+    stdout, sys.stdout = sys.stdout, _GuardedStdout(sys.stdout)
+    try:
+        return _main(argv)
+    except StdoutError as e:
+        return _stdout_failed(e, stdout)
+    finally:
+        sys.stdout = stdout
+
+
+def _main(argv) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    finally:
+        sys.stdout.flush()
     if args.command is None:
         parser.print_help()
+        sys.stdout.flush()
         return 0
     try:
-        return COMMANDS[args.command].run(args)
+        code = COMMANDS[args.command].run(args)
+        sys.stdout.flush()
+        return code
+    except StdoutError:
+        raise
     except KeyboardInterrupt:
         print("scratchvae: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
