@@ -986,3 +986,15 @@ def test_a_full_stdout_is_not_reported_as_a_full_disk(tmp_path):
     with open("/dev/full", "w") as full:
         code, err = _datasets_into(full, tmp_path)
     assert_one_error(code, err, "cannot write to standard output", "redirect it elsewhere")
+
+
+def test_a_tiny_sigma_is_refused_as_too_small_not_reported_as_divergence(capsys, data_file, tmp_path):
+    """`--likelihood gaussian_fixed --sigma 1e-30` said "training diverged ... lower the learning rate"."""
+    code, _, err = train(capsys, data_file, tmp_path / "run", "--likelihood", "gaussian_fixed", "--sigma", "1e-30")
+    assert_one_error(code, err, "sigma 1e-30 is too small for float32", "use sigma >= 1e-08")
+    assert "diverged" not in err.split(":")[2]
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ValueError, match="sigma 1e-30 is too small for float32"):
+        sv.VAE(8, [4], 2, likelihood="gaussian_scalar", sigma=1e-30)
+    sv.VAE(8, [4], 2, likelihood="gaussian_fixed", sigma=1e-30, dtype=np.float64)   # float64 takes it
+    sv.VAE(8, [4], 2, likelihood="gaussian_fixed", sigma=1e-8)                       # the bound itself

@@ -35,6 +35,9 @@ class Likelihood(abc.ABC):
         """The likelihood's own parameters for d = ``dim`` pixels (none by default)."""
         return {}
 
+    def check_dtype(self, dtype) -> None:
+        """Raise ValueError if the likelihood's settings cannot work in ``dtype`` (all can by default)."""
+
     @abc.abstractmethod
     def nll(self, eta, x, params, nll=None, grad=None, with_grad=True,
             scratch=None) -> Tuple[np.ndarray, np.ndarray]:
@@ -146,10 +149,21 @@ class Gaussian(Likelihood):
     def __init__(self, mode: str = "fixed", sigma: float = 1.0):
         if mode not in self.MODES:
             raise ValueError(f"unknown Gaussian sigma mode {mode!r}; choose one of {self.MODES}")
-        if not (sigma > 0 and math.isfinite(sigma)):
-            raise ValueError(f"sigma must be a positive finite number, got {sigma}")
+        if not (isinstance(sigma, (int, float, np.integer, np.floating)) and not isinstance(sigma, bool)
+                and sigma > 0 and math.isfinite(sigma)):
+            raise ValueError(f"sigma must be a positive finite number, got {sigma!r}")
         self.mode, self.sigma = mode, float(sigma)
         self.name = f"gaussian_{mode}"
+
+    def check_dtype(self, dtype):
+        """Refuse a sigma (fixed, or the start of a learned one) below :func:`smallest_sigma` of ``dtype``."""
+        low = smallest_sigma(dtype)
+        if self.sigma < low:
+            other = " (float64 takes down to 1e-75)" if np.dtype(dtype) == np.float32 else ""
+            raise ValueError(f"sigma {self.sigma:g} is too small for {np.dtype(dtype)}: the loss's gradient "
+                             f"grows as 1/sigma^2 = {self.sigma ** -2:.1e}, and its square in Adam overflows "
+                             f"{np.dtype(dtype)} below about sigma {low / 10:g}, so training would stop at once "
+                             f"as 'diverged'; use sigma >= {low:g}{other}, data lying in [0, 1]")
 
     def init_params(self, dim, dtype):
         if self.mode == "fixed":
@@ -185,6 +199,16 @@ class Gaussian(Likelihood):
 
 
 LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian_fixed", "gaussian_scalar", "gaussian_pixel")
+
+
+def smallest_sigma(dtype) -> float:
+    """The smallest sigma a Gaussian likelihood takes in ``dtype``: 1e-8 in float32, 1e-75 in float64.
+
+    The loss's gradient in the decoder's mean is ``(mean - x) / sigma^2`` and Adam squares it: below
+    ``finfo(dtype).max ** -1/4`` the square overflows and training stops on its first steps as if
+    it had diverged (measured in float32: 1e-9 trains, 1e-10 does not). One decade of margin above it.
+    """
+    return 10.0 ** (math.ceil(math.log10(float(np.finfo(dtype).max) ** -0.25)) + 1)
 
 
 def make_likelihood(name, sigma: float = 1.0) -> Likelihood:

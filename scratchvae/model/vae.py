@@ -134,6 +134,7 @@ class VAE:
         self.analytic_kl = self.p_z.closed_form_kl and not self.q_flow.layers
         self.activation = layers.check_activation(activation)
         self.likelihood = make_likelihood(likelihood, sigma)
+        self.likelihood.check_dtype(self.dtype)
         # the decoder's sizes include every size the model has: MLP validates them
         self.decoder = layers.MLP("dec", [latent_dim + context_dim, *hidden[::-1], input_dim],
                                   [activation] * len(hidden) + ["identity"])
