@@ -7,7 +7,7 @@ Their state is plain arrays: :meth:`Optimizer.state_dict` returns a flat
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional
+from typing import Dict, Mapping, Optional
 
 import numpy as np
 
@@ -51,6 +51,7 @@ class Optimizer:
         _check_nonneg("weight_decay", weight_decay)
         if max_grad_norm is not None:
             _check_nonneg("max_grad_norm", max_grad_norm, strictly=True)
+        _check_params(params)
         self.params = params
         self.lr, self.weight_decay, self.max_grad_norm = lr, weight_decay, max_grad_norm
         self.step_count = 0
@@ -61,10 +62,15 @@ class Optimizer:
         self.scratch = Scratch()
 
     def _grad_scale(self, grads) -> float:
+        if not isinstance(grads, Mapping):
+            raise TypeError(f"grads must be a dict of arrays by parameter name, got {type(grads).__name__}")
         if set(grads) != set(self.params):
             raise ValueError(f"gradient keys differ from parameter keys: missing "
                              f"{sorted(set(self.params) - set(grads))}, extra {sorted(set(grads) - set(self.params))}")
         for k, g in grads.items():
+            if not (isinstance(g, np.ndarray) and g.dtype.kind in "iuf"):
+                raise TypeError(f"gradient {k!r} must be an array of real numbers, got "
+                                f"{g.dtype if isinstance(g, np.ndarray) else type(g).__name__}")
             if g.shape != self.params[k].shape:
                 raise ValueError(f"gradient {k!r} has shape {g.shape}, parameter has {self.params[k].shape}")
         if self.max_grad_norm is None:
@@ -130,7 +136,12 @@ class Adam(Optimizer):
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, max_grad_norm: Optional[float] = None):
         super().__init__(params, lr, weight_decay, max_grad_norm)
-        self.betas = tuple(betas)
+        try:
+            self.betas = tuple(betas)
+        except TypeError:
+            self.betas = ()
+        if len(self.betas) != 2 or not all(_is_number(b) for b in self.betas):
+            raise ValueError(f"Adam betas must be a pair of numbers (beta1, beta2), each in [0, 1), got {betas!r}")
         self.beta1, self.beta2 = self.betas
         for name, b in (("beta1", self.beta1), ("beta2", self.beta2)):
             if not 0 <= b < 1:
@@ -156,15 +167,36 @@ class SGD(Optimizer):
     def __init__(self, params, lr: float = 1e-2, momentum: float = 0.0, weight_decay: float = 0.0,
                  max_grad_norm: Optional[float] = None):
         super().__init__(params, lr, weight_decay, max_grad_norm)
-        if not 0 <= momentum < 1:
-            raise ValueError(f"SGD momentum must lie in [0, 1), got {momentum}")
+        if not (_is_number(momentum) and 0 <= momentum < 1):
+            raise ValueError(f"SGD momentum must lie in [0, 1), got {momentum!r}")
         self.momentum = momentum
 
     def _update(self, p, g, buf, grad_scale):
         K.sgd_update(p, g, buf, self.lr, self.momentum, self.weight_decay, grad_scale, self.scratch)
 
 
+def _is_number(value) -> bool:
+    """A real number (Python's or NumPy's), not a bool."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_params(params) -> None:
+    """``params`` is a non-empty dict of float32/float64 arrays, which the optimizer updates in place."""
+    if not isinstance(params, Mapping):
+        raise TypeError(f"params must be a dict of parameter arrays by name (e.g. model.params), "
+                        f"got {type(params).__name__}")
+    if not params:
+        raise ValueError("params is empty: give the optimizer at least one parameter array (e.g. model.params)")
+    for k, p in params.items():
+        if not (isinstance(p, np.ndarray) and p.dtype in (np.float32, np.float64)):
+            got = p.dtype if isinstance(p, np.ndarray) else type(p).__name__
+            raise TypeError(f"parameter {k!r} must be a float32 or float64 NumPy array (updated in place), "
+                            f"got {got}")
+
+
 def _check_nonneg(name, value, strictly=False):
+    if not _is_number(value):
+        raise TypeError(f"{name} must be a finite number {'>' if strictly else '>='} 0, got {value!r}")
     ok = math.isfinite(value) and (value > 0 if strictly else value >= 0)
     if not ok:
         raise ValueError(f"{name} must be a finite number {'>' if strictly else '>='} 0, got {value}")

@@ -126,3 +126,29 @@ def test_float32_parameters_stay_float32():
     opt.step({"w": np.full(4, 0.5, np.float32)})
     assert params["w"].dtype == np.float32
     assert opt.state["m"]["w"].dtype == np.float32
+
+
+def test_odd_arguments_are_refused_by_name_not_by_an_internal_error():
+    """issue 21, the small ones: Adam({}) raised StopIteration, a list or float parameter AttributeError,
+    betas=(0.9,) an unpacking error, lr='a' and momentum='a' errors that did not name the argument,
+    an integer parameter was accepted (and never moved), and a complex gradient reached Numba's typing."""
+    params, _ = _problem()
+    cases = [
+        (lambda: sv.Adam({}), ValueError, "params is empty"),
+        (lambda: sv.SGD({}), ValueError, "params is empty"),
+        (lambda: sv.Adam(None), TypeError, "params must be a dict"),
+        (lambda: sv.Adam({"a": [1.0]}), TypeError, "parameter 'a' must be a float32 or float64 NumPy array"),
+        (lambda: sv.Adam({"a": 1.0}), TypeError, "parameter 'a' must be a float32"),
+        (lambda: sv.Adam({"a": np.zeros(3, int)}), TypeError, "got int64"),
+        (lambda: sv.Adam(params, lr="a"), TypeError, "lr must be a finite number > 0, got 'a'"),
+        (lambda: sv.Adam(params, betas=(0.9,)), ValueError, r"betas must be a pair of numbers"),
+        (lambda: sv.Adam(params, betas=None), ValueError, r"betas must be a pair of numbers"),
+        (lambda: sv.SGD(params, momentum="a"), ValueError, "momentum must lie in"),
+        (lambda: sv.Adam(params).step(None), TypeError, "grads must be a dict"),
+        (lambda: sv.Adam(params).step({"w": np.zeros(2, complex), "b": np.zeros(1)}), TypeError,
+         "gradient 'w' must be an array of real numbers, got complex128"),
+        (lambda: sv.Adam(params).step({"w": [0.0, 0.0], "b": np.zeros(1)}), TypeError, "gradient 'w'"),
+    ]
+    for make, kind, needle in cases:
+        with pytest.raises(kind, match=needle):
+            make()
