@@ -294,6 +294,21 @@ def test_array_file_uint8_3d(tmp_path):
     np.testing.assert_allclose(x, a.reshape(2, 20) / 255.0, rtol=1e-6)
 
 
+@pytest.mark.parametrize("shape, image_shape", [((3, 4, 16), (4, 16)), ((3, 28, 20), (28, 20)),
+                                                 ((3, 64), (8, 8)), ((3, 24), None)])
+def test_array_file_keeps_the_image_shape_of_n_h_w(tmp_path, shape, image_shape):
+    """(n, h, w) was flattened and a square guessed: (n, 4, 16) drawn 8x8, (n, 28, 20) not images (issue 21)."""
+    np.save(tmp_path / "a.npy", np.zeros(shape, np.float32))
+    x, found = ds.load_array_images(tmp_path / "a.npy")
+    assert x.shape == (3, int(np.prod(shape[1:]))) and found == image_shape
+
+
+def test_array_file_missing_says_so_in_one_line(tmp_path):
+    with pytest.raises(FileNotFoundError) as info:
+        load_array_file(tmp_path / "gone.npy")
+    assert str(info.value) == f"{tmp_path / 'gone.npy'}: no such file"
+
+
 def test_array_file_float_2d_and_npz(tmp_path):
     a = np.linspace(0, 1, 12).reshape(3, 4)
     np.save(tmp_path / "f.npy", a)

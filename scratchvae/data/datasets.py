@@ -511,8 +511,23 @@ def load_array_file(path: os.PathLike) -> np.ndarray:
         of dimensions, empty array, unsupported dtype, NaN/inf, or values
         outside [0, 1].
     """
+    return load_array_images(path)[0]
+
+
+def load_array_images(path: os.PathLike) -> Tuple[np.ndarray, Optional[Tuple[int, int]]]:
+    """:func:`load_array_file`'s examples ``(n, d)`` and their image shape.
+
+    The image shape is ``(h, w)`` of an ``(n, h, w)`` array, kept as it is
+    (``(n, 28, 20)``, the Frey faces, are 28x20 images); of an ``(n, d)``
+    array, ``(s, s)`` when ``d == s * s``, else None (not images).
+    """
     path = Path(path)
-    return _as_examples(path, _read_array(path))
+    arr = _read_array(path)
+    x = _as_examples(path, arr)
+    if arr.ndim == 3:
+        return x, (int(arr.shape[1]), int(arr.shape[2]))
+    side = int(round(np.sqrt(x.shape[1])))
+    return x, ((side, side) if side * side == x.shape[1] else None)
 
 
 def _read_array(path: Path) -> np.ndarray:
@@ -522,6 +537,8 @@ def _read_array(path: Path) -> np.ndarray:
         raise ValueError(f"{path}: expected a .npy or .npz file, not {suffix or 'no extension'!r}")
     try:
         loaded = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
     except ValueError as exc:
         if "pickle" in str(exc).lower():
             raise ValueError(f"{path}: holds pickled Python objects, which are not loaded "
