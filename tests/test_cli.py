@@ -196,10 +196,16 @@ def test_resume_refuses_a_differing_run_option(capsys, run_copy, dest):
                if a.dest == dest]
     before = (run_copy / "checkpoint.npz").read_bytes()
     value = DIFFERING[dest]                          # None for a flag without a value
+    if dest == "dataset":                            # other data: the run's fingerprint refuses them (issue 21)
+        value = str(run_copy.parent / value)
+        np.savez(value, x=bars(200, seed=1))
     code, out, err = run(capsys, "train", "--resume", run_copy, flag, *([] if value is None else [value]),
                          "--epochs", "2", "-q")
     # one line naming the option as it is typed on the command line, and the value given
-    assert_one_error(code, err, "--resume", f"{flag} ", "True" if value is None else value)
+    if dest == "dataset":
+        assert_one_error(code, err, "other.npz is not the data this run was trained on")
+    else:
+        assert_one_error(code, err, "--resume", f"{flag} ", "True" if value is None else value)
     assert code == 1 and out == ""
     assert (run_copy / "checkpoint.npz").read_bytes() == before
     assert len(read_csv(run_copy / "history.csv")) == 1

@@ -998,3 +998,106 @@ def test_a_tiny_sigma_is_refused_as_too_small_not_reported_as_divergence(capsys,
         sv.VAE(8, [4], 2, likelihood="gaussian_scalar", sigma=1e-30)
     sv.VAE(8, [4], 2, likelihood="gaussian_fixed", sigma=1e-30, dtype=np.float64)   # float64 takes it
     sv.VAE(8, [4], 2, likelihood="gaussian_fixed", sigma=1e-8)                       # the bound itself
+
+
+# ----------------------------------------------------------------------
+# issue 21, items 9, 10: the shape of (n, h, w) arrays; a run finds its data by fingerprint, not only by path
+# ----------------------------------------------------------------------
+
+def _images(tmp_path, shape, name="faces.npy"):
+    path = tmp_path / name
+    np.save(path, np.random.default_rng(0).random(shape, dtype=np.float32))
+    return path
+
+
+def test_an_n_h_w_array_keeps_its_shape_in_pictures_checkpoints_and_exports(capsys, tmp_path):
+    """(n, 6, 4) (like Frey's 28x20 faces) once had no pictures, "not images"; (n, 4, 16) was drawn as 8x8."""
+    faces = _images(tmp_path, (60, 6, 4))
+    code, _, err = run(capsys, "train", "--dataset", faces, *SMALL, "--epochs", "1", "--out", tmp_path / "r", "-q")
+    assert code == 0, err
+    assert (tmp_path / "r" / "samples.png").exists() and (tmp_path / "r" / "reconstructions.png").exists()
+    faces.unlink()                                   # the shape comes from the checkpoint, not the data
+    assert tuple(Run.open(tmp_path / "r").image_shape) == (6, 4)
+    code, _, err = run(capsys, "sample", tmp_path / "r", "-n", "4", "-o", tmp_path / "x.png")
+    assert code == 0, err
+    wide = _images(tmp_path, (60, 4, 16), "wide.npy")
+    code, _, err = run(capsys, "train", "--dataset", wide, *SMALL, "--epochs", "1", "--out", tmp_path / "w", "-q",
+                       "--no-plots")
+    assert code == 0, err
+    assert ckpt.read(tmp_path / "w")[0]["train"]["data"]["image_shape"] == [4, 16]
+    code, _, err = run(capsys, "export", tmp_path / "w", "-o", tmp_path / "exp")
+    assert code == 0, err
+    assert json.loads((tmp_path / "exp" / "vae.json").read_text())["image_shape"] == [4, 16]
+
+
+def test_completion_masks_follow_an_n_h_w_arrays_shape(tmp_path):
+    wide = _images(tmp_path, (40, 4, 16), "wide.npy")
+    r = Run(TrainConfig(dataset=str(wide), conditional="mask:block", **SMALL_RUN))
+    assert r.data.image_shape == (4, 16)
+    missing = r.c_test[:, 64:].reshape(-1, 4, 16).astype(bool)
+    for m in missing:                               # a 2x8 block of the 4x16 image, not a 4x4 block of 8x8
+        rows, cols = np.nonzero(m.any(axis=1))[0], np.nonzero(m.any(axis=0))[0]
+        assert len(rows) == 2 and len(cols) == 8 and cols[-1] - cols[0] == 7 and m.sum() == 16
+
+
+@pytest.fixture
+def moved(capsys, data_file, tmp_path):
+    """A run trained on an array file that then moved to tmp_path/new/: (run directory, its new path)."""
+    code, _, err = train(capsys, data_file, tmp_path / "run")
+    assert code == 0, err
+    (tmp_path / "new").mkdir()
+    return tmp_path / "run", Path(shutil.move(data_file, tmp_path / "new" / data_file.name))
+
+
+@pytest.mark.parametrize("argv", [["train", "--resume", "RUN", "--epochs", "E", "-q"], ["evaluate", "RUN"],
+                                  ["plot", "RUN", "-o", "OUT"], ["complete", "RUN", "--mask", "block", "-o", "OUT.png"],
+                                  ["interpolate", "RUN", "--from", "0", "--to", "1", "-o", "OUT.png"],
+                                  ["sample", "RUN", "--sampler", "gmm:2", "-o", "OUT.npy"]])
+def test_a_run_whose_data_moved_says_so_and_how_to_point_it_at_them(capsys, moved, tmp_path, argv):
+    """Every command once failed with a bare "[Errno 2] No such file or directory" naming the old path."""
+    run_dir, new = moved
+    argv = [str(run_dir) if a == "RUN" else a.replace("OUT", str(tmp_path / "out")) for a in argv]
+    code, _, err = run(capsys, *["2" if a == "E" else a for a in argv])
+    assert_one_error(code, err, f"the run's data set {tmp_path / 'bars.npz'} is not there", "--dataset PATH",
+                     "--data-dir DIR")
+    assert "Errno" not in err
+    for epochs, where in (("2", ["--dataset", new]), ("3", ["--data-dir", new.parent])):
+        code, _, err = run(capsys, *[epochs if a == "E" else a for a in argv], *where)
+        assert code == 0, err
+
+
+def test_resume_takes_the_same_data_at_a_new_path_and_keeps_it(capsys, moved):
+    """--resume RUN --dataset NEW/SAME.npz was refused as "differs from its ...", though the fingerprint agrees."""
+    run_dir, new = moved
+    code, _, err = run(capsys, "train", "--resume", run_dir, "--dataset", new, "--epochs", "2", "-q", "--no-plots")
+    assert code == 0, err
+    assert ckpt.read(run_dir)[0]["train"]["config"]["dataset"] == str(new)
+    code, _, err = run(capsys, "evaluate", run_dir)            # the run finds its data where they are now
+    assert code == 0, err
+
+
+def test_other_data_at_a_new_path_are_refused_by_the_fingerprint(capsys, moved, tmp_path):
+    run_dir, new = moved
+    np.savez(tmp_path / "other.npz", x=bars(200, seed=1))
+    code, _, err = run(capsys, "evaluate", run_dir, "--dataset", tmp_path / "other.npz")
+    assert_one_error(code, err, "other.npz is not the data this run was trained on")
+    code, _, err = run(capsys, "train", "--resume", run_dir, "--dataset", tmp_path / "other.npz", "--epochs", "2")
+    assert_one_error(code, err, "other.npz is not the data this run was trained on")
+
+
+def test_a_run_without_a_fingerprint_takes_no_data_from_elsewhere(capsys, moved):
+    run_dir, new = moved
+    edit_checkpoint(run_dir / "checkpoint.npz", header=lambda h: h["train"]["data"].pop("fingerprint"))
+    code, _, err = run(capsys, "evaluate", run_dir, "--dataset", new)
+    assert_one_error(code, err, "saved without a fingerprint of its data", "put those data back")
+
+
+def test_data_dir_means_where_to_look_for_an_array_file(capsys, data_file, tmp_path, monkeypatch):
+    """--data-dir was silently ignored for an array file (training, and every command of a saved run)."""
+    monkeypatch.chdir(tmp_path / "..")                          # data_file's name is not in this folder
+    code, _, err = run(capsys, "train", "--dataset", data_file.name, "--data-dir", data_file.parent, *SMALL,
+                       "--epochs", "1", "--out", tmp_path / "r", "--no-plots", "-q")
+    assert code == 0, err
+    code, _, err = run(capsys, "sample", tmp_path / "r", "-o", tmp_path / "x.npy", "--data-dir", tmp_path)
+    assert_one_error(code, err, "--data-dir", "--sampler gmm:N", "leave it out")
+

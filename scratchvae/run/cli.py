@@ -129,7 +129,8 @@ def add_train_arguments(parser) -> None:
     parser.add_argument("--dataset", help=f"a named data set ({', '.join(DATASET_NAMES)}) or a .npy/.npz "
                                           f"file of shape (n, d) or (n, h, w) in [0, 1] or uint8 [{d.dataset}]")
     parser.add_argument("--data-dir", help="folder holding the data set's IDX files, searched before "
-                                           "$SCRATCHVAE_DATA, ~/.cache/scratchvae, /usr/share/datasets")
+                                           "$SCRATCHVAE_DATA, ~/.cache/scratchvae, /usr/share/datasets; for "
+                                           "a .npy/.npz file: a folder to look in first for a file of its name")
     parser.add_argument("--epochs", type=_positive_int, help=f"epochs to train in all [{d.epochs}]")
     parser.add_argument("--batch-size", type=_positive_int, help=f"examples per step [{d.batch_size}]")
     parser.add_argument("--lr", type=_positive_float, help=f"Adam learning rate [{d.lr}]")
@@ -223,7 +224,7 @@ def _train(args) -> int:
             raise ValueError("--out cannot be combined with --resume: a run continues in its own directory")
         if args.overwrite:
             raise ValueError("--overwrite replaces a run with a new one; --resume continues it: give one of them")
-        run = Run.open(args.resume, args.data_dir)
+        run = Run.open(args.resume, args.data_dir, dataset=given.get("dataset"))    # the fingerprint decides
         if run.config is None:
             raise ValueError(f"{args.resume}: holds a model only, not a training run to resume")
         stored = dataclasses.asdict(run.config)
@@ -289,19 +290,29 @@ def _pictures(run, out_dir, quiet, seed=0, required=False):
         print("pictures: " + ", ".join(p.name for p in written), file=sys.stderr)
 
 
-def _open_run(checkpoint, data_dir):
-    """The run saved in ``checkpoint``, which must know its data set."""
+def _open_run(checkpoint, data_dir, dataset=None):
+    """The run saved in ``checkpoint``, which must know its data set (at ``dataset``, if given)."""
     from .run import Run
-    run = Run.open(checkpoint, data_dir)
+    run = Run.open(checkpoint, data_dir, dataset=dataset)
     if run.config is None:
         raise ValueError(f"{checkpoint}: holds no training configuration, so its data set is unknown")
     return run
 
 
+def add_data_arguments(parser, when: str = "") -> None:
+    """Where a saved run's data are: ``--data-dir`` and ``--dataset`` (a run finds its data by
+    fingerprint, not only by path: data elsewhere are taken when the run's fingerprint accepts them)."""
+    parser.add_argument("--data-dir", help=f"{when}where to look for the data set first (for a .npy/.npz file: "
+                                           "a folder to look in first for a file of its name)")
+    parser.add_argument("--dataset", metavar="PATH", help=f"{when}the run's data set under another path or name "
+                                                          "(a .npy/.npz file that moved); taken only when it is "
+                                                          "the data the run was trained on (its fingerprint)")
+
+
 def add_evaluate_arguments(parser) -> None:
     """The checkpoint, the samples of the bound and of log p(x), and --exact's and --posterior's options."""
     parser.add_argument("checkpoint", help="checkpoint file or run directory")
-    parser.add_argument("--data-dir", help="where to look for the data set first")
+    add_data_arguments(parser)
     parser.add_argument("--samples", type=_positive_int, default=1, help="z samples per example, averaged [1]")
     parser.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the z samples [0]")
     parser.add_argument("--iw-samples", type=_positive_int, metavar="K",
@@ -327,7 +338,7 @@ def cmd_evaluate(args) -> int:
         raise ValueError("--posterior I and -o FILE.png go together: the picture of test image I's posterior")
     if args.output is not None and Path(args.output).suffix != ".png":
         raise ValueError(f"-o must end in .png, got {args.output}")
-    run = _open_run(args.checkpoint, args.data_dir)
+    run = _open_run(args.checkpoint, args.data_dir, args.dataset)
     n = len(run.x_test)
     if args.exact or args.posterior is not None:
         check_latent(run.vae, q_density=args.posterior is not None)
@@ -429,7 +440,7 @@ def add_sample_arguments(parser) -> None:
                         help="where z comes from: the model's prior, or gmm:N, a mixture of N full-covariance "
                              "Gaussians fitted by EM to the codes of the training set (needs the run's data; "
                              "not for a conditional model) [prior]")
-    parser.add_argument("--data-dir", help="with --sampler gmm:N: where to look for the data set first")
+    add_data_arguments(parser, "with --sampler gmm:N: ")
 
 
 def cmd_sample(args) -> int:
@@ -442,7 +453,11 @@ def cmd_sample(args) -> int:
     if out.suffix not in (".png", ".npy"):
         raise ValueError(f"-o must end in .png or .npy, got {out}")
     components = parse_sampler(args.sampler)
-    run = _open_run(args.checkpoint, args.data_dir) if components else Run.open(args.checkpoint)
+    if not components and (args.dataset or args.data_dir):
+        raise ValueError(f"{'--dataset' if args.dataset else '--data-dir'} points at the run's data, which only "
+                         "--sampler gmm:N reads (to fit its mixture); sampling from the prior reads none: leave "
+                         "it out")
+    run = _open_run(args.checkpoint, args.data_dir, args.dataset) if components else Run.open(args.checkpoint)
     model = run.vae
     classes = model.context_dim
     sampler = None
@@ -534,12 +549,12 @@ def add_plot_arguments(parser) -> None:
     """The checkpoint, the folder for the pictures and the seed of the samples."""
     parser.add_argument("checkpoint", help="checkpoint file or run directory")
     parser.add_argument("-o", "--out", help="folder for the PNG files [the checkpoint's folder]")
-    parser.add_argument("--data-dir", help="where to look for the data set first")
+    add_data_arguments(parser)
     parser.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the samples [0]")
 
 
 def cmd_plot(args) -> int:
-    run = _open_run(args.checkpoint, args.data_dir)
+    run = _open_run(args.checkpoint, args.data_dir, args.dataset)
     out = Path(args.out) if args.out else run.out_dir
     make_dirs(out)
     _pictures(run, out, False, args.seed, required=True)
@@ -559,7 +574,7 @@ def add_complete_arguments(parser) -> None:
     parser.add_argument("--steps", type=_positive_int, default=200, help="Gibbs iterations [200]")
     parser.add_argument("--burn-in", type=_nonneg_int, default=50, help="iterations left out of the average [50]")
     parser.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the masks and the chains [0]")
-    parser.add_argument("--data-dir", help="where to look for the data set first")
+    add_data_arguments(parser)
 
 
 def cmd_complete(args) -> int:
@@ -568,7 +583,7 @@ def cmd_complete(args) -> int:
     out = Path(args.output)
     if out.suffix != ".png":
         raise ValueError(f"-o must end in .png, got {out}")
-    run = _open_run(args.checkpoint, args.data_dir)
+    run = _open_run(args.checkpoint, args.data_dir, args.dataset)
     model, context = run.vae, run.config.context
     trained_mask = context[5:] if context.startswith("mask:") else None
     if model.context_dim and trained_mask is None:
@@ -615,7 +630,7 @@ def add_interpolate_arguments(parser) -> None:
     parser.add_argument("--array", metavar="FILE.npy", help="also (or instead) write the images as an array of "
                                                              "shape (2, steps, d): linear path, then spherical")
     parser.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the prior draws [0]")
-    parser.add_argument("--data-dir", help="where to look for the data set first")
+    add_data_arguments(parser)
 
 
 def cmd_interpolate(args) -> int:
@@ -633,7 +648,7 @@ def cmd_interpolate(args) -> int:
         raise ValueError("--steps must be at least 2: the two ends are included")
     if args.prior == (args.start is not None or args.end is not None):
         raise ValueError("give either --from I --to J (two test images) or --prior (two draws from the prior)")
-    run = _open_run(args.checkpoint, args.data_dir)
+    run = _open_run(args.checkpoint, args.data_dir, args.dataset)
     model, context = run.vae, run.config.context
     if args.label is not None and context != "label":
         raise ValueError("--label needs a model trained with --conditional label")

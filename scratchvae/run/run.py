@@ -13,6 +13,12 @@ told to replace it (``overwrite=True``). Its checkpoints record a
 fingerprint of the data (shape and SHA-256 of each split), and a run opened
 from one refuses data that differ from it, saying what changed.
 
+A run finds its data by fingerprint, not only by path: an array file is
+stored by its absolute path, and when it has moved a saved run says so
+(:class:`DataMissingError`) and takes the same data from elsewhere
+(``Run.open(..., dataset=PATH)``, ``--dataset``; or ``data_dir``, looked in
+first for a file of that name) when the stored fingerprint accepts them.
+
 A run directory has one writer at a time: whatever writes into it does so
 inside :meth:`Run.writing`, which takes the directory's lock
 (:mod:`scratchvae.run.lock`; a second writer is told which process holds it)
@@ -43,7 +49,7 @@ from typing import List, Optional
 import numpy as np
 
 from ..atomic import check_writable, make_dirs, remove_empty
-from ..data.datasets import Dataset, binarize, load_array_file, load_dataset
+from ..data.datasets import Dataset, binarize, load_array_images, load_dataset
 from ..inference.complete import MASK_KINDS, Mask, observed_context
 from ..model import M2, VAE
 from ..model.flows import parse_flow
@@ -87,10 +93,14 @@ class RunChangedError(ValueError):
     """A run's directory was written by someone else since the run was opened or last saved."""
 
 
+class DataMissingError(FileNotFoundError):
+    """A saved run's array file is not where the run looks for it."""
+
+
 def data_source(name: str) -> str:
     """A data set's name as a run stores it: a named set as given, an array
     file's path made absolute (so the run finds it from any directory)."""
-    return _absolute(name) if name.endswith((".npy", ".npz")) else name
+    return _absolute(name) if is_array_file(name) else name
 
 
 def _absolute(path) -> str:
@@ -261,6 +271,8 @@ class Run:
         self.sums: dict = {}
         self.history: List[dict] = []
         self._image_shape = None
+        self._shape_stored = False  # a saved run's checkpoint says what its images are (None: not images)
+        self._pointed = False       # a saved run pointed at its data elsewhere (Run.open(..., dataset=PATH))
 
     # ------------------------------------------------------------------
     # the data as the run sees it
@@ -273,7 +285,16 @@ class Run:
         if self.config is None:
             raise ValueError("this checkpoint holds a model only, no training configuration: "
                              "its data set is unknown")
-        data = load_data(self.config) if self._data is None else self._data
+        try:
+            data = load_data(self.config) if self._data is None else self._data
+        except FileNotFoundError:
+            if self.source is None or self._pointed or not is_array_file(self.config.dataset):
+                raise                   # a new run's data, or a path the user gave: "PATH: no such file"
+            where = self.config.dataset + (f", nor in {self.config.data_dir}" if self.config.data_dir else "")
+            raise DataMissingError(
+                f"the run's data set {where} is not there: point the run at the same data with --dataset PATH "
+                f"(Run.open(..., dataset=PATH)) or --data-dir DIR, the folder that holds "
+                f"{Path(self.config.dataset).name} now; the run's fingerprint checks that they are the same") from None
         if self.trained_on is not None:
             check_fingerprint(self.trained_on, data, self.out_dir)
         return data
@@ -285,10 +306,11 @@ class Run:
 
     @property
     def image_shape(self):
-        """(h, w) of the run's images, or None (known without loading the data)."""
-        if self._image_shape is None and self.config is not None:
-            return self.data.image_shape
-        return self._image_shape
+        """(h, w) of the run's images, or None: as its checkpoint stored them
+        (known without loading the data, which may be elsewhere), else the data's."""
+        if self._shape_stored or self.config is None:
+            return self._image_shape
+        return self.data.image_shape
 
     @cached_property
     def _prepared(self):
@@ -389,11 +411,16 @@ class Run:
         return path
 
     @classmethod
-    def open(cls, path, data_dir: Optional[str] = None, data: Optional[Dataset] = None) -> "Run":
+    def open(cls, path, data_dir: Optional[str] = None, data: Optional[Dataset] = None,
+             dataset: Optional[str] = None) -> "Run":
         """The run saved in ``path`` (a checkpoint file or run directory), as saved.
 
-        ``data_dir`` overrides where its data set is looked for; ``data`` gives
-        the data set itself (one made in memory, as tests do). A checkpoint
+        ``data_dir`` overrides where its data set is looked for (for an array
+        file: the folder looked in first for a file of its name); ``dataset``
+        points the run at its data under another name or path (an array file
+        that moved), which the stored fingerprint must accept (a run saved
+        without one refuses); ``data`` gives the data set itself (one made in
+        memory, as tests do). A checkpoint
         holding a model only (no training state) opens with ``config`` None:
         its model samples and decodes, but it knows no data set. A run saved
         without its optimizer (an M2 checkpoint of scratchvae 0.1) opens but
@@ -410,7 +437,14 @@ class Run:
         config = None if state is None else config_from(state.get("config", {}), str(path))
         if config is not None and data_dir:
             config = dataclasses.replace(config, data_dir=data_dir)
+        if config is not None and dataset is not None and data_source(dataset) != config.dataset:
+            if not (state.get("data") or {}).get("fingerprint"):
+                raise ValueError(f"{path} was saved without a fingerprint of its data, so {dataset} cannot be "
+                                 f"checked to be the data it was trained on ({config.dataset}); put those data "
+                                 "back where the run looks for them")
+            config = dataclasses.replace(config, dataset=dataset)
         run = cls(config, data, out_dir=out_dir, model=model)
+        run._pointed = config is not None and dataset is not None
         run.source = path / CHECKPOINT if path.is_dir() else path
         run._seen = _identity(run.checkpoint_path)
         if state is None:
@@ -418,6 +452,7 @@ class Run:
         run.history = state.get("history", [])
         stored_data = state.get("data", {})
         run._image_shape = stored_data.get("image_shape")
+        run._shape_stored = "image_shape" in stored_data
         if run._image_shape is not None and int(np.prod(run._image_shape)) != run.vae.input_dim:
             raise ckpt.CheckpointError(f"{path}: header field train.data.image_shape {run._image_shape} does "
                                        f"not hold the model's {run.vae.input_dim} inputs")
@@ -613,19 +648,35 @@ def contexts(config: TrainConfig, data: Dataset, x_test: np.ndarray):
             observed_context(x_test, test_missing))
 
 
+def is_array_file(name: str) -> bool:
+    """Does a data set's name name a ``.npy``/``.npz`` file (not a named set)?"""
+    return name.endswith((".npy", ".npz"))
+
+
+def array_file(config: TrainConfig) -> str:
+    """Where the run's array file is read from: a file of its name in
+    ``config.data_dir`` when there is one, else its own path."""
+    if config.data_dir:
+        there = os.path.join(config.data_dir, os.path.basename(config.dataset))
+        if os.path.isfile(there):
+            return there
+    return config.dataset
+
+
 def load_data(config: TrainConfig) -> Dataset:
     """The data set ``config.dataset`` names: a named set, or a ``.npy``/``.npz`` file.
 
     A plain array file has no test split: a seeded 10% of it (at most
-    10,000 rows) is held out for evaluation.
+    10,000 rows) is held out for evaluation. Its images keep the (h, w) of
+    an ``(n, h, w)`` array; an ``(n, d)`` array's are square, or none.
+    ``config.data_dir`` is looked in first for a file of its name.
     """
-    if config.dataset.endswith((".npy", ".npz")):
-        x = load_array_file(config.dataset)
+    if is_array_file(config.dataset):
+        path = array_file(config)
+        x, shape = load_array_images(path)
         if len(x) < 2:
-            raise ValueError(f"{config.dataset}: need at least 2 examples to hold out a test split")
+            raise ValueError(f"{path}: need at least 2 examples to hold out a test split")
         order = stream(config.seed, 3).permutation(len(x))
         n_test = max(1, min(10_000, len(x) // 10))
-        side = int(round(np.sqrt(x.shape[1])))
-        shape = (side, side) if side * side == x.shape[1] else None
-        return Dataset(Path(config.dataset).name, x[order[n_test:]], None, x[order[:n_test]], None, shape)
+        return Dataset(Path(path).name, x[order[n_test:]], None, x[order[:n_test]], None, shape)
     return load_dataset(config.dataset, config.data_dir, seed=config.seed)
