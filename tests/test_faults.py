@@ -932,7 +932,7 @@ def test_a_second_trainer_is_told_the_directory_is_in_use_and_by_whom(data_file,
         for extra in (["--out", "run", "--overwrite", "--epochs", "2"], ["--resume", "run", "--epochs", "200000"]):
             second = _trainer(tmp_path, "-q", *extra)
             try:
-                out, err = second.communicate(timeout=20)
+                out, err = second.communicate(timeout=60)
             finally:
                 second.kill()
             assert_one_error(second.returncode, err, "run is in use", f"process {first.pid} on ")
