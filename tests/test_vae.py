@@ -181,7 +181,7 @@ def test_noise_arguments_are_checked():
     (dict(likelihood="poisson"), "unknown likelihood 'poisson'"),
     (dict(init="xavier"), "unknown init 'xavier'"),
     (dict(hidden=[0]), "positive integers"),
-    (dict(latent_dim=2.5), "positive integers"),
+    (dict(latent_dim=2.5), "latent_dim must be a positive integer"),
 ])
 def test_bad_configuration_is_refused(kwargs, match):
     args = dict(input_dim=10, hidden=[4], latent_dim=2)
@@ -320,3 +320,37 @@ def test_checked_batches_are_not_scanned_again_and_a_nan_still_stops_the_step(mo
         model.loss_and_grads(x, rng=np.random.default_rng(1))
     with pytest.raises(FloatingPointError, match="not finite"):
         model.loss_and_grads(x, rng=np.random.default_rng(1), checked=True)
+
+
+@pytest.mark.parametrize("kwargs,kind,needle", [
+    # issue 21, the small ones: each raised an internal error, or one that named another argument
+    (dict(hidden="400"), TypeError, "hidden must be a list of positive integers"),    # iterated as '4','0','0'
+    (dict(hidden=400), TypeError, "hidden must be a list of positive integers"),      # 'int' is not iterable
+    (dict(hidden=None), TypeError, "hidden must be a list"),
+    (dict(hidden=[0]), ValueError, r"hidden must be .*got \[0\]"),                     # blamed "dec: layer sizes"
+    (dict(hidden=[-3]), ValueError, r"hidden must be .*got \[-3\]"),
+    (dict(latent_dim=0), ValueError, "latent_dim must be a positive integer, got 0"),
+    (dict(latent_dim="2"), ValueError, "latent_dim must be a positive integer, got '2'"),  # str concatenation
+    (dict(input_dim=0), ValueError, "input_dim must be a positive integer, got 0"),
+    (dict(dtype="x"), TypeError, "dtype must be float32 or float64, got 'x'"),        # "data type 'x' not understood"
+    (dict(seed=-1), ValueError, "seed must be an integer >= 0, got -1"),              # "expected non-negative integer"
+    (dict(seed="a"), ValueError, "seed must be an integer >= 0, got 'a'"),            # SeedSequence's message
+    (dict(seed=None), ValueError, "seed must be an integer >= 0, got None"),          # "has no len()"
+    (dict(likelihood="gaussian_fixed", sigma="a"), ValueError, "sigma must be a positive finite number"),
+])
+def test_odd_constructor_arguments_are_refused_by_name(kwargs, kind, needle):
+    args = {"input_dim": 8, "hidden": [4], "latent_dim": 2, **kwargs}
+    with pytest.raises(kind, match=needle):
+        sv.VAE(**args)
+
+
+def test_sampling_with_something_else_than_a_generator_is_refused_by_name():
+    """issue 21, the small ones: rng=None or a seed gave "'NoneType' object has no attribute 'standard_normal'"."""
+    model = sv.VAE(8, [4], 2)
+    for rng in (None, 0):
+        with pytest.raises(TypeError, match="rng must be a numpy.random.Generator"):
+            model.sample(3, rng)
+        with pytest.raises(TypeError, match="rng must be a numpy.random.Generator"):
+            model.loss(np.full((2, 8), 0.5, np.float32), rng=0)
+    with pytest.raises(ValueError, match="n must be an integer >= 0, got -1"):   # "negative dimensions"
+        model.prior_sample(-1, np.random.default_rng(0))

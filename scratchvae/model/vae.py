@@ -53,7 +53,7 @@ Parameter names (``model.params``; gradients use the same keys):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence
+from typing import Dict, Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -120,10 +120,24 @@ class VAE:
                  likelihood="bernoulli", activation: str = "relu", init: str = "torch",
                  seed: int = 0, dtype=np.float32, sigma: float = 1.0, context_dim: int = 0,
                  prior: str = "standard", pseudo_inputs: int = 0, flow: str = "none"):
-        self.dtype = np.dtype(dtype)
+        try:
+            self.dtype = np.dtype(dtype)
+        except TypeError:
+            raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
         if self.dtype not in (np.float32, np.float64):
             raise TypeError(f"dtype must be float32 or float64, got {self.dtype}")
+        for name, value in (("input_dim", input_dim), ("latent_dim", latent_dim)):
+            if not (_whole(value) and value > 0):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Iterable):
+            raise TypeError(f"hidden must be a list of positive integers, the encoder's layer widths "
+                            f"(e.g. [400], or [] for none), got {hidden!r}")
         hidden = list(hidden)
+        if not all(_whole(h) and h > 0 for h in hidden):
+            raise ValueError(f"hidden must be a list of positive integers, the encoder's layer widths "
+                             f"(e.g. [400], or [] for none), got {hidden!r}")
+        if not (_whole(seed) and seed >= 0):
+            raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
         if not (isinstance(context_dim, (int, np.integer)) and context_dim >= 0):
             raise ValueError(f"context_dim must be an integer >= 0, got {context_dim!r}")
         self.context_dim = int(context_dim)
@@ -293,7 +307,7 @@ class VAE:
         if (rng is None) == (eps is None):
             raise ValueError("pass exactly one of rng (to draw eps) or eps (fixed noise)")
         if eps is None:
-            return rng.standard_normal(dtype=self.dtype, out=ws.eps)
+            return _check_rng(rng).standard_normal(dtype=self.dtype, out=ws.eps)
         eps = self.check_eps(eps, n)
         if len(eps) != samples * n:
             raise ValueError(f"eps has {len(eps) // n} samples per example, expected {samples}")
@@ -363,7 +377,9 @@ class VAE:
     def prior_sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """n draws of z from the prior, (n, k): N(0, I), or for the VampPrior a
         component k uniform in 1..K, then z ~ q(z | u_k)."""
-        return self.p_z.sample(n, self.latent_dim, rng, self.dtype, self._prior_components())
+        if not (_whole(n) and n >= 0):
+            raise ValueError(f"n must be an integer >= 0, got {n!r}")
+        return self.p_z.sample(n, self.latent_dim, _check_rng(rng), self.dtype, self._prior_components())
 
     def log_prior(self, z) -> np.ndarray:
         """``log p(z)`` per row of z (rows, k), float64: N(0, I) or the VampPrior."""
@@ -386,6 +402,7 @@ class VAE:
         if not (isinstance(n, (int, np.integer)) and n > 0):
             raise ValueError(f"n must be a positive integer, got {n!r}")
         memory.require(memory.decode_bytes(self, n), f"sampling {n:,} examples from {self!r}")
+        _check_rng(rng)
         c = self.check_c(c, n)
         z = self.prior_sample(n, rng) if sampler is None else self._check_batch(sampler.sample(n, rng), "z",
                                                                                  self.latent_dim)
@@ -691,6 +708,18 @@ def _means(terms: Terms, beta: float) -> dict:
     losses = {"nll": float(terms.nll.mean()), "kl": float(terms.kl.mean())}
     losses["total"] = losses["nll"] + beta * losses["kl"]
     return losses
+
+
+def _whole(value) -> bool:
+    """An integer (Python's or NumPy's), not a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_rng(rng) -> np.random.Generator:
+    """``rng`` if it is a NumPy Generator, else TypeError naming it."""
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator, e.g. np.random.default_rng(0), got {rng!r}")
+    return rng
 
 
 def _diverged(values: str) -> FloatingPointError:
