@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import sys
 import types
 from pathlib import Path
@@ -384,3 +385,17 @@ def test_binarize_is_reproducible_and_random():
     assert not np.array_equal(a, c)
     with pytest.raises(TypeError):
         binarize(x, 3)
+
+
+@pytest.mark.parametrize("head", [b"x,y\n0.1,0.2\n", b"\x89PNG\r\n\x1a\n\x00\x00"])
+def test_a_file_that_is_not_numpy_is_named_so_not_pickled(tmp_path, head):
+    """A text file or a picture renamed .npy was reported as holding pickled objects (issue 21)."""
+    path = tmp_path / "data.npy"
+    path.write_bytes(head * 20)
+    with pytest.raises(ValueError, match="not a NumPy file") as e:
+        load_array_file(path)
+    assert "pickled" not in str(e.value)
+    pickled = tmp_path / "objects.npy"
+    pickled.write_bytes(pickle.dumps({"x": [1, 2]}))
+    with pytest.raises(ValueError, match="pickled Python objects"):
+        load_array_file(pickled)

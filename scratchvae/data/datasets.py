@@ -530,6 +530,10 @@ def load_array_images(path: os.PathLike) -> Tuple[np.ndarray, Optional[Tuple[int
     return x, ((side, side) if side * side == x.shape[1] else None)
 
 
+#: how a .npy file, a zip (.npz) and a pickle begin
+NPY_MAGIC, ZIP_MAGIC, PICKLE_MAGIC = b"\x93NUMPY", b"PK", b"\x80"
+
+
 def _read_array(path: Path) -> np.ndarray:
     """The array in a ``.npy`` file, or the one (or the one named ``x``) in an ``.npz``; nothing unpickled."""
     suffix = path.suffix.lower()
@@ -540,6 +544,12 @@ def _read_array(path: Path) -> np.ndarray:
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such file") from None
     except ValueError as exc:
+        # NumPy takes any file that is neither .npy nor .npz for a pickle: look at its first bytes
+        with open(path, "rb") as f:
+            head = f.read(8)
+        if not head.startswith((NPY_MAGIC, ZIP_MAGIC, PICKLE_MAGIC)):
+            raise ValueError(f"{path}: not a NumPy file (it starts with {head!r}); save the data with "
+                             "np.save or np.savez") from None
         if "pickle" in str(exc).lower():
             raise ValueError(f"{path}: holds pickled Python objects, which are not loaded "
                              "for safety; save a plain numeric array instead") from exc
