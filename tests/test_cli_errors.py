@@ -217,6 +217,15 @@ def test_binarize_needs_bernoulli(capsys, data_file, tmp_path):
     assert_one_error(code, err, "binarization", "gaussian_fixed")
 
 
+@pytest.mark.parametrize("likelihood", [[], ["--likelihood", "continuous_bernoulli"]])
+def test_sigma_needs_a_gaussian(capsys, data_file, tmp_path, likelihood):
+    """--sigma with a Bernoulli likelihood was silently ignored, while --binarize with a Gaussian is refused."""
+    code, _, err = run(capsys, "train", "--dataset", data_file, "--sigma", "0.5", *likelihood,
+                       "--out", tmp_path / "r", "-q")
+    assert_one_error(code, err, "--sigma sets a Gaussian likelihood's sigma", "leave --sigma out")
+    assert not (tmp_path / "r").exists()
+
+
 def test_debug_variable_shows_the_traceback(monkeypatch, tmp_path):
     monkeypatch.setenv("SCRATCHVAE_DEBUG", "1")
     with pytest.raises(ckpt.CheckpointError, match="no such checkpoint"):

@@ -245,6 +245,10 @@ def _train(args) -> int:
         if args.data_dir:
             given["data_dir"] = args.data_dir
         config = TrainConfig(**given)
+        if "sigma" in given and not config.likelihood.startswith("gaussian"):
+            raise ValueError(f"--sigma sets a Gaussian likelihood's sigma, and the {config.likelihood} likelihood "
+                             "has none: leave --sigma out, or choose --likelihood gaussian_fixed, gaussian_scalar "
+                             "or gaussian_pixel")
         run = Run(config, out_dir=Path(args.out) if args.out else default_run_dir(config.dataset),
                   overwrite=args.overwrite)
     trainer = Trainer(run, quiet=args.quiet)
