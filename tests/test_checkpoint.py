@@ -89,8 +89,12 @@ def test_missing_corrupt_truncated_and_foreign_files_are_refused(tmp_path):
         ckpt.read(tmp_path / "nope.npz")
     junk = tmp_path / "junk.npz"
     junk.write_bytes(np.random.default_rng(0).bytes(5000))
-    with pytest.raises(ckpt.CheckpointError, match="truncated or corrupt"):
+    with pytest.raises(ckpt.CheckpointError, match="does not start as an .npz file does"):
         sv.load(junk)
+    text = tmp_path / "notes.npz"          # a text file was called truncated or corrupt
+    text.write_text("epoch,loss\n1,140.2\n")
+    with pytest.raises(ckpt.CheckpointError, match=r"not a readable checkpoint: .*b'epoch,'.*another kind of file"):
+        sv.load(text)
     good = ckpt.save(tmp_path / "good.npz", _model())
     cut = tmp_path / "cut.npz"
     cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])

@@ -234,6 +234,10 @@ def read(path) -> Tuple[dict, Dict[str, Dict[str, np.ndarray]]]:
         if magic == np.lib.format.MAGIC_PREFIX:
             raise CheckpointError(f"{path}: holds one NumPy array, not a checkpoint (a checkpoint is the "
                                   ".npz file a training run writes)")
+        if not magic.startswith(b"PK"):         # every zip, so every .npz, begins so; a truncated one too
+            raise CheckpointError(f"{path}: not a readable checkpoint: it does not start as an .npz file does "
+                                  f"({magic!r}), so it is another kind of file or a corrupt copy; a checkpoint "
+                                  "is the .npz file a training run writes")
         with zipfile.ZipFile(path) as archive:
             members = _members(archive, path)
             header = _read_header(archive, members.pop(HEADER_KEY), path)
