@@ -31,8 +31,9 @@ signatures of ``reference.py`` (checked by :func:`register_backend`).
 import path); ``SCRATCHVAE_BACKEND=package.module`` (or a top-level
 ``module``) selects an out-of-tree backend in the API, the command line and
 subprocesses alike; what its import or its kernels raise becomes one error
-naming the backend (:class:`BackendError`), and :func:`check_backend` runs every kernel of a backend against ``reference`` on
-awkward shapes and prints a report.
+naming the backend (:class:`BackendError`), and :func:`check_backend` runs
+every kernel of a backend against ``reference`` on awkward shapes and prints
+a report.
 
 **GEMM.** A backend brings its own ``gemm``; ``set_backend(name, gemm=G)``
 (or ``$SCRATCHVAE_GEMM``) takes the products from :data:`GEMMS` instead:
