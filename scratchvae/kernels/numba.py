@@ -20,9 +20,13 @@ The large kernels (bias + activation and its backward, the Bernoulli
 likelihoods, Adam) also have a pool variant, ``NAME_pool``, whose loops run in
 Numba's thread pool: the backend ``numba_pool`` (``numba_pool.py``) is made of
 them and of the hand-written GEMM, which runs in that same pool: one pool for
-the whole step. Each pool variant splits its work so that every number is
-computed as the serial kernel computes it (rows for per-row sums, column
-blocks for column sums), so results do not depend on the thread count.
+the whole step. Each pool variant gives every thread whole rows where it sums
+rows and whole columns where it sums columns, so results do not depend on the
+thread count. (Its copy of a loop is compiled apart from the serial kernel's,
+and fastmath lets LLVM vectorise each copy's sums its own way: the Bernoulli
+loss of a row may differ from the serial kernel's in the last bit, and did
+between a freshly compiled and a cached copy; gradients and updates are
+elementwise or summed in a fixed order and do not.)
 
 Compilation: ``cache=True`` (compiled code is kept on disk and reloaded in
 later processes). Numba writes the cache next to this file, or, where that
@@ -83,8 +87,8 @@ def _chunks(elements, pool) -> int:
 def _jit(inline=False, parallel=False):
     """njit with the shared flags.
 
-    ``inline`` marks loop bodies that a dispatching kernel instantiates once
-    per activation (see below); ``parallel`` the pool variants of the kernels.
+    ``inline`` marks loop bodies, inlined into a serial and a pool kernel
+    (see below); ``parallel`` the pool variants of the kernels.
     """
     return nb.njit(cache=CACHE_ENABLED, fastmath=set(FASTMATH), nogil=True, error_model="numpy",
                    parallel=parallel, inline="always" if inline else "never")
@@ -104,12 +108,15 @@ def _rows(w, like):
 # --------------------------------------------------------------------------
 # activations
 # --------------------------------------------------------------------------
-# A loop whose body branches on the activation code does not vectorise. So
-# each loop is written once, inlined (``_jit(inline=True)``) into a
-# dispatcher that calls it with a constant code per branch: LLVM folds the
-# branches away and vectorises each copy. Activations that need exp or tanh
-# per element run on NumPy's SIMD loops instead (the numpy backend), which
-# beat the scalar libm calls compiled code would make.
+# A loop whose body branches on the activation code does not vectorise, and
+# one kernel holding a copy of the loop per activation takes seconds to
+# compile. So the loops take the code as an argument and are inlined
+# (``_jit(inline=True)``) into kernels made once per activation
+# (``_ActivationKernels``), where the code is a constant: LLVM folds the
+# branches away and vectorises the loop, and a run compiles only the
+# activations it uses. Activations that need exp or tanh per element run on
+# NumPy's SIMD loops in the forward pass (the numpy backend), which beat the
+# scalar libm calls compiled code would make.
 
 @_jit(inline=True)
 def _act(v, code, alpha):
@@ -136,85 +143,81 @@ def _act_grad(y, code, alpha):
     return ONE
 
 
-# Each kernel below is a body over a range (rows, or columns where it sums
-# columns) and two dispatchers: serial over everything, and parallel, one
-# chunk per thread of the pool.
+# Each kernel is a body, inlined into two dispatchers: serial over the whole
+# arrays, and parallel, one chunk per thread of the pool, given views of its
+# chunk (rows, or a block of columns where the kernel sums columns, each row
+# of the block a 1-D view). Inside a parallel region LLVM vectorised a loop
+# over a view's length but not one over bounds computed there: bodies given
+# (lo, hi) ran 4-25x slower than the serial kernel on 2 threads, given views
+# up to 2x faster. A body compiled on its own and called from the region was
+# inlined back by LLVM and as slow.
 
 @_jit(inline=True)
-def _bias_act_loop(a, b, code, alpha, out, lo, hi):
-    m = a.shape[1]
-    for i in range(lo, hi):
+def _bias_act_rows(a, b, code, alpha, out):
+    n, m = a.shape
+    for i in range(n):
         for j in range(m):
             out[i, j] = _act(a[i, j] + b[j], code, alpha)
 
 
 @_jit(inline=True)
-def _bias_act_rows(a, b, code, alpha, out, lo, hi):
-    if code == RELU:
-        _bias_act_loop(a, b, RELU, alpha, out, lo, hi)
-    elif code == LEAKY_RELU:
-        _bias_act_loop(a, b, LEAKY_RELU, alpha, out, lo, hi)
-    else:
-        _bias_act_loop(a, b, IDENTITY, alpha, out, lo, hi)
-
-
-@_jit()
-def _bias_act(a, b, code, alpha, out):
-    _bias_act_rows(a, b, code, alpha, out, 0, a.shape[0])
-
-
-@_jit(parallel=True)
-def _bias_act_pool(a, b, code, alpha, out, chunks):
-    n = a.shape[0]
-    for t in nb.prange(chunks):
-        _bias_act_rows(a, b, code, alpha, out, t * n // chunks, (t + 1) * n // chunks)
-
-
-@_jit(inline=True)
-def _act_backward_loop(y, d_y, code, alpha, out, d_b, want_d_b, row_scale, scaled, lo, hi):
-    """Columns lo..hi of every row: each d_b[j] sums its column in row order."""
-    n = y.shape[0]
-    if want_d_b:
-        for j in range(lo, hi):
-            d_b[j] = ZERO
-    for i in range(n):
-        for j in range(lo, hi):
-            d = d_y[i, j] * _act_grad(y[i, j], code, alpha)
-            if scaled:
-                d *= row_scale[i]
-            out[i, j] = d
-            if want_d_b:
-                d_b[j] += d
-
-
-@_jit(inline=True)
 def _act_backward_columns(y, d_y, code, alpha, out, d_b, want_d_b, row_scale, scaled, lo, hi):
-    if code == RELU:
-        _act_backward_loop(y, d_y, RELU, alpha, out, d_b, want_d_b, row_scale, scaled, lo, hi)
-    elif code == LEAKY_RELU:
-        _act_backward_loop(y, d_y, LEAKY_RELU, alpha, out, d_b, want_d_b, row_scale, scaled, lo, hi)
-    elif code == TANH:
-        _act_backward_loop(y, d_y, TANH, alpha, out, d_b, want_d_b, row_scale, scaled, lo, hi)
-    elif code == SIGMOID:
-        _act_backward_loop(y, d_y, SIGMOID, alpha, out, d_b, want_d_b, row_scale, scaled, lo, hi)
-    elif code == ELU:
-        _act_backward_loop(y, d_y, ELU, alpha, out, d_b, want_d_b, row_scale, scaled, lo, hi)
-    else:
-        _act_backward_loop(y, d_y, IDENTITY, alpha, out, d_b, want_d_b, row_scale, scaled, lo, hi)
+    """Columns lo..hi of every row: each d_b[j] sums its column in row order."""
+    if want_d_b:
+        d_b[lo:hi] = ZERO
+    for i in range(y.shape[0]):
+        _act_backward_row(y[i, lo:hi], d_y[i, lo:hi], code, alpha, out[i, lo:hi], d_b[lo:hi], want_d_b,
+                          row_scale[i] if scaled else ONE, scaled)
 
 
-@_jit()
-def _act_backward(y, d_y, code, alpha, out, d_b, want_d_b, row_scale, scaled):
-    _act_backward_columns(y, d_y, code, alpha, out, d_b, want_d_b, row_scale, scaled, 0, y.shape[1])
+@_jit(inline=True)
+def _act_backward_row(y, d_y, code, alpha, out, d_b, want_d_b, scale, scaled):
+    for j in range(y.shape[0]):
+        d = d_y[j] * _act_grad(y[j], code, alpha)
+        if scaled:
+            d *= scale
+        out[j] = d
+        if want_d_b:
+            d_b[j] += d
 
 
-@_jit(parallel=True)
-def _act_backward_pool(y, d_y, code, alpha, out, d_b, want_d_b, row_scale, scaled, chunks):
-    m = y.shape[1]
-    for t in nb.prange(chunks):
-        # column blocks of whole cache lines (16 float32), so threads never share one
-        lo, hi = t * m // chunks // 16 * 16, (t + 1) * m // chunks // 16 * 16 if t < chunks - 1 else m
-        _act_backward_columns(y, d_y, code, alpha, out, d_b, want_d_b, row_scale, scaled, lo, hi)
+class _ActivationKernels:
+    """The compiled kernels of one activation, serial and pool.
+
+    ``code`` is a closure constant: LLVM folds the activation's branches away
+    in the inlined bodies, and a run compiles only the activations it uses.
+    Numba keys its disk cache on the closure's value.
+    """
+
+    def __init__(self, code):
+        @_jit()
+        def bias_act(a, b, alpha, out):
+            _bias_act_rows(a, b, code, alpha, out)
+
+        @_jit(parallel=True)
+        def bias_act_pool(a, b, alpha, out, chunks):
+            n = a.shape[0]
+            for t in nb.prange(chunks):
+                lo, hi = t * n // chunks, (t + 1) * n // chunks
+                _bias_act_rows(a[lo:hi], b, code, alpha, out[lo:hi])
+
+        @_jit()
+        def backward(y, d_y, alpha, out, d_b, want_d_b, row_scale, scaled):
+            _act_backward_columns(y, d_y, code, alpha, out, d_b, want_d_b, row_scale, scaled, 0, y.shape[1])
+
+        @_jit(parallel=True)
+        def backward_pool(y, d_y, alpha, out, d_b, want_d_b, row_scale, scaled, chunks):
+            m = y.shape[1]
+            for t in nb.prange(chunks):
+                # column blocks of whole cache lines (16 float32), so threads never share one
+                lo, hi = t * m // chunks // 16 * 16, (t + 1) * m // chunks // 16 * 16 if t < chunks - 1 else m
+                _act_backward_columns(y, d_y, code, alpha, out, d_b, want_d_b, row_scale, scaled, lo, hi)
+
+        self.bias_act, self.bias_act_pool = bias_act, bias_act_pool
+        self.backward, self.backward_pool = backward, backward_pool
+
+
+_KERNELS = {code: _ActivationKernels(code) for code in ACT_CODE.values()}
 
 
 def _bias_activation(a, b, activation, alpha, out, pool):
@@ -222,11 +225,11 @@ def _bias_activation(a, b, activation, alpha, out, pool):
     if code not in (IDENTITY, RELU, LEAKY_RELU):
         return numpy_backend.bias_activation(a, b, activation, alpha, out)
     out = np.empty_like(a) if out is None else out
-    chunks = _chunks(a.size, pool)
+    kernels, chunks = _KERNELS[code], _chunks(a.size, pool)
     if chunks:
-        _bias_act_pool(a, b, code, a.dtype.type(alpha), out, chunks)
+        kernels.bias_act_pool(a, b, a.dtype.type(alpha), out, chunks)
     else:
-        _bias_act(a, b, code, a.dtype.type(alpha), out)
+        kernels.bias_act(a, b, a.dtype.type(alpha), out)
     return out
 
 
@@ -237,12 +240,12 @@ def _activation_backward(y, d_y, activation, alpha, out, d_b, row_scale, pool):
     out = np.empty((len(y), y.shape[1]), y.dtype) if out is None else out
     want = d_b is not None
     scale, scaled = _rows(row_scale, y)
-    args = (y, d_y, code, y.dtype.type(alpha), out, d_b if want else out[0], want, scale, scaled)
-    chunks = _chunks(y.size, pool)
+    args = (y, d_y, y.dtype.type(alpha), out, d_b if want else out[0], want, scale, scaled)
+    kernels, chunks = _KERNELS[code], _chunks(y.size, pool)
     if chunks:
-        _act_backward_pool(*args, chunks)
+        kernels.backward_pool(*args, chunks)
     else:
-        _act_backward(*args)
+        kernels.backward(*args)
     return out
 
 
@@ -286,9 +289,9 @@ def _neg_abs(l, e):
 
 
 @_jit(inline=True)
-def _bernoulli_rows(logits, x, e, chunk, d, nll, lo, hi):
-    m = logits.shape[1]
-    for i in range(lo, hi):
+def _bernoulli_rows(logits, x, e, chunk, d, nll):
+    n, m = logits.shape
+    for i in range(n):
         s = ZERO * logits[i, 0]
         for j in range(m):
             l, ej = logits[i, j], e[i, j]
@@ -308,14 +311,15 @@ def _bernoulli_rows(logits, x, e, chunk, d, nll, lo, hi):
 
 @_jit()
 def _bernoulli(logits, x, e, chunk, d, nll):
-    _bernoulli_rows(logits, x, e, chunk, d, nll, 0, logits.shape[0])
+    _bernoulli_rows(logits, x, e, chunk, d, nll)
 
 
 @_jit(parallel=True)
 def _bernoulli_pool(logits, x, e, chunk, d, nll, chunks):
     n = logits.shape[0]
     for t in nb.prange(chunks):
-        _bernoulli_rows(logits, x, e, chunk, d, nll, t * n // chunks, (t + 1) * n // chunks)
+        lo, hi = t * n // chunks, (t + 1) * n // chunks
+        _bernoulli_rows(logits[lo:hi], x[lo:hi], e[lo:hi], chunk, d[lo:hi], nll[lo:hi])
 
 
 @_jit()
@@ -577,8 +581,8 @@ def min_max(x):
 # --------------------------------------------------------------------------
 
 @_jit(inline=True)
-def _adam_range(p, g, m, v, step_size, beta1, beta2, eps, inv_sqrt_bc2, decay, grad_scale, lo, hi):
-    for i in range(lo, hi):
+def _adam_body(p, g, m, v, step_size, beta1, beta2, eps, inv_sqrt_bc2, decay, grad_scale):
+    for i in range(p.shape[0]):
         gi = grad_scale * g[i]
         mi = beta1 * m[i] + (ONE - beta1) * gi
         vi = beta2 * v[i] + (ONE - beta2) * gi * gi
@@ -589,15 +593,16 @@ def _adam_range(p, g, m, v, step_size, beta1, beta2, eps, inv_sqrt_bc2, decay, g
 
 @_jit()
 def _adam(p, g, m, v, step_size, beta1, beta2, eps, inv_sqrt_bc2, decay, grad_scale):
-    _adam_range(p, g, m, v, step_size, beta1, beta2, eps, inv_sqrt_bc2, decay, grad_scale, 0, p.shape[0])
+    _adam_body(p, g, m, v, step_size, beta1, beta2, eps, inv_sqrt_bc2, decay, grad_scale)
 
 
 @_jit(parallel=True)
 def _adam_pool(p, g, m, v, step_size, beta1, beta2, eps, inv_sqrt_bc2, decay, grad_scale, chunks):
     n = p.shape[0]
     for t in nb.prange(chunks):
-        _adam_range(p, g, m, v, step_size, beta1, beta2, eps, inv_sqrt_bc2, decay, grad_scale,
-                    t * n // chunks, (t + 1) * n // chunks)
+        lo, hi = t * n // chunks, (t + 1) * n // chunks
+        _adam_body(p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], step_size, beta1, beta2, eps, inv_sqrt_bc2, decay,
+                   grad_scale)
 
 
 @_jit()

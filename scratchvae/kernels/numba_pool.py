@@ -6,8 +6,8 @@ backward, the Bernoulli likelihoods, Adam) are the pool variants of
 ``numba.py``, which run in that same pool: one pool for the whole step, no
 BLAS pool spinning beside it. Every other kernel is the numba backend's.
 ``set_backend("numba", gemm="numba")`` selects this backend. Each pool
-variant computes every number as its serial twin does, so results do not
-depend on the thread count.
+variant splits its work so that results do not depend on the thread count
+(``numba.py`` says how, and where it may differ from its serial twin).
 """
 from __future__ import annotations
 
