@@ -59,6 +59,7 @@ from typing import TYPE_CHECKING, Dict, Optional, Union
 import numpy as np
 
 from . import conformance, reference
+from .threads import ThreadTuner
 from .contract import (ACTIVATIONS, CONTRACT, DEFAULT_ALPHA, FASTMATH, HALF_LOG_2PI, Scratch,  # noqa: F401
                        check_activation, temporaries)     # (re-exported: the contract's names live here too)
 
@@ -256,6 +257,19 @@ def _running_modules() -> list:
     """The active backend's module, and the module of the GEMM that runs when it is one of :data:`GEMMS`."""
     gemm = _running_gemm()
     return [active_module()] + ([_import(GEMMS[gemm], f"gemm {gemm}")] if gemm else [])
+
+
+def thread_tuner(**options) -> Optional[ThreadTuner]:
+    """A :class:`~scratchvae.kernels.threads.ThreadTuner` (``options`` passed on)
+    for the active backend's thread pool, or None where the thread count may
+    not change mid-run: a backend whose results depend on it (OpenBLAS rounds
+    some products differently with more threads) or that runs another GEMM than
+    its own. A backend allows it with ``RESULTS_INDEPENDENT_OF_THREADS = True``
+    and the functions ``max_threads()`` and ``set_threads(n)``."""
+    module = active_module()
+    if not getattr(module, "RESULTS_INDEPENDENT_OF_THREADS", False) or ops.gemm is not module.gemm:
+        return None
+    return ThreadTuner(module.max_threads(), module.set_threads, **options)
 
 
 def warmup() -> float:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 # The contract's kernels, defined here by importing them (hence the noqa: this
 # module is a backend, its imports are its definitions).
+import numba as nb
+
 from . import numba as serial
 from .gemm_numba import gemm  # noqa: F401
 from .numba import (gaussian_latent, gaussian_latent_backward, gaussian_log_sigma_grad,  # noqa: F401
@@ -23,6 +25,21 @@ from .numba import adam_update_pool as adam_update  # noqa: F401
 from .numba import bernoulli_nll_pool as bernoulli_nll  # noqa: F401
 from .numba import bias_activation_pool as bias_activation  # noqa: F401
 from .numba import continuous_bernoulli_nll_pool as continuous_bernoulli_nll  # noqa: F401
+
+
+#: the GEMM and the pool kernels split their work so that no number depends on
+#: the thread count: the training loop may change it between steps (``threads.py``)
+RESULTS_INDEPENDENT_OF_THREADS = True
+
+
+def max_threads() -> int:
+    """The threads the pool may use (``NUMBA_NUM_THREADS``, or fewer if set so)."""
+    return nb.get_num_threads()
+
+
+def set_threads(n: int) -> None:
+    """Use ``n`` threads (1 <= n <= :func:`max_threads` when the run began) from the next call on."""
+    nb.set_num_threads(n)
 
 
 def describe() -> dict:

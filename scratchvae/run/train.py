@@ -40,6 +40,7 @@ import numpy as np
 from ..atomic import remove_stale_temporaries, write_bytes
 from ..data.datasets import binarize
 from ..inference.evaluate import elbo
+from ..kernels import thread_tuner
 from ..model import M2, memory
 from ..model.m2 import accuracy
 from .checkpoint import CheckpointError, NotFiniteError
@@ -187,6 +188,8 @@ class Trainer:
         self._stop = False
         self.stopped_by: Optional[int] = None       # the signal that stopped the last fit, if one did
         self._buffers = {}
+        #: sizes the kernels' thread pool step by step (kernels/threads.py), or None where it may not
+        self.tuner = None
 
     def _check_position(self):
         """Refuse loop state that does not fit this run's data (a damaged or foreign checkpoint)."""
@@ -247,7 +250,7 @@ class Trainer:
         """
         out_dir = self.run.out_dir
         self._stop, self.stopped_by = False, None
-        with self.run.writing(), handling(STOP_SIGNALS, self._on_signal):
+        with self.run.writing(), handling(STOP_SIGNALS, self._on_signal), self._tuning():
             remove_stale_temporaries(out_dir)
             while self.run.epoch < self.run.config.epochs:
                 if not self.train_epoch():
@@ -255,6 +258,16 @@ class Trainer:
                     return "interrupted"
                 self._end_epoch()
             return "done"
+
+    @contextlib.contextmanager
+    def _tuning(self):
+        """:attr:`tuner` for the length of a fit; the pool gets all its threads back after it."""
+        self.tuner = thread_tuner()
+        try:
+            yield
+        finally:
+            if self.tuner is not None:
+                self.tuner.set_threads(self.tuner.max_threads)
 
     def _save(self, where: str, epoch: int) -> None:
         """The run's checkpoint, or :class:`TrainingDiverged` (in ``epoch``) if its weights are not finite."""
@@ -285,12 +298,13 @@ class Trainer:
             np.take(run.x_train, idx, axis=0, out=x)
             if cfg.binarize == "dynamic":
                 binarize(x, run.rng, out=x, scratch=scratch)
-            try:
-                losses, grads = self.objective.losses_and_grads(run, x, idx, run.rng, self.beta_at(run.step))
-            except FloatingPointError as e:
-                progress.close()
-                raise self._diverged(f"batch {run.batch + 1}", e) from None
-            run.optimizer.step(grads)
+            with self._timed_step(len(idx)):
+                try:
+                    losses, grads = self.objective.losses_and_grads(run, x, idx, run.rng, self.beta_at(run.step))
+                except FloatingPointError as e:
+                    progress.close()
+                    raise self._diverged(f"batch {run.batch + 1}", e) from None
+                run.optimizer.step(grads)
             run.batch += 1
             run.step += 1
             for k in self.objective.parts:
@@ -306,6 +320,9 @@ class Trainer:
         run.sums["seconds"] += time.perf_counter() - t0
         progress.close()
         return True
+
+    def _timed_step(self, examples):
+        return contextlib.nullcontext() if self.tuner is None else self.tuner.step(examples)
 
     def _diverged(self, where: str, e: Exception, epoch: Optional[int] = None) -> TrainingDiverged:
         """The error for a blow-up in ``epoch`` (1-based; default: the one in progress)."""
