@@ -65,7 +65,8 @@ LAYERS = (
 )
 LR, BETA1, BETA2, ADAM_EPS = 1e-3, 0.9, 0.999, 1e-8
 
-SYSTEMS = ("scratchvae-numpy", "scratchvae-numba", "scratchvae-onepool", "torch-eager", "torch-compile", "jax-jit")
+SYSTEMS = ("scratchvae-numpy", "scratchvae-numba", "scratchvae-onepool", "scratchvae-tuned", "torch-eager",
+           "torch-compile", "jax-jit")
 
 #: knobs of the PyTorch systems (the benchmark's --torch-* options set them)
 TORCH_DEFAULTS = {"adam": "fused", "compile_mode": "default", "compile_optimizer": False}
@@ -144,10 +145,13 @@ class System:
 
 class ScratchVAE(System):
     """``sv.VAE(784, [400], 20)`` with ``sv.Adam`` on the backend ``numpy`` or ``numba``;
-    ``gemm="numba"``: the products from the hand-written GEMM, the whole step in Numba's pool."""
+    ``gemm="numba"``: the products from the hand-written GEMM, the whole step in Numba's pool;
+    ``tuned``: each step under the thread tuner, as the training loop runs it (kernels/threads.py:
+    the thread count is then at most the benchmark's, chosen by timing steps)."""
 
-    def __init__(self, threads, options, backend, gemm=None, name=None):
+    def __init__(self, threads, options, backend, gemm=None, name=None, tuned=False):
         super().__init__(threads, options)
+        self.tuned = tuned
         if ROOT not in sys.path:
             sys.path.insert(0, ROOT)          # run from a checkout without installing
         import numpy as np
@@ -170,9 +174,19 @@ class ScratchVAE(System):
         self.model = self.sv.VAE(INPUT_DIM, [HIDDEN_DIM], LATENT_DIM, seed=seed)
         self.opt = self.sv.Adam(self.model.params, lr=LR, betas=(BETA1, BETA2), eps=ADAM_EPS)
         self.rng = self.np.random.default_rng(seed)
+        self.tuner = self.sv.kernels.thread_tuner() if self.tuned else None
+        if self.tuned and self.tuner is None:
+            raise Unavailable(f"the scratchvae backend {self.backend!r} cannot change its thread count mid-run")
 
     def step(self, x):
         # as the training loop steps: the pool was checked when it was made, so no step rescans it
+        if self.tuner is None:
+            self._step(x)
+        else:
+            with self.tuner.step(len(x)):
+                self._step(x)
+
+    def _step(self, x):
         _losses, grads = self.model.loss_and_grads(x, rng=self.rng, checked=True)
         self.opt.step(grads)
 
@@ -188,6 +202,10 @@ class ScratchVAE(System):
                 info["kernels_describe"] = f"describe() failed: {e!r}"
         if self.backend == "numba":
             info["numba"] = numba_info()
+        tuner = getattr(self, "tuner", None)
+        if tuner is not None:
+            info["thread_tuner"] = {"threads": tuner.threads, "max_threads": tuner.max_threads,
+                                    "measurements": len(tuner.log), "last": _jsonable(tuner.log[-1:])}
         return info
 
     def load_params(self, params):
@@ -499,8 +517,8 @@ def make_system(name: str, threads: int, options: Optional[dict] = None) -> Syst
         return ScratchVAE(threads, options, "numpy")
     if name == "scratchvae-numba":
         return ScratchVAE(threads, options, "numba", gemm="blas")
-    if name == "scratchvae-onepool":
-        return ScratchVAE(threads, options, "numba", gemm="numba", name=name)
+    if name in ("scratchvae-onepool", "scratchvae-tuned"):
+        return ScratchVAE(threads, options, "numba", gemm="numba", name=name, tuned=name == "scratchvae-tuned")
     if name in ("torch-eager", "torch-compile"):
         return TorchSystem(threads, options, compiled=name == "torch-compile")
     if name == "jax-jit":
