@@ -151,3 +151,28 @@ def test_switching_threads_every_step_changes_no_number_of_a_training_run(tmp_pa
         kernels.set_backend(*before)
     assert {1, 2} <= set(seen) and len(tuner.log) >= 5
     np.testing.assert_array_equal(switching, fixed)
+
+
+def test_describe_says_what_was_chosen():
+    m = FakeMachine({2: 1.0, 1: 1.8})
+    t = tuner_on(m)
+    assert t.describe() == "2 of 2, not measured"
+    m.train(t, 6)
+    assert t.describe() == "2 of 2, chosen by timing steps (1 measurement)"
+
+
+def test_the_train_command_says_how_many_threads_it_chose(capsys, data_file, tmp_path):
+    from cli_helpers import SMALL, run
+    before = (kernels.get_backend(), kernels.get_gemm())
+    try:
+        kernels.set_backend("numba_pool")
+        code, _, err = run(capsys, "train", "--dataset", data_file, *SMALL, "--epochs", "3", "--no-plots",
+                           "--out", tmp_path / "pool")          # 18 steps: 2 to compile, 6 to measure
+        assert code == 0, err
+        assert "threads: " in err and "chosen by timing steps" in err, err
+        kernels.set_backend("numba")                 # its products may not change threads: no such line
+        code, _, err = run(capsys, "train", "--dataset", data_file, *SMALL, "--epochs", "1", "--no-plots",
+                           "--out", tmp_path / "blas")
+        assert code == 0 and "threads: " not in err, err
+    finally:
+        kernels.set_backend(*before)

@@ -65,6 +65,12 @@ class ThreadTuner:
         return sorted({self.threads, max(1, self.threads // 2), min(self.max_threads, 2 * self.threads)},
                       reverse=True)
 
+    def describe(self) -> str:
+        """One line for a user: the count chosen, of how many, and from how many measurements."""
+        n = len(self.log)
+        how = f"chosen by timing steps ({n} measurement{'s' if n != 1 else ''})" if n else "not measured"
+        return f"{self.threads} of {self.max_threads}, {how}"
+
     @contextmanager
     def step(self, examples: int):
         """Around one training step of ``examples`` examples (a step that raises is not timed)."""

@@ -265,6 +265,8 @@ def _train(args) -> int:
             print(f"interrupted{by}: checkpoint saved; continue with "
                   f"scratchvae train --resume {run.out_dir}", file=sys.stderr)
             return 128 + signum         # 130 for Ctrl-C (EXIT_INTERRUPTED), 143 for SIGTERM, as shells report
+        if trainer.tuner is not None and not args.quiet:
+            print(f"threads: {trainer.tuner.describe()}", file=sys.stderr)
         if not args.no_plots:
             _pictures(run, run.out_dir, args.quiet)
     if cfg.semi_supervised:
