@@ -3,7 +3,6 @@ and the training loop uses it only where the thread count changes no number."""
 import numpy as np
 import pytest
 
-import scratchvae as sv
 from scratchvae import kernels
 from scratchvae.kernels.threads import ThreadTuner
 
