@@ -6,6 +6,7 @@ what the model computes independently.
 """
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
@@ -240,18 +241,71 @@ def test_samples_of_a_vampprior_model_are_drawn_from_it(tmp_path, figures):
     np.testing.assert_array_equal(canvas, plots.tile(model.sample(4, np.random.default_rng(7)), (6, 6), 2))
 
 
-def test_manifold_decodes_the_prior_quantile_grid(tmp_path, figures, models):
+def test_manifold_grid_defaults_to_the_prior_quantiles():
+    grid = plots.manifold_grid(5)
+    q = [NormalDist().inv_cdf(p) for p in np.linspace(0.05, 0.95, 5)]
+    assert grid.shape == (2, 5)
+    np.testing.assert_allclose(grid, [q, q], atol=1e-9)
+
+
+@pytest.mark.parametrize("pad", [0.0, 0.05, 0.5])
+def test_manifold_grid_spans_the_posterior_means_padded(pad):
+    mu = np.random.default_rng(0).normal([3.0, -1.0], [2.0, 0.5], (300, 2)).astype(np.float32)
+    lo, hi = mu.min(0).astype(float), mu.max(0).astype(float)
+    grid = plots.manifold_grid(7, mu, pad)
+    assert grid.shape == (2, 7)
+    np.testing.assert_allclose(grid[:, 0], lo - pad * (hi - lo), rtol=1e-12)
+    np.testing.assert_allclose(grid[:, -1], hi + pad * (hi - lo), rtol=1e-12)
+    assert np.allclose(np.diff(grid, axis=1), (grid[:, -1:] - grid[:, :1]) / 6, rtol=1e-9)    # evenly spaced
+    # far wider than the prior's central 90% the old grid showed, on z1
+    assert grid[0, 0] < -1.65 and grid[0, -1] > 1.65
+
+
+def _ticks(axis):
+    """(positions, values) of an axis's labelled ticks."""
+    return axis.get_ticklocs(), [float(t.get_text()) for t in axis.get_ticklabels()]
+
+
+@pytest.mark.parametrize("spread", [None, 3.0])
+def test_manifold_decodes_its_grid_and_labels_tiles_with_z(tmp_path, figures, models, spread):
+    """Without means the prior's quantiles; with means (here spread over +-3) their padded range."""
     model, n = models[2], 5
-    out = plots.manifold(model, (6, 6), tmp_path / "m.png", n=n)
+    mu = None if spread is None else np.random.default_rng(0).uniform(-spread, spread, (50, 2))
+    out = plots.manifold(model, (6, 6), tmp_path / "m.png", n=n, mu=mu)
     assert_png(out)
-    canvas, title = drawn_image(figures[-1])
+    fig = figures[-1]
+    canvas, title = drawn_image(fig)
+    z1, z2 = plots.manifold_grid(n, mu)
     assert "manifold" in title
-    q = [NormalDist().inv_cdf(p) for p in np.linspace(0.05, 0.95, n)]
+    assert f"z1 in [{z1[0]:.2f}, {z1[-1]:.2f}], z2 in [{z2[0]:.2f}, {z2[-1]:.2f}]" in title
+    assert ("quantiles" in title) == (mu is None)
     for i in range(n):                  # row i from the top: z2 falls; column j: z1 rises
         for j in range(n):
-            z = np.array([[q[j], q[n - 1 - i]]], dtype=np.float32)
+            z = np.array([[z1[j], z2[n - 1 - i]]], dtype=np.float32)
             cell = canvas[1 + i * 7:1 + i * 7 + 6, 1 + j * 7:1 + j * 7 + 6]
             np.testing.assert_allclose(cell, model.decode(z).reshape(6, 6), atol=1e-6)
+    (ax,) = fig.axes
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("z1", "z2")
+    for axis, values in ((ax.xaxis, z1), (ax.yaxis, z2[::-1])):          # rows: z2 falls downwards
+        positions, labels = _ticks(axis)
+        assert len(positions) == n                     # n = 5: every tile is labelled
+        tiles = (positions - 3.5) / 7                  # a 6-pixel tile's centre, then 7 pixels on
+        np.testing.assert_allclose(tiles, np.arange(n))
+        np.testing.assert_allclose(labels, values, rtol=0, atol=0.05 + 1e-9)     # to one decimal
+
+
+def test_manifold_labels_a_few_tiles_of_a_large_grid(tmp_path, figures, models):
+    plots.manifold(models[2], (6, 6), tmp_path / "m.png", n=20)
+    (ax,) = figures[-1].axes
+    z1, z2 = plots.manifold_grid(20)
+    positions, labels = _ticks(ax.xaxis)
+    tiles = np.round((positions - 3.5) / 7).astype(int)
+    assert 3 <= len(tiles) <= 6 and tiles[0] == 0 and tiles[-1] == 19
+    np.testing.assert_allclose(labels, z1[tiles], rtol=0, atol=0.05 + 1e-9)
+    positions, labels = _ticks(ax.yaxis)
+    rows = np.round((positions - 3.5) / 7).astype(int)
+    assert rows[0] == 0 and rows[-1] == 19
+    np.testing.assert_allclose(labels, z2[19 - rows], rtol=0, atol=0.05 + 1e-9)    # top row: largest z2
 
 
 @pytest.mark.parametrize("k", [1, 3])
@@ -312,6 +366,46 @@ def test_latent_space_without_labels_is_black_and_quiet(tmp_path, figures, tiny_
     _, points, _ = _scatter(fig)
     assert points.get_array() is None
     np.testing.assert_allclose(points.get_facecolor()[0][:3], (0, 0, 0))
+
+
+def test_latent_space_outlines_a_box(tmp_path, figures, tiny_data, models):
+    box = ((-1.5, 2.0), (-0.5, 3.0))
+    assert_png(plots.latent_space(models[2], tiny_data.x_test, tiny_data.y_test, tmp_path / "l.png", box=box))
+    ax = figures[-1].axes[0]
+    (line,) = ax.get_lines()
+    np.testing.assert_array_equal(line.get_xdata(), [-1.5, 2.0, 2.0, -1.5, -1.5])
+    np.testing.assert_array_equal(line.get_ydata(), [-0.5, -0.5, 3.0, 3.0, -0.5])
+    assert "manifold" in ax.get_title()
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_latent_space_box_needs_a_2d_latent_space(tmp_path, tiny_data, models, k):
+    with pytest.raises(ValueError, match=f"box needs a 2-D latent space; this model has {k}"):
+        plots.latent_space(models[k], tiny_data.x_test, None, tmp_path / "l.png", box=((0, 1), (0, 1)))
+    assert not (tmp_path / "l.png").exists()
+
+
+def test_all_pictures_manifold_covers_the_latent_map(tmp_path, figures, tiny_data, models):
+    """The manifold's grid spans every posterior mean the latent map plots, and the map outlines it."""
+    model = copy.deepcopy(models[2])
+    model.params["enc.mu.W"][...] *= 4                 # means well beyond the prior's central 90%
+    model.params["enc.mu.b"][...] *= 4
+    plots.all_pictures(model, tiny_data, [], tmp_path, np.random.default_rng(0))
+    manifold_fig, latent_fig = figures[2], figures[3]
+    _, _, points = _scatter(latent_fig)
+    lo, hi = points.min(0), points.max(0)
+    assert np.any(np.abs(points) > 1.65)               # the old grid, +-1.64, missed these
+    _, title = drawn_image(manifold_fig)
+    z1, z2 = plots.manifold_grid(20, model.encode(tiny_data.x_test)[0])
+    assert f"z1 in [{z1[0]:.2f}, {z1[-1]:.2f}], z2 in [{z2[0]:.2f}, {z2[-1]:.2f}]" in title
+    assert np.all([z1[0], z2[0]] < lo) and np.all([z1[-1], z2[-1]] > hi)
+    (ax,) = manifold_fig.axes
+    for axis, values in ((ax.xaxis, z1), (ax.yaxis, z2)):
+        _, labels = _ticks(axis)
+        np.testing.assert_allclose([min(labels), max(labels)], values[[0, -1]], rtol=0, atol=0.05 + 1e-9)
+    (line,) = latent_fig.axes[0].get_lines()
+    np.testing.assert_allclose(line.get_xdata()[[0, 1]], z1[[0, -1]])
+    np.testing.assert_allclose(line.get_ydata()[[1, 2]], z2[[0, -1]])
 
 
 def _history(n):

@@ -58,11 +58,17 @@ def save(fig, path, dpi: int = 100) -> Path:
     return write_bytes(path, buffer.getvalue())
 
 
-def _save_grid(canvas, path, title):
+def _grid_figure(canvas, title):
+    """A figure sized to a (height, width) canvas of pixels in [0, 1], shown 0 = white; (fig, ax)."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(canvas.shape[1] / 40 + 0.5, canvas.shape[0] / 40 + 0.8))
     ax.imshow(canvas, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
     ax.set_title(title, fontsize=9)
+    return fig, ax
+
+
+def _save_grid(canvas, path, title):
+    fig, ax = _grid_figure(canvas, title)
     ax.axis("off")
     return save(fig, path)
 
@@ -103,8 +109,14 @@ def class_samples(model, rng, image_shape, path, per_class: int = 10):
                       cols=per_class)
 
 
-def latent_space(model, x: np.ndarray, labels: Optional[np.ndarray], path, c=None):
-    """The posterior means of ``x``, coloured by label; a PCA projection when k > 2."""
+def latent_space(model, x: np.ndarray, labels: Optional[np.ndarray], path, c=None, box=None):
+    """The posterior means of ``x`` (n, d), coloured by the (n,) ``labels``; a PCA projection when k > 2.
+
+    ``box``: ((z1_min, z1_max), (z2_min, z2_max)), in latent units, drawn as a dashed
+    rectangle: the region the manifold picture shows (2-D latent only).
+    """
+    if box is not None and model.latent_dim != 2:
+        raise ValueError(f"a box needs a 2-D latent space; this model has {model.latent_dim}")
     plt = pyplot()
     mu, _ = model.encode(x, c)
     mu = mu.astype(np.float64)
@@ -121,9 +133,13 @@ def latent_space(model, x: np.ndarray, labels: Optional[np.ndarray], path, c=Non
                     cmap="tab10" if labels is not None else None, s=3, alpha=0.7)
     if labels is not None:
         fig.colorbar(sc, ax=ax, ticks=np.unique(labels), label="label")
+    if box is not None:
+        (x0, x1), (y0, y1) = box
+        ax.plot([x0, x1, x1, x0, x0], [y0, y0, y1, y1, y0], "--", color="0.3", lw=1)
     ax.set_xlabel(axes[0])
     ax.set_ylabel(axes[1])
-    ax.set_title(f"latent space ({model.latent_dim}-D posterior means)")
+    ax.set_title(f"latent space ({model.latent_dim}-D posterior means)"
+                 + ("\ndashed: the grid of the manifold picture" if box is not None else ""))
     return save(fig, path)
 
 
@@ -141,15 +157,43 @@ def normal_ppf(p: np.ndarray) -> np.ndarray:
     return (lo + hi) / 2
 
 
-def manifold(model, image_shape, path, n: int = 20):
-    """Decoded means on an n x n grid of a 2-D latent space, at the quantiles
-    ``Phi^-1(linspace(0.05, 0.95))`` of the prior (Kingma and Welling 2014, fig. 4)."""
+def manifold_grid(n: int = 20, mu: Optional[np.ndarray] = None, pad: float = 0.05) -> np.ndarray:
+    """The (2, n) latent values of the manifold picture, in latent units: row 0 the
+    z1 of its columns, row 1 the z2 of its rows, each ascending and evenly spaced.
+
+    Without ``mu``: the prior quantiles ``Phi^-1(linspace(0.05, 0.95, n))`` on both
+    axes (z in about [-1.64, 1.64]). With the (m, 2) posterior means ``mu``: each axis
+    spans the means' range, widened by ``pad`` times that range on either side, so
+    the grid covers every point of the latent map.
+    """
+    if mu is None:
+        return np.tile(normal_ppf(np.linspace(0.05, 0.95, n)), (2, 1))
+    lo, hi = np.min(mu, axis=0).astype(np.float64), np.max(mu, axis=0).astype(np.float64)
+    lo, hi = lo - pad * (hi - lo), hi + pad * (hi - lo)
+    return np.linspace(lo, hi, n, axis=1)
+
+
+def manifold(model, image_shape, path, n: int = 20, mu: Optional[np.ndarray] = None):
+    """Decoded means on an n x n grid of a 2-D latent space (Kingma and Welling 2014,
+    fig. 4): z1 rises to the right, z2 upwards, at :func:`manifold_grid`'s values: the
+    prior's central 90% by default, the range of the (m, 2) posterior means ``mu`` if given.
+    A few tiles are labelled on the axes with their z1 and z2."""
     if model.latent_dim != 2:
         raise ValueError(f"the manifold picture needs a 2-D latent space; this model has {model.latent_dim}")
-    q = normal_ppf(np.linspace(0.05, 0.95, n))
-    z = np.array([[q[j], q[n - 1 - i]] for i in range(n) for j in range(n)], dtype=model.dtype)
-    return _save_grid(tile(model.decode(z), image_shape, n), path,
-                      "learned manifold: decoded means over prior quantiles of (z1, z2)")
+    z1, z2 = manifold_grid(n, mu)
+    z = np.array([[z1[j], z2[n - 1 - i]] for i in range(n) for j in range(n)], dtype=model.dtype)
+    where = "the posterior means' range, padded" if mu is not None else "the prior's 5%-95% quantiles"
+    fig, ax = _grid_figure(tile(model.decode(z), image_shape, n),
+                           f"learned manifold: decoded means on a {n} x {n} grid\n"
+                           f"z1 in [{z1[0]:.2f}, {z1[-1]:.2f}], z2 in [{z2[0]:.2f}, {z2[-1]:.2f}] ({where})")
+    h, w = image_shape
+    ticks = np.unique(np.linspace(0, n - 1, min(n, 5)).round().astype(int))    # first, last, three between
+    # tile k of a row or column covers pixels 1 + k * (side + 1) ... k * (side + 1) + side (see tile)
+    ax.set_xticks(1 + ticks * (w + 1) + (w - 1) / 2, [f"{z1[j]:.1f}" for j in ticks])
+    ax.set_yticks(1 + ticks * (h + 1) + (h - 1) / 2, [f"{z2[n - 1 - i]:.1f}" for i in ticks])
+    ax.set_xlabel("z1")
+    ax.set_ylabel("z2")
+    return save(fig, path)
 
 
 def curves(history: Sequence[dict], path):
@@ -182,22 +226,26 @@ def all_pictures(model, data, history, out_dir, rng, c_test=None, context: str =
     is conditioned on (``context``, a run's ``config.context``): with labels
     its samples are drawn one row per class; a completion model
     (``mask:KIND``) has no samples picture (``scratchvae complete`` draws its
-    completions).
+    completions). The latent map shows the posterior means of up to 5,000 test
+    examples; the manifold (2-D latent) spans their range, outlined on the map.
     """
     path = {kind: Path(out_dir) / f"{kind}.png" for kind in KINDS}
     shape = data.image_shape
-    written = []
+    n = min(5000, len(data.x_test))
+    x, c = data.x_test[:n], None if c_test is None else c_test[:n]
+    written, box = [], None
     if shape is not None:
         written.append(reconstructions(model, data.x_test, shape, path["reconstructions"], c=c_test))
         if context == "label":
             written.append(class_samples(model, rng, shape, path["samples"]))
         elif not model.context_dim:
             written.append(samples(model, rng, shape, path["samples"]))
-            if model.latent_dim == 2:
-                written.append(manifold(model, shape, path["manifold"]))
-    n = min(5000, len(data.x_test))
-    written.append(latent_space(model, data.x_test[:n], None if data.y_test is None else data.y_test[:n],
-                                path["latent"], None if c_test is None else c_test[:n]))
+            if model.latent_dim == 2:                 # the manifold spans the latent map's points
+                mu = model.encode(x)[0]
+                written.append(manifold(model, shape, path["manifold"], mu=mu))
+                box = manifold_grid(mu=mu)[:, [0, -1]]
+    written.append(latent_space(model, x, None if data.y_test is None else data.y_test[:n],
+                                path["latent"], c, box=box))
     if history:
         written.append(curves(history, path["curves"]))
     return written
