@@ -2,19 +2,28 @@
 
     python examples/vi_2_gradient_estimators.py --out vi_2_gradient_estimators.png
 
-``ELBO(theta) = E_q[f(z)]`` with ``f = log p(x, z) - log q(z; theta)``. Its gradient
-can be estimated from samples of q in several ways:
+``ELBO(theta) = E_q[log p(x, z) - log q(z; theta)]``, with ``p(x, z)`` the
+unnormalised posterior (x fixed). Its gradient can be estimated from samples
+of q in several ways:
 
-- score function (black-box VI): ``E_q[f(z) grad log q(z)]``, which needs
-  only ``log q``, its score and ``log p``;
+- score function (black-box VI): ``E_q[f(z) grad log q(z)]`` with
+  ``f = log p(x, z) - log q(z)``, which needs only ``log q``, its score
+  and ``log p(x, z)``;
 - the same with a control variate: ``E_q[(f(z) - a) grad log q(z)]``; any
   constant a leaves the mean unchanged (``E_q[grad log q] = 0``), and
   ``a = E[f h^2]/E[h^2]`` (h the score) minimises the variance;
 - reparameterization: ``z = T(eps; theta)`` with eps from a fixed
-  distribution, ``E[d log p/dz dz/dtheta] + grad H[q]``;
-- G-REP for the Gamma, which has no such T: standardise z so that the
-  distribution of eps depends only weakly on theta, and add the correction
-  ``E[f(z) d log q_eps(eps; theta)/dtheta]`` for what remains.
+  distribution, ``E[d log p(x, z)/dz dz/dtheta] + grad H[q]``;
+- G-REP for the Gamma, which has no such T. Standardise,
+  ``eps = (log z - psi(alpha) + log beta)/sqrt(psi'(alpha))``: eps has mean 0
+  and variance 1 whatever theta, but the rest of its shape still depends
+  (weakly) on alpha. With ``z = T(eps; theta)`` the inverse, the gradient is
+  ``E[d log p(x, z)/dz dT/dtheta]`` (the reparameterization term)
+  ``+ E[log p(x, z) d log q_eps(eps; theta)/dtheta]`` (the correction: the
+  score of the noise's own density ``q_eps``, which a fixed noise
+  distribution would make 0) ``+ grad H[q]`` (exact). Here ``log p(x, z)``
+  alone multiplies the correction, not ``f``: ``log q``'s part of the ELBO
+  is the entropy, taken in closed form (``vi.grep_gradient``).
 
 The cases are lesson 1's posterior (x = 1.5) with a log-normal and a Gamma q,
 and a normal prior with a normal likelihood (x = 0.8) with a normal q, where

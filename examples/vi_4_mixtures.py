@@ -23,6 +23,14 @@ The variance per sample of each (of the estimate divided by p(x)) says how
 many samples a given accuracy costs. A VAE's encoder is exactly this q,
 amortised: one network that proposes a good q(z|x) for every x.
 
+Each printed ``log p(x) estimate`` is the log of one such mean over n
+samples (for naive Monte Carlo, q is the prior ``p(z)``): one draw of the
+importance-weighted bound's estimator, whose expectation
+``L_n = E_{z_1..z_n ~ q}[log (1/n) sum_i p(x, z_i)/q(z_i)]`` is
+at most ``log p(x)`` (Jensen: the log of an unbiased estimate of p(x) is
+biased low). The bound holds for that expectation, not for each draw: one
+draw is a random variable and can land above ``log p(x)``.
+
 A caveat that joins lesson 3: q is fitted by the reverse KL, which seeks a
 mode. When the posterior has several (try ``f(z) = z + 1.5 sin(3z)``, not
 monotonic), a Gaussian q covers one of them, the importance weights of the

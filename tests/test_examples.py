@@ -39,6 +39,45 @@ def test_vi_lesson_runs_and_writes_its_png(lesson, tmp_path, monkeypatch, capsys
     assert f"wrote {out}" in capsys.readouterr().out
 
 
+def test_lesson_3_reverse_fits_are_local_minima_and_says_which_is_lower(tmp_path, monkeypatch, capsys):
+    # Each reverse-KL fit is a local minimum of KL(q||p), one per mode, not "the
+    # argmin". The lesson's quadrature of KL(q||p) must agree with a plain
+    # trapezoidal one; the fit it calls lower must be lower; and that one is the
+    # global minimum over Gaussians up to the fit's noise (a grid over m, log s
+    # finds nothing lower by more than 0.005), while the other is 0.4 nats above.
+    pytest.importorskip("matplotlib")
+    import numpy as np
+    from scratchvae.lessons import vi
+    lesson = runpy.run_path(str(EXAMPLES / "vi_3_kl_directions.py"))
+    target, reverse_kl = lesson["TARGET"], lesson["reverse_kl"]
+
+    def kl_gauss_hermite(q, nodes=160):      # accurate for a q narrower than the modes' gap
+        t, w = np.polynomial.hermite_e.hermegauss(nodes)
+        m, s = q.params()
+        return float(-q.entropy() - w @ target.log_density(m + s * t) / np.sqrt(2 * np.pi))
+
+    for q in (vi.Normal(-2.0, -0.5), vi.Normal(2.5, -0.2), vi.Normal(2.4, -0.6)):
+        assert reverse_kl(q) == pytest.approx(kl_gauss_hermite(q), abs=1e-6)
+
+    monkeypatch.setattr(sys, "argv", ["vi_3_kl_directions.py", "--out", str(tmp_path / "kl.png")])
+    runpy.run_path(str(EXAMPLES / "vi_3_kl_directions.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "argmin KL(q||p)" not in out
+    lines = [line for line in out.splitlines() if line.startswith("reverse: a local minimum of KL(q||p) from m = ")]
+    assert len(lines) == 2
+    kls = {line.split("from m = ")[1].split(":")[0]: float(line.split("KL(q||p) = ")[1].split()[0]) for line in lines}
+    assert kls["+1"] < kls["-1"] - 0.3
+    assert "the fit from m = +1 has the lower KL(q||p)" in out
+
+    # the global minimum over N(m, s^2), on a grid, by the lesson's quadrature vectorised
+    m, log_s = np.meshgrid(np.linspace(-4.0, 5.0, 91), np.linspace(-2.0, 1.5, 36), indexing="ij")
+    m, s = m.ravel()[:, None], np.exp(log_s.ravel())[:, None]
+    z = m + s * np.linspace(-12.0, 12.0, 1601)
+    log_q = -0.5 * ((z - m) / s) ** 2 - np.log(s) - 0.5 * np.log(2 * np.pi)
+    grid_kl = np.trapezoid(np.exp(log_q) * (log_q - target.log_density(z.ravel()).reshape(z.shape)), z, axis=1)
+    assert kls["+1"] < grid_kl.min() + 0.005
+
+
 @pytest.mark.parametrize("example, argv, expect", [
     ("conditional_vae", ["--epochs", "1", "--n", "1500"], "test -ELBO"),
     ("completion", ["--epochs", "1", "--n", "1500", "--mask", "block"], "Metropolis-within-Gibbs"),

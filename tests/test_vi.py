@@ -222,6 +222,44 @@ def test_grep_transform_gradients_against_finite_differences():
     np.testing.assert_allclose(d_log_jac, fd_jacobian(log_jacobian, q.theta), rtol=1e-6, atol=1e-9)
 
 
+class _ConstantTarget:
+    """``log p(x, z) = 1`` for every z: G-REP's reparameterization term is then
+    0 and its correction term is the score of the noise density alone."""
+
+    @staticmethod
+    def log_density(z):
+        return np.ones_like(z)
+
+    @staticmethod
+    def d_log_density(z):
+        return np.zeros_like(z)
+
+
+@pytest.mark.parametrize("theta", [(0.3, -0.6), (-0.4, 0.1), (2.0, 1.0)])
+def test_grep_correction_is_the_score_of_the_noise_density(theta):
+    # What grep_gradient computes, per sample: f'(z) dT/dtheta + f(z) d log q_eps/dtheta
+    # + grad H with f = log p(x, z). With f = 1, subtracting grad H leaves
+    # d log q_eps(eps; theta)/dtheta at fixed eps, checked here against finite
+    # differences of the noise density written out independently: u = log z has
+    # log density alpha log beta - log Gamma(alpha) + alpha u - beta e^u, and
+    # eps = (u - psi(alpha) + log beta)/sqrt(psi'(alpha)).
+    q = vi.Gamma(*theta)
+    score_eps = vi.grep_gradient(_ConstantTarget, q, np.random.default_rng(9), 2000) - q.d_entropy()
+    eps = q.standardize(q.sample(np.random.default_rng(9), 2000))
+
+    def log_q_eps():
+        alpha, beta = np.exp(q.theta)
+        psi1 = special.trigamma(alpha)
+        u = eps * np.sqrt(psi1) + special.digamma(alpha) - np.log(beta)
+        return alpha * np.log(beta) - special.log_gamma(alpha) + alpha * u - beta * np.exp(u) + 0.5 * np.log(psi1)
+
+    np.testing.assert_allclose(score_eps, fd_jacobian(log_q_eps, q.theta), rtol=1e-5, atol=1e-7)
+    # eps's distribution does not depend on beta: no correction on log beta, sample by sample
+    assert np.all(np.abs(score_eps[:, 1]) < 1e-10)
+    # a score has mean 0 (here within 4 standard errors)
+    assert abs(score_eps[:, 0].mean()) < 4 * score_eps[:, 0].std() / math.sqrt(len(eps))
+
+
 def test_score_function_is_the_gradient_of_log_q():
     for q in (vi.Normal(0.3, -0.2), vi.LogNormal(0.2, -0.5), vi.Gamma(0.4, 0.3)):
         z = q.sample(np.random.default_rng(4), 50)
@@ -332,6 +370,23 @@ def test_elbo_of_gamma_against_normal_target_is_below_zero():
             assert value < 0
             best = max(best, value)
     assert best > -0.1      # the Gamma can come close to N(3, 1)
+
+
+def test_the_elbo_maximum_does_not_match_moments():
+    # Lesson 5: the ELBO is -KL(q || p), the reverse KL, and its maximum over
+    # Gamma q is not the Gamma with the target's mean 3 and variance 1
+    # (alpha = 9, beta = 3): that Gamma's ELBO is lower, and the maximum's
+    # variance is below the target's.
+    target = vi.normal_target(3.0, 1.0)
+    matched = vi.Gamma(math.log(9.0), math.log(3.0))
+    assert matched.moments() == pytest.approx((3.0, 10.0), rel=1e-12)      # E z = 3, E z^2 = 9 + 1
+    assert np.linalg.norm(matched.d_elbo(target)) > 1e-3                   # not a stationary point
+    q = vi.Gamma(0.0, 0.0)                                                 # as lesson 5 fits it
+    vi.fit(q, lambda q, rng: q.d_elbo(target), steps=6000, lr=0.02)
+    assert np.linalg.norm(q.d_elbo(target)) < 1e-8
+    alpha, beta = q.params()
+    assert q.elbo(target) > matched.elbo(target) + 1e-3
+    assert alpha / beta ** 2 < 0.95                                        # variance under 1
 
 
 def test_family_and_target_arguments_are_checked():

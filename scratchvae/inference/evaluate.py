@@ -41,11 +41,15 @@ def log_likelihood(model: VAE, x: np.ndarray, k: int, rng: np.random.Generator, 
                    chunk: int = 100, progress=None, c=None) -> np.ndarray:
     """Importance-weighted estimate of log p(x) per example (Burda et al. 2016), in nats.
 
-    ``log p(x) ~ log (1/k) sum_i w_i``, ``w_i = p(x|z_i) p(z_i) / q(z_i|x)``,
+    Returns ``log (1/k) sum_i w_i``, ``w_i = p(x|z_i) p(z_i) / q(z_i|x)``,
     ``z_i ~ q(z|x)``: the model's forward with k samples per example gives
-    ``log w = -(nll + kl_sample)``. For k = 1 its expectation is the ELBO; it
-    rises with k towards log p(x). The k samples are drawn ``chunk`` at a
-    time and each chunk's ``log sum w`` is added to a running log-sum-exp in
+    ``log w = -(nll + kl_sample)``. It is one Monte Carlo draw of the
+    importance-weighted bound
+    ``L_k = E_{z_1..z_k ~ q}[log (1/k) sum_i w_i] <= log p(x)``: for k = 1
+    ``L_k`` is the ELBO, and it rises with k towards log p(x). The bound holds
+    for the expectation, so one estimate, a random variable, can come out
+    above log p(x). The k samples are drawn ``chunk`` at a time and each
+    chunk's ``log sum w`` is added to a running log-sum-exp in
     float64, so memory stays at ``batch_size * chunk`` decoded examples
     whatever k is.
 

@@ -2,27 +2,34 @@
 
 The pieces the lessons in ``examples/vi_*.py`` are built from:
 
-- ``QuadraticLogDensity``: ``log p(z) = c0 + c1 z + c2 z^2`` on ``z >= lower``.
-  Every closed-form case of the lessons is one: the joint ``p(x, z)`` of an
-  exponential prior and a normal likelihood (lesson 1), a normal prior and a
-  normal likelihood, a normal target. Its integral (the evidence), its
-  normalised version (the posterior, a truncated normal) and the exact ELBO
-  of any family below follow in closed form.
+- ``QuadraticLogDensity``: ``log p(x, z) = c0 + c1 z + c2 z^2`` on
+  ``z >= lower``, as a function of z with x fixed. Every closed-form case of
+  the lessons is one: the joint of an exponential prior and a normal
+  likelihood (lesson 1), of a normal prior and a normal likelihood, and a
+  normal target. Its integral over z (the evidence ``p(x)``), its
+  normalised version (the posterior ``p(z|x)``, a truncated normal) and the
+  exact ELBO of any family below follow in closed form.
 - ``GaussianMixture1D`` and ``LatentNonlinear``: targets with no closed-form
   ELBO, for the KL-direction and marginal-likelihood lessons.
 - Variational families ``Normal``, ``LogNormal`` and ``Gamma`` over
   unconstrained parameters ``theta``, each with samples, ``log q``, its score,
   its entropy, its first two moments and their gradients.
-- Gradient estimators of ``ELBO(theta) = E_q[log p(z) - log q(z)]``:
+- Gradient estimators of ``ELBO(theta) = E_q[log p(x, z) - log q(z)]``:
   score function (black-box VI) with or without a control variate,
   reparameterization, and the generalized reparameterization (G-REP) of the
   Gamma. Each returns one estimate per sample, shape (n, P); their mean is
   the estimate, their spread its variance per sample.
 - ``fit``: maximise an ELBO with the library's Adam.
 
-Notation as in the README: ``p`` the model (or target) density, ``q`` the
-approximation, ``theta`` its parameters, ``H[q] = -E_q[log q]``.
-Everything is float64.
+Notation as in the README's maths section, in one dimension. A target is
+an unnormalised density over z, written ``p(x, z)``: the joint with x held
+fixed, which is the posterior ``p(z|x)`` times the constant ``p(x)``.
+A target that is already normalised (lesson 3's mixture, lesson 5's
+normal) is the case ``p(x) = 1``. ``p(z)`` is only ever a prior. ``q(z)``
+is the approximation, ``theta`` its parameters (unconstrained: a log for
+every positive parameter), ``H[q] = -E_q[log q]`` its entropy. A target
+object's ``log_density(z)`` is ``log p(x, z)``, its ``d_log_density(z)``
+is ``d log p(x, z)/dz``. Everything is float64.
 """
 from __future__ import annotations
 
@@ -41,14 +48,15 @@ LOG_2PI = math.log(2 * math.pi)
 # --------------------------------------------------------------------------
 
 class QuadraticLogDensity:
-    """Unnormalised ``log p(z) = c0 + c1 z + c2 z^2`` for ``z >= lower``
-    (``-inf`` below), with ``c2 < 0``.
+    """Unnormalised target ``log p(x, z) = c0 + c1 z + c2 z^2`` for
+    ``z >= lower`` (``-inf`` below), with ``c2 < 0``; a function of z, x fixed.
 
-    Completing the square, ``p(z) = Z N(z; m, v) / Phi((m - lower)/sqrt v)``
-    restricted to ``z >= lower`` with ``v = -1/(2 c2)``, ``m = c1 v`` and
+    Completing the square,
+    ``p(x, z) = Z N(z; m, v) / Phi((m - lower)/sqrt v)`` restricted to
+    ``z >= lower``, with ``v = -1/(2 c2)``, ``m = c1 v`` and
     ``log Z = c0 + m^2/(2v) + log(2 pi v)/2 + log Phi((m - lower)/sqrt v)``.
-    When p is a joint ``p(x, z)``, Z is the evidence ``p(x)`` and the
-    normalised density the posterior ``p(z|x)``.
+    Z is the evidence ``p(x)`` and the normalised density ``p(x, z)/Z`` the
+    posterior ``p(z|x)``, a normal N(m, v) truncated to ``z >= lower``.
     """
 
     def __init__(self, c0: float, c1: float, c2: float, lower: float = -math.inf):
@@ -65,22 +73,22 @@ class QuadraticLogDensity:
         return np.where(inside, self.c0 + self.c1 * safe + self.c2 * safe * safe, -np.inf)
 
     def d_log_density(self, z):
-        """``d log p / dz = c1 + 2 c2 z`` (inside the support)."""
+        """``d log p(x, z)/dz = c1 + 2 c2 z`` (inside the support)."""
         return self.c1 + 2 * self.c2 * np.asarray(z, dtype=np.float64)
 
     def log_normalizer(self) -> float:
-        """``log Z = log integral p(z) dz`` (the log evidence for a joint)."""
+        """``log Z = log integral p(x, z) dz``, the log evidence ``log p(x)``."""
         sd = math.sqrt(self.var)
         return float(self.c0 + self.mean ** 2 / (2 * self.var) + 0.5 * math.log(2 * math.pi * self.var)
                      + log_norm_cdf((self.mean - self.lower) / sd))
 
     def normalized_log_density(self, z):
-        """``log p(z) - log Z``: the truncated normal N(m, v) on ``z >= lower``."""
+        """``log p(z|x) = log p(x, z) - log Z``: the truncated normal N(m, v) on ``z >= lower``."""
         return self.log_density(z) - self.log_normalizer()
 
     def expected_log_density(self, q) -> float:
-        """``E_q[log p(z)] = c0 + c1 E[z] + c2 E[z^2]``; ``-inf`` when q puts
-        mass below ``lower`` (where ``log p = -inf``)."""
+        """``E_q[log p(x, z)] = c0 + c1 E[z] + c2 E[z^2]``; ``-inf`` when q puts
+        mass below ``lower`` (where ``log p(x, z) = -inf``)."""
         if q.support_lower < self.lower:
             return -math.inf
         m1, m2 = q.moments()
@@ -117,14 +125,19 @@ def normal_prior_normal_likelihood(x: float, prior_std: float = 1.0, noise_std: 
 
 
 def normal_target(mean: float, std: float) -> QuadraticLogDensity:
-    """The normalised ``N(z; mean, std^2)`` (its log normaliser is 0)."""
+    """A target that is already normalised, ``p(x, z) = N(z; mean, std^2)``
+    as a function of z: its log normaliser, the log evidence, is 0."""
     v = std * std
     return QuadraticLogDensity(-0.5 * mean * mean / v - 0.5 * math.log(2 * math.pi * v), mean / v, -0.5 / v)
 
 
 class GaussianMixture1D:
     """``p(x) = sum_k pi_k N(x; mu_k, sigma_k^2)`` as a latent-variable model:
-    ``z ~ Categorical(pi)``, ``x | z ~ N(mu_z, sigma_z^2)``."""
+    ``z ~ Categorical(pi)``, ``x | z ~ N(mu_z, sigma_z^2)`` (lesson 4).
+
+    Lesson 3 uses the same density over a continuous variable as a
+    normalised two-mode target for q to fit; there the argument called x
+    below plays the role of z."""
 
     def __init__(self, weights, means, stds):
         self.weights, self.means, self.stds = (np.asarray(a, dtype=np.float64) for a in (weights, means, stds))
@@ -221,7 +234,7 @@ class Family:
         return f"{type(self).__name__}(" + ", ".join(f"{n}={v:.4g}" for n, v in zip(self.param_names, self.theta)) + ")"
 
     def elbo(self, target: QuadraticLogDensity) -> float:
-        """Exact ``ELBO = E_q[log p(z)] + H[q]`` for a quadratic target."""
+        """Exact ``ELBO = E_q[log p(x, z)] + H[q]`` for a quadratic target."""
         return target.expected_log_density(self) + self.entropy()
 
     def d_elbo(self, target: QuadraticLogDensity):
@@ -316,10 +329,15 @@ class Gamma(Family):
     """``q(z) = beta^alpha z^(alpha-1) e^(-beta z) / Gamma(alpha)``,
     ``theta = (log alpha, log beta)`` (shape and rate). Support z > 0.
 
-    No simple reparameterization exists; :func:`grep_gradient` uses the
-    standardisation ``eps = (log z - psi(alpha) + log beta) / sqrt(psi'(alpha))``
-    of Ruiz, Titsias and Blei (2016), whose distribution depends only weakly
-    on theta.
+    No reparameterization by noise of a fixed distribution is simple here;
+    :func:`grep_gradient` uses the standardisation
+    ``eps = S(z; theta) = (log z - psi(alpha) + log beta) / sqrt(psi'(alpha))``
+    of Ruiz, Titsias and Blei (2016). Since ``E[log z] = psi(alpha) - log beta``
+    and ``Var[log z] = psi'(alpha)``, eps has mean 0 and variance 1 for every
+    theta; its distribution does not depend on beta at all, and depends on
+    alpha only through its shape (skewness and higher moments), less and
+    less as alpha grows
+    (eps tends to N(0, 1)).
     """
 
     param_names = ("log_alpha", "log_beta")
@@ -391,14 +409,14 @@ class Gamma(Family):
 
 
 # --------------------------------------------------------------------------
-# Gradient estimators of ELBO(theta) = E_q[log p(z) - log q(z)]
+# Gradient estimators of ELBO(theta) = E_q[log p(x, z) - log q(z)]
 # Each returns (n, P): one estimate per sample, unbiased (for the control
 # variate, the mean over the n rows is).
 # --------------------------------------------------------------------------
 
 def score_function_gradient(target, q: Family, rng, n: int, control_variate: bool = False):
     """Score function (REINFORCE, black-box VI, Ranganath et al. 2014):
-    ``grad = E_q[(f(z) - a) h(z)]`` with ``f = log p - log q`` and the score
+    ``grad = E_q[(f(z) - a) h(z)]`` with ``f = log p(x, z) - log q(z)`` and the score
     ``h = grad log q``, for any a independent of z, since ``E_q[h] = 0``.
 
     Without a control variate a = 0. With one, a is chosen per coordinate d
@@ -421,21 +439,48 @@ def score_function_gradient(target, q: Family, rng, n: int, control_variate: boo
 
 def reparam_gradient(target, q: Family, rng, n: int):
     """Reparameterization (Kingma and Welling 2014): ``z = T(eps; theta)``,
-    ``grad = E_eps[d log p/dz dz/dtheta] + grad H[q]`` (entropy exact)."""
+    ``grad = E_eps[d log p(x, z)/dz dz/dtheta] + grad H[q]`` (entropy exact)."""
     z, dz = q.reparam(rng.standard_normal(n))
     return target.d_log_density(z)[:, None] * dz + q.d_entropy()
 
 
 def grep_gradient(target, q: Gamma, rng, n: int):
-    """Generalized reparameterization (G-REP, Ruiz, Titsias and Blei 2016).
+    """Generalized reparameterization gradient (G-REP; Ruiz, Titsias and Blei
+    2016, eqs. 8 and 9) of the ELBO for a Gamma q, with the entropy term exact.
 
-    With ``z = T(eps; theta)`` and eps standardised (see :class:`Gamma`), the
-    density of eps, ``q_eps(eps; theta) = q(T(eps; theta); theta) |dT/d eps|``,
-    still depends on theta, so
-    ``grad E_q[f] = E[f'(z) dz/dtheta]                       (g_rep)
-                  + E[f(z) d log q_eps(eps; theta)/dtheta]  (g_corr)``
-    with ``d log q_eps/dtheta = d log q/dz dz/dtheta + d log q/dtheta + d log|dT/d eps|/dtheta``
-    and ``f = log p``; the entropy term is exact.
+    Write ``ELBO = E_q[f(z)] + H[q]`` with ``f(z) = log p(x, z)`` (the target
+    only: ``log q`` is not inside f, because ``H[q]`` and its gradient are in
+    closed form). The noise is the standardised ``eps = S(z; theta)`` of
+    :class:`Gamma`, and ``z = T(eps; theta)`` its inverse. Unlike a plain
+    reparameterization, the density of eps,
+
+        ``q_eps(eps; theta) = q(T(eps; theta); theta) |dT/d eps|``,
+
+    still depends on theta (weakly), so differentiating
+    ``E_q[f] = integral f(T(eps; theta)) q_eps(eps; theta) d eps`` under the
+    integral gives two terms, by the product rule:
+
+        ``grad ELBO = E_eps[f'(z) dT/dtheta]                       (g_rep, reparameterization)
+                    + E_eps[f(z) d log q_eps(eps; theta)/dtheta]   (g_corr, correction)
+                    + grad H[q]                                      (exact)``
+
+    where, at fixed eps and with ``z = T(eps; theta)``,
+
+        ``d log q_eps/dtheta = d log q(z)/dz dT/dtheta + d log q(z; theta)/dtheta
+                             + d log|dT/d eps|/dtheta``.
+
+    ``dT/dtheta`` and ``d log|dT/d eps|/dtheta`` come from
+    :meth:`Gamma.transform_grads`, ``d log q(z; theta)/dtheta`` (z fixed) is
+    :meth:`Gamma.score`. g_corr is a score-function term, but with the score
+    of the noise, not of z: it is small when ``q_eps`` depends little on theta.
+    Here its ``log beta`` component is exactly 0 sample by sample (eps does
+    not depend on beta), and its ``log alpha`` component shrinks as alpha
+    grows. Dropping g_corr leaves a biased estimate
+    (``tests/test_vi.py::test_a_wrong_gradient_is_caught``).
+
+    Sampling ``z ~ q`` and setting ``eps = S(z; theta)`` draws eps from
+    ``q_eps``; each row of the result is ``g_rep + g_corr + grad H`` at one
+    sample, shape (n, 2), and their mean is an unbiased estimate.
     """
     z = q.sample(rng, n)
     dz, d_log_jac = q.transform_grads(q.standardize(z))
