@@ -1,0 +1,126 @@
+"""The Annotated VAE (docs/build.py): the generator's rules, and the whole site built as a reader gets it.
+
+The generator needs the docs extra (Markdown) and KaTeX under docs/node_modules
+(``npm ci --prefix docs``); .ci/run installs both, and there a missing tool fails
+these tests. Elsewhere a test that needs them is skipped, saying what to install.
+"""
+import importlib.util
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("docs_build", ROOT / "docs" / "build.py")
+build = importlib.util.module_from_spec(spec)
+sys.modules["docs_build"] = build           # its dataclasses look their module up
+spec.loader.exec_module(build)
+
+
+def need(*tools):
+    """Skip (fail in CI) unless the docs tools are installed: 'markdown', 'katex'."""
+    missing = []
+    if "markdown" in tools and importlib.util.find_spec("markdown") is None:
+        missing.append("the docs extra (pip install -e '.[docs]')")
+    if "katex" in tools and not ((build.KATEX / "katex.min.js").exists() and shutil.which("node")):
+        missing.append("KaTeX (npm ci --prefix docs; needs Node.js)")
+    if missing:
+        message = "needs " + " and ".join(missing)
+        if os.environ.get("CI") == "true":
+            pytest.fail(message + ": .ci/run installs them")
+        pytest.skip(message)
+
+
+def test_maths_survives_markdown_untouched():
+    """Underscores, asterisks and backslashes of a docstring's LaTeX are Markdown's syntax too."""
+    need("markdown")
+    text = (r"The bound $\log p(x) \ge E_q[\log w_1 * w_2]$ and "
+            r"$$\sum_{k=1}^{K} \pi_k \, \mathcal{N}(x; \mu_k, \sigma_k^2)$$")
+    formulas = []
+    hidden = build.protect_maths(text, formulas)
+    assert [t for t, _ in formulas] == [r"\log p(x) \ge E_q[\log w_1 * w_2]",
+                                        r"\sum_{k=1}^{K} \pi_k \, \mathcal{N}(x; \mu_k, \sigma_k^2)"]
+    assert [d for _, d in formulas] == [False, True]
+    page = build.restore_maths(build.markdown_html(hidden), [f"<m>{t}</m>" for t, _ in formulas])
+    for tex, _ in formulas:
+        assert f"<m>{tex}</m>" in page
+
+
+def test_a_dollar_amount_is_not_maths():
+    formulas = []
+    assert build.protect_maths(r"costs \$5 and $ 3", formulas) == r"costs \$5 and $ 3" and formulas == []
+
+
+def test_code_is_the_library_source_by_name():
+    import inspect
+
+    from scratchvae.kernels import numba as nbk
+    from scratchvae.lessons import vi
+    assert build.source_of("scratchvae.lessons.vi:exponential_prior_log_evidence") == \
+        inspect.getsource(vi.exponential_prior_log_evidence).rstrip()
+    method = build.source_of("scratchvae.lessons.vi:GaussianMixture1D.sample")
+    assert method.startswith("def sample(self, rng, n):")         # dedented out of its class
+    assert build.source_of("scratchvae.kernels.numba:_adam").startswith("@_jit()\ndef _adam(")   # a Numba kernel
+    assert nbk._adam.py_func.__name__ == "_adam"
+
+
+@pytest.mark.parametrize("target, says", [
+    ("scratchvae.lessons.vi:no_such_function", "scratchvae.lessons.vi has no no_such_function"),
+    ("scratchvae.lessons.vi:GaussianMixture1D.no_method", "has no GaussianMixture1D.no_method"),
+    ("scratchvae.no_such_module:f", "module scratchvae.no_such_module does not import"),
+    ("scratchvae.lessons.vi", "give MODULE:NAME"),
+])
+def test_a_renamed_function_fails_the_build_naming_it(tmp_path, target, says):
+    chapters = tmp_path / "chapters"
+    chapters.mkdir()
+    (chapters / "00-x.md").write_text(f"# 0. X\n\n## A section\n\nSome prose.\n\n::: code {target}\n")
+    with pytest.raises(build.BuildError) as e:
+        build.build(tmp_path / "site", log=lambda *a: None, chapters_dir=chapters)
+    assert "00-x.md" in str(e.value) and "A section" in str(e.value) and says in str(e.value)
+
+
+def test_a_failing_script_fails_the_build(tmp_path):
+    script = tmp_path / "boom.py"
+    script.write_text("raise SystemExit('the example broke')\n")
+    chapters = tmp_path / "chapters"
+    chapters.mkdir()
+    (chapters / "00-x.md").write_text(f"# 0. X\n\n::: run {script}\n")
+    with pytest.raises(build.BuildError, match="failed .exit 1.:\nthe example broke"):
+        build.build(tmp_path / "site", log=lambda *a: None, chapters_dir=chapters)
+
+
+def test_a_formula_katex_rejects_fails_the_build(tmp_path):
+    need("markdown", "katex")
+    chapters = tmp_path / "chapters"
+    chapters.mkdir()
+    (chapters / "00-x.md").write_text("# 0. X\n\nA broken formula: $\\frac{1}{$.\n")
+    with pytest.raises(build.BuildError, match=r"00-x.md: KaTeX cannot typeset \$\\frac\{1\}\{\$"):
+        build.build(tmp_path / "site", log=lambda *a: None, chapters_dir=chapters)
+
+
+def test_the_site_builds_with_every_formula_picture_and_link_in_place(tmp_path):
+    """The real chapters, built as a reader gets them: every page typeset, every picture
+    there and not blank, every link and stylesheet found, no reference to the network."""
+    need("markdown", "katex")
+    import matplotlib.image
+    site = tmp_path / "site"
+    pages = build.build(site, log=lambda *a: None)
+    chapters = sorted((ROOT / "docs" / "chapters").glob("*.md"))
+    assert [p.name for p in pages] == ["index.html"] + [c.stem + ".html" for c in chapters]
+    for page in pages:
+        text = page.read_text()
+        assert "katex-error" not in text and "MATHSPLACEHOLDER" not in text, page.name
+        assert "http://" not in text.replace("http://www.w3.org", "") and "https://" not in text, page.name
+        for ref in re.findall(r'(?:href|src)="([^"#]+)', text):
+            assert (site / ref).exists(), f"{page.name}: {ref} is missing"
+        for ref in re.findall(r'<img src="([^"]+)"', text):
+            pixels = matplotlib.image.imread(site / ref)
+            assert pixels.std() > 0.01, f"{page.name}: {ref} is blank"
+    chapter = (site / "02-an-exact-posterior.html").read_text()
+    assert chapter.count('class="katex-display"') >= 3 and "def exponential_prior_log_evidence" in chapter
+    assert "log p(x) = 1/2 - x + log Phi(x - 1) = -1.3689464153" in chapter      # the example's printout
+    katex = site / "assets" / "katex"
+    assert (katex / "katex.min.css").exists() and any((katex / "fonts").iterdir())
