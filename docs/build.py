@@ -191,7 +191,7 @@ def section_html(chapter: Chapter, index: int, section: Section, figures: Path, 
                              f"<pre><code class=\"python\">{html.escape(source_of(argument))}</code></pre>")
             else:
                 figure = figures / f"{chapter.slug}-{index}-{n}.png"
-                printout = run_script(argument, figure)
+                printout = run_script(argument, figure).replace(str(figure), f"figures/{figure.name}")
                 right.append(f"<div class=\"label\">$ python {html.escape(argument.replace('{figure}', figure.name))}"
                              f"</div><pre class=\"output\">{html.escape(printout)}</pre>")
                 if figure.exists():

@@ -124,3 +124,67 @@ def test_the_site_builds_with_every_formula_picture_and_link_in_place(tmp_path):
     assert "log p(x) = 1/2 - x + log Phi(x - 1) = -1.3689464153" in chapter      # the example's printout
     katex = site / "assets" / "katex"
     assert (katex / "katex.min.css").exists() and any((katex / "fonts").iterdir())
+
+
+PROBE = """<!DOCTYPE html><html><body><pre id="result">pending</pre><script>
+const pages = %s, results = {};
+let left = pages.length;
+for (const page of pages) {
+  const frame = document.createElement("iframe");
+  frame.style.width = "1400px"; frame.style.height = "900px";
+  frame.onload = () => {
+    const d = frame.contentDocument, images = [...d.images];
+    results[page] = {katex: d.querySelectorAll(".katex").length, errors: d.querySelectorAll(".katex-error").length,
+                     images: images.length, sheets: d.styleSheets.length, font: d.fonts.check("16px KaTeX_Main"),
+                     broken: images.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.getAttribute("src"))};
+    if (--left === 0) document.getElementById("result").textContent = JSON.stringify(results);
+  };
+  frame.src = page;
+  document.body.appendChild(frame);
+}
+</script></body></html>
+"""
+
+
+def chromium():
+    """Debian's Chromium (.ci/run installs it when missing), or None."""
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def test_every_page_opens_in_a_headless_browser(tmp_path):
+    """Each page as Chromium shows it from file://: maths set in KaTeX's fonts with no error
+    node, both stylesheets applied, every picture loaded; a screenshot of chapter 2 is kept
+    (in $SCRATCHVAE_ARTEFACTS when set, as .ci/run sets it) and must not be blank."""
+    import json
+    import subprocess
+
+    import matplotlib.image
+    need("markdown", "katex")
+    browser = chromium()
+    if browser is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("needs Chromium: .ci/run installs it (apt-get install chromium)")
+        pytest.skip("needs Chromium (apt-get install chromium)")
+    site = tmp_path / "site"
+    pages = [p.name for p in build.build(site, log=lambda *a: None)]
+    (site / "probe.html").write_text(PROBE % json.dumps(pages))
+    flags = [browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+             "--allow-file-access-from-files", f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run(flags + ["--virtual-time-budget=20000", "--dump-dom", (site / "probe.html").as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    found = re.search(r'<pre id="result">([^<]*)</pre>', dom)
+    assert found and found.group(1) != "pending", dom[-2000:]
+    results = json.loads(found.group(1))
+    assert sorted(results) == sorted(pages)
+    for page, r in results.items():
+        assert r["errors"] == 0 and r["broken"] == [] and r["sheets"] == 2, (page, r)
+        if page != "index.html":
+            assert r["katex"] > 0 and r["font"], (page, r)
+    assert results["02-an-exact-posterior.html"]["images"] >= 1
+    keep = Path(os.environ.get("SCRATCHVAE_ARTEFACTS", tmp_path))
+    keep.mkdir(parents=True, exist_ok=True)
+    shot = keep / "annotated-vae-chapter-2.png"
+    subprocess.run(flags + ["--window-size=1400,1700", f"--screenshot={shot}",
+                            (site / "02-an-exact-posterior.html").as_uri()], capture_output=True, timeout=120)
+    pixels = matplotlib.image.imread(shot)
+    assert pixels.shape[:2] == (1700, 1400) and pixels.std() > 0.05
