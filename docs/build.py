@@ -182,7 +182,8 @@ def markdown_html(text: str) -> str:
 
 def section_html(chapter: Chapter, index: int, section: Section, figures: Path, formulas: list) -> str:
     prose = protect_maths("\n".join(section.prose), formulas)
-    heading = f"<h2 id=\"s{index}\">{html.escape(section.heading)}</h2>\n" if section.heading else ""
+    heading = (f"<h2 id=\"s{index}\">{html.escape(protect_maths(section.heading, formulas))}</h2>\n"
+               if section.heading else "")
     right = []
     for n, (kind, argument) in enumerate(section.directives):
         try:

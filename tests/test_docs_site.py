@@ -122,6 +122,9 @@ def test_the_site_builds_with_every_formula_picture_and_link_in_place(tmp_path):
     chapter = (site / "02-an-exact-posterior.html").read_text()
     assert chapter.count('class="katex-display"') >= 3 and "def exponential_prior_log_evidence" in chapter
     assert "log p(x) = 1/2 - x + log Phi(x - 1) = -1.3689464153" in chapter      # the example's printout
+    kernels = (site / "07-the-vae-kernel-by-kernel.html").read_text()
+    assert re.search(r'<h2 id="s1">A layer: <span class="katex">', kernels)          # maths in a heading
+    assert "the whole VAE, every weight  ok" in kernels
     katex = site / "assets" / "katex"
     assert (katex / "katex.min.css").exists() and any((katex / "fonts").iterdir())
 
