@@ -1,0 +1,69 @@
+"""Chapter 9's pictures: a VAE with a 2-D latent on the built-in digits, looked at from inside.
+
+    python docs/scripts/latent_2d.py --out latent_2d.png
+
+Trains 784-400-2 on 20,000 synthetic digits for a few epochs (seeded), then
+draws three panels into one picture: the posterior means of 2,000 test
+images coloured by digit with the manifold's grid outlined, the manifold
+(decoded means over that grid), and for one test image its true posterior
+beside the encoder's q(z|x), with the exact gap log p(x) - ELBO.
+"""
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+import scratchvae as sv
+from scratchvae.data import load_dataset
+from scratchvae.inference import exact
+from scratchvae.inference.evaluate import elbo
+from scratchvae.run import plots
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="latent_2d.png", help="PNG file to write")
+    parser.add_argument("--epochs", type=int, default=5, help="epochs over 20,000 images [5]")
+    parser.add_argument("--image", type=int, default=0, help="test image whose posterior is drawn [0]")
+    args = parser.parse_args(argv)
+
+    data = load_dataset("synthetic-digits")
+    x, x_test, y_test = data.x_train[:20_000], data.x_test[:2_000], data.y_test[:2_000]
+    model = sv.VAE(784, [400], 2, seed=0)
+    opt = sv.Adam(model.params, lr=1e-3)
+    rng = np.random.default_rng(0)
+    for epoch in range(args.epochs):
+        for idx in np.array_split(rng.permutation(len(x)), len(x) // 128):
+            opt.step(model.loss_and_grads(x[idx], rng=rng)[1])
+    test = elbo(model, x_test, np.random.default_rng(1))
+    print(f"{args.epochs} epochs: test -ELBO {test['total']:.2f} nats = reconstruction {test['nll']:.2f} "
+          f"+ KL {test['kl']:.2f}")
+
+    mu = model.encode(x_test)[0]
+    grid = plots.manifold_grid(mu=mu)
+    print(f"posterior means span z1 in [{mu[:, 0].min():.2f}, {mu[:, 0].max():.2f}], "
+          f"z2 in [{mu[:, 1].min():.2f}, {mu[:, 1].max():.2f}]")
+    post = exact.posterior_grid(model, x_test[args.image], rng=np.random.default_rng(2))
+    print(f"test image {args.image} (a {y_test[args.image]}): log p(x) = {post['log_px']:.3f} by quadrature, "
+          f"ELBO = {post['elbo']:.3f}, so KL(q(z|x) || p(z|x)) = {post['log_px'] - post['elbo']:.3f} nats")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        plots.latent_space(model, x_test, y_test, tmp / "latent.png", box=grid[:, [0, -1]])
+        plots.manifold(model, data.image_shape, tmp / "manifold.png", mu=mu)
+        plots.posterior(post, x_test[args.image], data.image_shape, tmp / "posterior.png")
+        plt = plots.pyplot()
+        fig = plt.figure(figsize=(12, 9.5))
+        spots = {"latent": (0, 0, 1), "manifold": (0, 1, 1), "posterior": (1, 0, 2)}
+        layout = fig.add_gridspec(2, 2, height_ratios=[1.25, 1])
+        for name, (row, col, span) in spots.items():
+            ax = fig.add_subplot(layout[row, col:col + span])
+            ax.imshow(plt.imread(tmp / f"{name}.png"))
+            ax.axis("off")
+        fig.tight_layout()
+        print(f"wrote {plots.save(fig, args.out, dpi=110)}")
+
+
+if __name__ == "__main__":
+    main()
