@@ -101,13 +101,19 @@ def test_a_formula_katex_rejects_fails_the_build(tmp_path):
         build.build(tmp_path / "site", log=lambda *a: None, chapters_dir=chapters)
 
 
-def test_the_site_builds_with_every_formula_picture_and_link_in_place(tmp_path):
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """The real site, built once for the tests below (its examples train small models: ~1-3 min)."""
+    need("markdown", "katex")
+    out = tmp_path_factory.mktemp("annotated") / "site"
+    return out, build.build(out, log=lambda *a: None)
+
+
+def test_the_site_builds_with_every_formula_picture_and_link_in_place(site):
     """The real chapters, built as a reader gets them: every page typeset, every picture
     there and not blank, every link and stylesheet found, no reference to the network."""
-    need("markdown", "katex")
     import matplotlib.image
-    site = tmp_path / "site"
-    pages = build.build(site, log=lambda *a: None)
+    site, pages = site
     chapters = sorted((ROOT / "docs" / "chapters").glob("*.md"))
     assert [p.name for p in pages] == ["index.html"] + [c.stem + ".html" for c in chapters]
     for page in pages:
@@ -154,7 +160,7 @@ def chromium():
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def test_every_page_opens_in_a_headless_browser(tmp_path):
+def test_every_page_opens_in_a_headless_browser(site, tmp_path):
     """Each page as Chromium shows it from file://: maths set in KaTeX's fonts with no error
     node, both stylesheets applied, every picture loaded; a screenshot of chapter 2 is kept
     (in $SCRATCHVAE_ARTEFACTS when set, as .ci/run sets it) and must not be blank."""
@@ -162,14 +168,13 @@ def test_every_page_opens_in_a_headless_browser(tmp_path):
     import subprocess
 
     import matplotlib.image
-    need("markdown", "katex")
     browser = chromium()
     if browser is None:
         if os.environ.get("CI") == "true":
             pytest.fail("needs Chromium: .ci/run installs it (apt-get install chromium)")
         pytest.skip("needs Chromium (apt-get install chromium)")
-    site = tmp_path / "site"
-    pages = [p.name for p in build.build(site, log=lambda *a: None)]
+    site, pages = site
+    pages = [p.name for p in pages]
     (site / "probe.html").write_text(PROBE % json.dumps(pages))
     flags = [browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
              "--allow-file-access-from-files", f"--user-data-dir={tmp_path / 'profile'}"]
