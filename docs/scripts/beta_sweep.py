@@ -11,9 +11,8 @@ test images above eight samples from the prior.
 import argparse
 
 import numpy as np
+import trained
 
-import scratchvae as sv
-from scratchvae.data import load_dataset
 from scratchvae.inference.evaluate import active_units, elbo
 from scratchvae.run import plots
 
@@ -26,17 +25,12 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=4, help="epochs over 10,000 images [4]")
     args = parser.parse_args(argv)
 
-    data = load_dataset("synthetic-digits")
-    x, x_test = data.x_train[:10_000], data.x_test[:2_000]
     rows = []
     print(f"{'beta':>6} {'reconstruction':>15} {'KL':>8} {'-ELBO':>8} {'active units':>13}")
     for beta in BETAS:
-        model = sv.VAE(784, [400], 20, seed=0)
-        opt = sv.Adam(model.params, lr=1e-3)
-        rng = np.random.default_rng(0)
-        for epoch in range(args.epochs):
-            for idx in np.array_split(rng.permutation(len(x)), len(x) // 128):
-                opt.step(model.loss_and_grads(x[idx], rng=rng, beta=beta)[1])
+        model, data = trained.train(latent=20, n=10_000, epochs=args.epochs,
+                                    step=lambda m, b, r: m.loss_and_grads(b, rng=r, beta=beta))
+        x_test = data.x_test[:2_000]
         test = elbo(model, x_test, np.random.default_rng(1))
         active, _ = active_units(model, x_test)
         print(f"{beta:6.2f} {test['nll']:15.2f} {test['kl']:8.2f} {test['total']:8.2f} {active:10d} of 20")

@@ -13,9 +13,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import trained
 
-import scratchvae as sv
-from scratchvae.data import load_dataset
 from scratchvae.inference import exact
 from scratchvae.inference.evaluate import elbo
 from scratchvae.run import plots
@@ -28,14 +27,8 @@ def main(argv=None):
     parser.add_argument("--image", type=int, default=0, help="test image whose posterior is drawn [0]")
     args = parser.parse_args(argv)
 
-    data = load_dataset("synthetic-digits")
-    x, x_test, y_test = data.x_train[:20_000], data.x_test[:2_000], data.y_test[:2_000]
-    model = sv.VAE(784, [400], 2, seed=0)
-    opt = sv.Adam(model.params, lr=1e-3)
-    rng = np.random.default_rng(0)
-    for epoch in range(args.epochs):
-        for idx in np.array_split(rng.permutation(len(x)), len(x) // 128):
-            opt.step(model.loss_and_grads(x[idx], rng=rng)[1])
+    model, data = trained.train(latent=2, epochs=args.epochs)
+    x_test, y_test = data.x_test[:2_000], data.y_test[:2_000]
     test = elbo(model, x_test, np.random.default_rng(1))
     print(f"{args.epochs} epochs: test -ELBO {test['total']:.2f} nats = reconstruction {test['nll']:.2f} "
           f"+ KL {test['kl']:.2f}")

@@ -1,0 +1,22 @@
+"""The small models the chapters' scripts train, made in one place (seeded, on the built-in digits)."""
+import numpy as np
+
+import scratchvae as sv
+from scratchvae.data import load_dataset
+
+
+def train(latent: int, n: int = 20_000, epochs: int = 5, step=None, seed: int = 0):
+    """(model, data): 784-400-latent trained by Adam on the first n training digits, batch 128.
+
+    ``step(model, batch, rng) -> (losses, grads)`` sets the objective (default: the ELBO).
+    """
+    data = load_dataset("synthetic-digits")
+    x = data.x_train[:n]
+    model = sv.VAE(784, [400], latent, seed=seed)
+    opt = sv.Adam(model.params, lr=1e-3)
+    rng = np.random.default_rng(seed)
+    step = step or (lambda m, b, r: m.loss_and_grads(b, rng=r))
+    for _ in range(epochs):
+        for idx in np.array_split(rng.permutation(len(x)), len(x) // 128):
+            opt.step(step(model, x[idx], rng)[1])
+    return model, data
