@@ -253,7 +253,7 @@ def build(out: Path, only=None, log=print, chapters_dir: Path = CHAPTERS) -> Lis
     index = "".join(f'<li><a href="{c.slug}.html">{html.escape(c.title)}</a></li>\n' for c, _ in pages)
     intro = markdown_html((HERE / "site-index.md").read_text(encoding="utf-8"))
     (out / "index.html").write_text(PAGE.format(title="The Annotated VAE", nav="", body=(
-        f"<section class=\"single\"><div class=\"prose\">{intro}<ol start=\"0\">\n{index}</ol></div></section>")),
+        f"<section class=\"single\"><div class=\"prose\">{intro}<ul class=\"chapters\">\n{index}</ul></div></section>")),
         encoding="utf-8")
     assets = out / "assets"
     if (assets / "katex").exists():
