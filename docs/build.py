@@ -42,9 +42,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List
 
+from scratchvae.atomic import write_bytes
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 CHAPTERS = HERE / "chapters"
+#: the file that marks a folder as a build of the site, so that a rebuild may replace its pages
+MARKER = ".annotated-vae"
 KATEX = HERE / "node_modules" / "katex" / "dist"
 DIRECTIVE = re.compile(r"^::: (code|run) (.+)$")
 # display maths first, so that its dollars are not read as two inline formulas
@@ -115,8 +119,6 @@ def typeset(formulas: list, where: list) -> list:
     formula's chapter for the error of one that does not parse."""
     if not formulas:
         return []
-    if not (KATEX / "katex.min.js").exists():
-        raise BuildError(f"KaTeX is not installed under {KATEX.parent}: run 'npm ci --prefix docs' (Node.js and npm)")
     node = shutil.which("node")
     if node is None:
         raise BuildError("Node.js is not installed (the maths is typeset by KaTeX at build time): install it, "
@@ -228,13 +230,26 @@ def nav_html(chapters: List[Chapter], i: int) -> str:
     return " &middot; ".join(parts)
 
 
+def claim(out: Path) -> None:
+    """Make ``out`` a folder for the site: new, empty, or an earlier build (it holds :data:`MARKER`).
+    A folder holding anything else is refused, so that no file of the user's is replaced."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise BuildError(f"{out} is a file, not a folder: give a folder for the site")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).exists():
+        raise BuildError(f"{out} already holds files that are not a build of this site: give an empty or new "
+                         "folder (a rebuild may replace only an earlier build's pages)")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).touch()
+
+
 def build(out: Path, only=None, log=print, chapters_dir: Path = CHAPTERS) -> List[Path]:
     """Write the site into ``out``; returns the pages written. ``only``: chapter file stems to build."""
     chapters = [read_chapter(p) for p in sorted(Path(chapters_dir).glob("*.md"))
                 if only is None or p.stem in only]
     if not chapters:
         raise BuildError(f"no chapters to build in {chapters_dir}")
-    out.mkdir(parents=True, exist_ok=True)
+    claim(out)
     (out / "figures").mkdir(exist_ok=True)
     pages, formulas, where = [], [], []
     for i, chapter in enumerate(chapters):
@@ -244,17 +259,17 @@ def build(out: Path, only=None, log=print, chapters_dir: Path = CHAPTERS) -> Lis
         where += [chapter.path.name] * (len(formulas) - before)
         pages.append((chapter, PAGE.format(title=html.escape(chapter.title), nav=nav_html(chapters, i), body=body)))
         log(f"{chapter.path.name}: {time.perf_counter() - start:.1f} s")
+    if not (KATEX / "katex.min.css").exists():          # the pages' maths styles, even with no formula
+        raise BuildError(f"KaTeX is not installed under {KATEX.parent}: run 'npm ci --prefix docs' (Node.js and npm)")
     rendered = typeset(formulas, where)
     written = []
     for chapter, page in pages:
-        path = out / f"{chapter.slug}.html"
-        path.write_text(restore_maths(page, rendered), encoding="utf-8")
-        written.append(path)
+        written.append(write_bytes(out / f"{chapter.slug}.html", restore_maths(page, rendered).encode()))
     index = "".join(f'<li><a href="{c.slug}.html">{html.escape(c.title)}</a></li>\n' for c, _ in pages)
     intro = markdown_html((HERE / "site-index.md").read_text(encoding="utf-8"))
-    (out / "index.html").write_text(PAGE.format(title="The Annotated VAE", nav="", body=(
-        f"<section class=\"single\"><div class=\"prose\">{intro}<ul class=\"chapters\">\n{index}</ul></div></section>")),
-        encoding="utf-8")
+    write_bytes(out / "index.html", PAGE.format(title="The Annotated VAE", nav="", body=(
+        f"<section class=\"single\"><div class=\"prose\">{intro}<ul class=\"chapters\">\n{index}</ul></div>"
+        "</section>")).encode())
     assets = out / "assets"
     if (assets / "katex").exists():
         shutil.rmtree(assets / "katex")

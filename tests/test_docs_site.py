@@ -196,3 +196,32 @@ def test_every_page_opens_in_a_headless_browser(site, tmp_path):
                             (site / "02-an-exact-posterior.html").as_uri()], capture_output=True, timeout=120)
     pixels = matplotlib.image.imread(shot)
     assert pixels.shape[:2] == (1700, 1400) and pixels.std() > 0.05
+
+
+def test_the_build_never_replaces_a_users_files(tmp_path):
+    chapters = tmp_path / "chapters"
+    chapters.mkdir()
+    (chapters / "00-x.md").write_text("# 0. X\n\nProse only.\n")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "index.html").write_text("my own page")
+    with pytest.raises(build.BuildError, match="already holds files that are not a build of this site"):
+        build.build(mine, log=lambda *a: None, chapters_dir=chapters)
+    assert (mine / "index.html").read_text() == "my own page"
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(build.BuildError, match="is a file, not a folder"):
+        build.build(tmp_path / "a-file", log=lambda *a: None, chapters_dir=chapters)
+
+
+def test_a_rebuild_replaces_an_earlier_builds_pages(tmp_path):
+    need("markdown", "katex")
+    chapters = tmp_path / "chapters"
+    chapters.mkdir()
+    page = chapters / "00-x.md"
+    page.write_text("# 0. X\n\nFirst words.\n")
+    site = tmp_path / "site"
+    build.build(site, log=lambda *a: None, chapters_dir=chapters)
+    page.write_text("# 0. X\n\nSecond words.\n")
+    build.build(site, log=lambda *a: None, chapters_dir=chapters)
+    text = (site / "00-x.html").read_text()
+    assert "Second words." in text and "First words." not in text
