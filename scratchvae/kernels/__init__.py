@@ -59,9 +59,9 @@ from typing import TYPE_CHECKING, Dict, Optional, Union
 import numpy as np
 
 from . import conformance, reference
-from .threads import ThreadTuner
 from .contract import (ACTIVATIONS, CONTRACT, DEFAULT_ALPHA, FASTMATH, HALF_LOG_2PI, Scratch,  # noqa: F401
                        check_activation, temporaries)     # (re-exported: the contract's names live here too)
+from .threads import ThreadTuner
 
 # --------------------------------------------------------------------------
 # The registry and the active backend

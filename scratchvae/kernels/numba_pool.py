@@ -11,10 +11,10 @@ variant splits its work so that results do not depend on the thread count
 """
 from __future__ import annotations
 
-# The contract's kernels, defined here by importing them (hence the noqa: this
-# module is a backend, its imports are its definitions).
 import numba as nb
 
+# The contract's kernels, defined here by importing them (hence the noqa: this
+# module is a backend, its imports are its definitions).
 from . import numba as serial
 from .gemm_numba import gemm  # noqa: F401
 from .numba import (gaussian_latent, gaussian_latent_backward, gaussian_log_sigma_grad,  # noqa: F401
