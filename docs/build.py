@@ -267,9 +267,12 @@ def build(out: Path, only=None, log=print, chapters_dir: Path = CHAPTERS) -> Lis
         written.append(write_bytes(out / f"{chapter.slug}.html", restore_maths(page, rendered).encode()))
     index = "".join(f'<li><a href="{c.slug}.html">{html.escape(c.title)}</a></li>\n' for c, _ in pages)
     intro = markdown_html((HERE / "site-index.md").read_text(encoding="utf-8"))
+    # the index's second half: the learners' map, every equation by the function where it stands
+    by_equation = markdown_html(re.sub(r"^# ", "## ", (HERE / "learners-map.md").read_text(encoding="utf-8"),
+                                       count=1, flags=re.M))
     write_bytes(out / "index.html", PAGE.format(title="The Annotated VAE", nav="", body=(
-        f"<section class=\"single\"><div class=\"prose\">{intro}<ul class=\"chapters\">\n{index}</ul></div>"
-        "</section>")).encode())
+        f"<section class=\"single\"><div class=\"prose\">{intro}<ul class=\"chapters\">\n{index}</ul>"
+        f"{by_equation}</div></section>")).encode())
     assets = out / "assets"
     if (assets / "katex").exists():
         shutil.rmtree(assets / "katex")

@@ -72,7 +72,9 @@ def test_quick_run_writes_the_json_record(tmp_path):
     assert ours["status"] == "ok" and ours["batch_size"] == 128
     assert len(ours["rounds"]) == 1 and ours["rounds"][0]["steps"] == 3
     assert ours["examples_per_s"]["median"] > 0
-    assert 0 < ours["percent_of_gemm_limit"] < 100
+    # no upper bound: a quick run's sgemm peak (2 products of 1024^2) is one noisy measurement, and on a
+    # busy machine it can come out below what a step then reaches (100.7% was seen)
+    assert ours["percent_of_gemm_limit"] > 0
     assert ours["first_step_s"] > 0
     assert ours["info"]["backend"] == "numpy"
     assert rec["scratchvae"]["scratchvae-numpy"]["backend"] == "numpy"

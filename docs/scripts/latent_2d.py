@@ -3,10 +3,12 @@
     python docs/scripts/latent_2d.py --out latent_2d.png
 
 Trains 784-400-2 on 20,000 synthetic digits for a few epochs (seeded), then
-draws three panels into one picture: the posterior means of 2,000 test
-images coloured by digit with the manifold's grid outlined, the manifold
-(decoded means over that grid), and for one test image its true posterior
-beside the encoder's q(z|x), with the exact gap log p(x) - ELBO.
+draws into one picture: the posterior means of 2,000 test images coloured
+by digit with the manifold's grid outlined; the manifold (decoded means over
+that grid); for one test image its true posterior beside the encoder's
+q(z|x), with the exact gap log p(x) - ELBO; eight test images, their
+reconstructions and eight samples from the prior; and the decoded path
+between two test images' codes, straight (lerp) and along the sphere (slerp).
 """
 import argparse
 import tempfile
@@ -16,6 +18,7 @@ import numpy as np
 import trained
 
 from scratchvae.inference import exact
+from scratchvae.inference.interpolate import interpolate
 from scratchvae.inference.evaluate import elbo
 from scratchvae.run import plots
 
@@ -46,10 +49,19 @@ def main(argv=None):
         plots.latent_space(model, x_test, y_test, tmp / "latent.png", box=grid[:, [0, -1]])
         plots.manifold(model, data.image_shape, tmp / "manifold.png", mu=mu)
         plots.posterior(post, x_test[args.image], data.image_shape, tmp / "posterior.png")
+        eight = x_test[:8]
+        plots.image_grid(np.concatenate([eight, model.decode(model.encode(eight)[0]),
+                                         model.decode(np.random.default_rng(3).standard_normal((8, 2), np.float32))]),
+                         data.image_shape, tmp / "images.png", "test images, reconstructions, prior samples", cols=8)
+        a, b = mu[0], mu[int(np.flatnonzero(y_test != y_test[0])[0])]
+        paths = interpolate(model, a, b, steps=10)
+        plots.image_grid(paths.reshape(-1, paths.shape[-1]), data.image_shape, tmp / "paths.png",
+                         "from one test image's code to another's: lerp, slerp", cols=10)
         plt = plots.pyplot()
-        fig = plt.figure(figsize=(12, 9.5))
-        spots = {"latent": (0, 0, 1), "manifold": (0, 1, 1), "posterior": (1, 0, 2)}
-        layout = fig.add_gridspec(2, 2, height_ratios=[1.25, 1])
+        fig = plt.figure(figsize=(12, 13))
+        spots = {"latent": (0, 0, 1), "manifold": (0, 1, 1), "posterior": (1, 0, 2), "images": (2, 0, 1),
+                 "paths": (2, 1, 1)}
+        layout = fig.add_gridspec(3, 2, height_ratios=[1.25, 1, 0.8])
         for name, (row, col, span) in spots.items():
             ax = fig.add_subplot(layout[row, col:col + span])
             ax.imshow(plt.imread(tmp / f"{name}.png"))

@@ -5,14 +5,15 @@ import scratchvae as sv
 from scratchvae.data import load_dataset
 
 
-def train(latent: int, n: int = 20_000, epochs: int = 5, step=None, seed: int = 0):
+def train(latent: int, n: int = 20_000, epochs: int = 5, step=None, seed: int = 0, **model_options):
     """(model, data): 784-400-latent trained by Adam on the first n training digits, batch 128.
 
-    ``step(model, batch, rng) -> (losses, grads)`` sets the objective (default: the ELBO).
+    ``step(model, batch, rng) -> (losses, grads)`` sets the objective (default: the ELBO);
+    ``model_options`` go to :class:`scratchvae.VAE` (e.g. ``likelihood``, ``sigma``).
     """
     data = load_dataset("synthetic-digits")
     x = data.x_train[:n]
-    model = sv.VAE(784, [400], latent, seed=seed)
+    model = sv.VAE(784, [400], latent, seed=seed, **model_options)
     opt = sv.Adam(model.params, lr=1e-3)
     rng = np.random.default_rng(seed)
     step = step or (lambda m, b, r: m.loss_and_grads(b, rng=r))
