@@ -34,6 +34,18 @@ def need(*tools):
         pytest.skip(message)
 
 
+def one_chapter(tmp_path, text):
+    """A chapters folder holding one chapter, 00-x.md, with ``text``."""
+    chapters = tmp_path / "chapters"
+    chapters.mkdir(exist_ok=True)
+    (chapters / "00-x.md").write_text(text)
+    return chapters
+
+
+def build_quietly(out, chapters):
+    return build.build(out, log=lambda *a: None, chapters_dir=chapters)
+
+
 def test_maths_survives_markdown_untouched():
     """Underscores, asterisks and backslashes of a docstring's LaTeX are Markdown's syntax too."""
     need("markdown")
@@ -74,31 +86,25 @@ def test_code_is_the_library_source_by_name():
     ("scratchvae.lessons.vi", "give MODULE:NAME"),
 ])
 def test_a_renamed_function_fails_the_build_naming_it(tmp_path, target, says):
-    chapters = tmp_path / "chapters"
-    chapters.mkdir()
-    (chapters / "00-x.md").write_text(f"# 0. X\n\n## A section\n\nSome prose.\n\n::: code {target}\n")
+    chapters = one_chapter(tmp_path, f"# 0. X\n\n## A section\n\nSome prose.\n\n::: code {target}\n")
     with pytest.raises(build.BuildError) as e:
-        build.build(tmp_path / "site", log=lambda *a: None, chapters_dir=chapters)
+        build_quietly(tmp_path / "site", chapters)
     assert "00-x.md" in str(e.value) and "A section" in str(e.value) and says in str(e.value)
 
 
 def test_a_failing_script_fails_the_build(tmp_path):
     script = tmp_path / "boom.py"
     script.write_text("raise SystemExit('the example broke')\n")
-    chapters = tmp_path / "chapters"
-    chapters.mkdir()
-    (chapters / "00-x.md").write_text(f"# 0. X\n\n::: run {script}\n")
+    chapters = one_chapter(tmp_path, f"# 0. X\n\n::: run {script}\n")
     with pytest.raises(build.BuildError, match="failed .exit 1.:\nthe example broke"):
-        build.build(tmp_path / "site", log=lambda *a: None, chapters_dir=chapters)
+        build_quietly(tmp_path / "site", chapters)
 
 
 def test_a_formula_katex_rejects_fails_the_build(tmp_path):
     need("markdown", "katex")
-    chapters = tmp_path / "chapters"
-    chapters.mkdir()
-    (chapters / "00-x.md").write_text("# 0. X\n\nA broken formula: $\\frac{1}{$.\n")
+    chapters = one_chapter(tmp_path, "# 0. X\n\nA broken formula: $\\frac{1}{$.\n")
     with pytest.raises(build.BuildError, match=r"00-x.md: KaTeX cannot typeset \$\\frac\{1\}\{\$"):
-        build.build(tmp_path / "site", log=lambda *a: None, chapters_dir=chapters)
+        build_quietly(tmp_path / "site", chapters)
 
 
 @pytest.fixture(scope="module")
@@ -203,29 +209,25 @@ def test_every_page_opens_in_a_headless_browser(site, tmp_path):
 
 
 def test_the_build_never_replaces_a_users_files(tmp_path):
-    chapters = tmp_path / "chapters"
-    chapters.mkdir()
-    (chapters / "00-x.md").write_text("# 0. X\n\nProse only.\n")
+    chapters = one_chapter(tmp_path, "# 0. X\n\nProse only.\n")
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "index.html").write_text("my own page")
     with pytest.raises(build.BuildError, match="already holds files that are not a build of this site"):
-        build.build(mine, log=lambda *a: None, chapters_dir=chapters)
+        build_quietly(mine, chapters)
     assert (mine / "index.html").read_text() == "my own page"
     (tmp_path / "a-file").write_text("x")
     with pytest.raises(build.BuildError, match="is a file, not a folder"):
-        build.build(tmp_path / "a-file", log=lambda *a: None, chapters_dir=chapters)
+        build_quietly(tmp_path / "a-file", chapters)
 
 
 def test_a_rebuild_replaces_an_earlier_builds_pages(tmp_path):
     need("markdown", "katex")
-    chapters = tmp_path / "chapters"
-    chapters.mkdir()
+    chapters = one_chapter(tmp_path, "# 0. X\n\nFirst words.\n")
     page = chapters / "00-x.md"
-    page.write_text("# 0. X\n\nFirst words.\n")
     site = tmp_path / "site"
-    build.build(site, log=lambda *a: None, chapters_dir=chapters)
+    build_quietly(site, chapters)
     page.write_text("# 0. X\n\nSecond words.\n")
-    build.build(site, log=lambda *a: None, chapters_dir=chapters)
+    build_quietly(site, chapters)
     text = (site / "00-x.html").read_text()
     assert "Second words." in text and "First words." not in text

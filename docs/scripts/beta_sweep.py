@@ -14,7 +14,6 @@ import numpy as np
 import trained
 
 from scratchvae.inference.evaluate import active_units, elbo
-from scratchvae.run import plots
 
 BETAS = (0.25, 1.0, 4.0, 16.0)
 
@@ -34,12 +33,8 @@ def main(argv=None):
         test = elbo(model, x_test, np.random.default_rng(1))
         active, _ = active_units(model, x_test)
         print(f"{beta:6.2f} {test['nll']:15.2f} {test['kl']:8.2f} {test['total']:8.2f} {active:10d} of 20")
-        mu = model.encode(x_test[:8])[0]
-        rows += [model.decode(mu), model.decode(np.random.default_rng(2).standard_normal((8, 20), np.float32))]
-    path = plots.image_grid(np.concatenate(rows), data.image_shape, args.out, cols=8,
-                            title="per beta (" + ", ".join(f"{b:g}" for b in BETAS) + "): reconstructions, then "
-                                  "samples from the prior")
-    print(f"wrote {path}")
+        rows += trained.reconstructions_and_samples(model, x_test)
+    print(f"wrote {trained.sweep_picture(rows, data.image_shape, args.out, 'beta', BETAS)}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ import numpy as np
 import trained
 
 from scratchvae.inference.evaluate import active_units, elbo
-from scratchvae.run import plots
 
 SIGMAS = (0.05, 0.15, 0.5)
 
@@ -34,11 +33,8 @@ def main(argv=None):
         kl = elbo(model, x_test, np.random.default_rng(1))["kl"]
         print(f"{sigma:6.2f} {2 * sigma ** 2:16.4f} {np.mean((mean - x_test) ** 2):14.4f} {kl:7.2f} "
               f"{active_units(model, x_test)[0]:10d} of 20")
-        rows += [mean[:8], model.decode(np.random.default_rng(2).standard_normal((8, 20), np.float32))]
-    path = plots.image_grid(np.clip(np.concatenate(rows), 0, 1), data.image_shape, args.out, cols=8,
-                            title="per sigma (" + ", ".join(f"{s:g}" for s in SIGMAS) + "): reconstructions, "
-                                  "then samples from the prior")
-    print(f"wrote {path}")
+        rows += trained.reconstructions_and_samples(model, x_test)
+    print(f"wrote {trained.sweep_picture(rows, data.image_shape, args.out, 'sigma', SIGMAS)}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ import numpy as np
 
 import scratchvae as sv
 from scratchvae.data import load_dataset
+from scratchvae.run import plots
 
 
 def train(latent: int, n: int = 20_000, epochs: int = 5, step=None, seed: int = 0, **model_options):
@@ -21,3 +22,15 @@ def train(latent: int, n: int = 20_000, epochs: int = 5, step=None, seed: int = 
         for idx in np.array_split(rng.permutation(len(x)), len(x) // 128):
             opt.step(step(model, x[idx], rng)[1])
     return model, data
+
+
+def reconstructions_and_samples(model, x, n: int = 8) -> list:
+    """Two rows of a sweep's picture: the decoded means of the first n images' codes, and of n prior draws."""
+    prior = np.random.default_rng(2).standard_normal((n, model.latent_dim), model.dtype)
+    return [model.decode(model.encode(x[:n])[0]), model.decode(prior)]
+
+
+def sweep_picture(rows, image_shape, path, name: str, values):
+    """The picture of a sweep over ``name``: per value, reconstructions above samples from the prior."""
+    title = f"per {name} (" + ", ".join(f"{v:g}" for v in values) + "): reconstructions, then samples from the prior"
+    return plots.image_grid(np.clip(np.concatenate(rows), 0, 1), image_shape, path, title, cols=8)
