@@ -52,6 +52,7 @@ import importlib
 import importlib.util
 import inspect
 import os
+import sys
 import time
 import types
 from typing import TYPE_CHECKING, Dict, Optional, Union
@@ -61,6 +62,7 @@ import numpy as np
 from . import conformance, reference
 from .contract import (ACTIVATIONS, CONTRACT, DEFAULT_ALPHA, FASTMATH, HALF_LOG_2PI, Scratch,  # noqa: F401
                        check_activation, temporaries)     # (re-exported: the contract's names live here too)
+from .numpy import set_blas_threads
 from .threads import ThreadTuner
 
 # --------------------------------------------------------------------------
@@ -270,6 +272,21 @@ def thread_tuner(**options) -> Optional[ThreadTuner]:
     if not getattr(module, "RESULTS_INDEPENDENT_OF_THREADS", False) or ops.gemm is not module.gemm:
         return None
     return ThreadTuner(module.max_threads(), module.set_threads, **options)
+
+
+def set_threads(n: int) -> dict:
+    """Let the kernels use ``n`` threads from the next call on: NumPy's OpenBLAS and, when
+    Numba is loaded, its thread pool (up to ``NUMBA_NUM_THREADS``). Returns what was set,
+    e.g. ``{"blas": 2, "numba": 2}`` (a library missing from it was not found).
+    Data-parallel ranks call it to share a machine's cores."""
+    if not (isinstance(n, (int, np.integer)) and n >= 1):
+        raise ValueError(f"threads must be an integer >= 1, got {n!r}")
+    done = {"blas": int(n)} if set_blas_threads(n) else {}
+    numba = sys.modules.get("numba")
+    if numba is not None:
+        done["numba"] = min(int(n), numba.config.NUMBA_NUM_THREADS)
+        numba.set_num_threads(done["numba"])
+    return done
 
 
 def warmup() -> float:

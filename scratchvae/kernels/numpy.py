@@ -52,11 +52,29 @@ def describe() -> dict:
 
 
 def _openblas_core() -> Optional[str]:
-    """The kernel the OpenBLAS loaded in this process runs (e.g. ``SkylakeX``), or None.
+    """The kernel the OpenBLAS loaded in this process runs (e.g. ``SkylakeX``), or None."""
+    corename = _openblas_function("openblas_get_corename")
+    if corename is None:
+        return None
+    corename.restype = ctypes.c_char_p
+    return corename().decode()
 
-    Linux lists a process's shared libraries in /proc/self/maps; OpenBLAS says
-    its kernel through ``openblas_get_corename``, whose name NumPy's own build
-    prefixes and suffixes (``scipy_openblas_get_corename64_``).
+
+def set_blas_threads(n: int) -> bool:
+    """Let the OpenBLAS loaded in this process use ``n`` threads from now on (the run-time
+    equivalent of ``OPENBLAS_NUM_THREADS``); False when no OpenBLAS is found."""
+    set_threads = _openblas_function("openblas_set_num_threads")
+    if set_threads is None:
+        return False
+    set_threads(ctypes.c_int(int(n)))
+    return True
+
+
+def _openblas_function(name: str):
+    """OpenBLAS's function ``name`` in this process, or None.
+
+    Linux lists a process's shared libraries in /proc/self/maps; NumPy's own
+    build of OpenBLAS prefixes and suffixes its names (``scipy_openblas_get_corename64_``).
     """
     try:
         with open("/proc/self/maps") as maps:
@@ -69,10 +87,9 @@ def _openblas_core() -> Optional[str]:
         except OSError:
             continue
         for prefix, suffix in itertools.product(("", "scipy_"), ("", "64_")):
-            corename = getattr(lib, f"{prefix}openblas_get_corename{suffix}", None)
-            if corename is not None:
-                corename.restype = ctypes.c_char_p
-                return corename().decode()
+            function = getattr(lib, f"{prefix}{name}{suffix}", None)
+            if function is not None:
+                return function
     return None
 
 

@@ -39,6 +39,8 @@ import numpy as np
 
 from ..atomic import remove_stale_temporaries, write_bytes
 from ..data.datasets import binarize
+from ..distributed.comm import Communicator, OneProcess
+from ..distributed.data_parallel import DataParallelStep
 from ..inference.evaluate import elbo
 from ..kernels import thread_tuner
 from ..model import M2, memory
@@ -88,14 +90,22 @@ class Objective:
 
     parts = ("total", "nll", "kl")                  # loss parts summed over an epoch
     test_fields = ("test_total", "test_nll", "test_kl")
+    samples = 1                                     # draws of z per example
+    data_parallel = True                            # can ranks split its batches (scratchvae.distributed)?
 
     def losses_and_grads(self, run: Run, x, idx, rng, beta):
         """Loss parts (per-example means, nats) and gradients of the batch ``x = x_train[idx]``."""
-        return run.model.loss_and_grads(x, rng=rng, beta=beta, c=run.train_context(idx, x, rng), checked=True)
+        return self.batch(run, x, run.train_context(idx, x, rng), beta, rng=rng)
 
-    def test(self, run: Run) -> dict:
-        """The test metrics after ``run.epoch`` epochs (its own generator per epoch)."""
-        r = elbo(run.vae, run.x_test, stream(run.config.seed, 100 + run.epoch), c=run.c_test)
+    def batch(self, run: Run, x, c, beta, rng=None, eps=None):
+        """The same for rows ``x`` with contexts ``c`` (None for a plain VAE), the noise drawn
+        from ``rng`` or given as ``eps`` (samples, rows, latent)."""
+        return run.model.loss_and_grads(x, rng=rng, eps=eps, beta=beta, c=c, checked=True)
+
+    def test(self, run: Run, comm: Optional[Communicator] = None) -> dict:
+        """The test metrics after ``run.epoch`` epochs (its own generator per epoch), the test
+        set's batches shared among ``comm``'s ranks."""
+        r = elbo(run.vae, run.x_test, stream(run.config.seed, 100 + run.epoch), c=run.c_test, comm=comm)
         return {"test_total": r["total"], "test_nll": r["nll"], "test_kl": r["kl"]}
 
     def summary(self, row: dict) -> str:
@@ -109,10 +119,10 @@ class ImportanceWeighted(Objective):
 
     def __init__(self, k: int, dreg: bool = False):
         self.k, self.dreg = k, dreg
+        self.samples = k
 
-    def losses_and_grads(self, run, x, idx, rng, beta):
-        return run.model.iw_loss_and_grads(x, self.k, rng=rng, c=run.train_context(idx, x, rng), dreg=self.dreg,
-                                           checked=True)
+    def batch(self, run, x, c, beta, rng=None, eps=None):
+        return run.model.iw_loss_and_grads(x, self.k, rng=rng, eps=eps, c=c, dreg=self.dreg, checked=True)
 
 
 class SemiSupervised(Objective):
@@ -120,6 +130,9 @@ class SemiSupervised(Objective):
 
     parts = ("total", "labelled", "unlabelled", "ce")
     test_fields = ("test_accuracy",)
+    data_parallel = False
+    data_parallel_refusal = ("each step pairs the batch with labelled examples drawn apart from it, which ranks "
+                             "do not split; train M2 without mpiexec")
 
     def losses_and_grads(self, run, x, idx, rng, beta):
         labelled = run.labels[0]
@@ -129,7 +142,7 @@ class SemiSupervised(Objective):
             binarize(x_l, rng, out=x_l)
         return run.model.loss_and_grads(x_l, run.data.y_train[pick], x, rng=rng, checked=True)
 
-    def test(self, run):
+    def test(self, run, comm=None):
         return {"test_accuracy": accuracy(run.model.predict, run.x_test, run.data.y_test)}
 
     def summary(self, row):
@@ -172,7 +185,7 @@ class Trainer:
     """
 
     def __init__(self, run: Run, *, quiet: bool = False, file=None,
-                 on_batch: Optional[Callable[["Trainer"], None]] = None):
+                 on_batch: Optional[Callable[["Trainer"], None]] = None, comm: Optional[Communicator] = None):
         if not run.resumable:
             raise ValueError(f"{run.out_dir}: this run was saved without its optimizer state, "
                              "so it cannot continue; train a new one")
@@ -181,11 +194,18 @@ class Trainer:
         self.file = sys.stderr if file is None else file
         self.objective = objective_of(run)
         self.fields = history_fields(self.objective)
+        #: the ranks this run is trained by (scratchvae.distributed); rank 0 alone writes and prints
+        self.comm = OneProcess() if comm is None else comm
+        self.writes = self.comm.rank == 0
+        self.quiet = quiet or not self.writes
+        #: one rank's share of a step when several train the run, else None
+        self.data_parallel = DataParallelStep(self.comm, run, self.objective) if self.comm.size > 1 else None
         if not run.sums:
             run.sums = self._zero_sums()
         self._check_position()
         self._require_memory()
         self._stop = False
+        self._ranks_stop = False
         self.stopped_by: Optional[int] = None       # the signal that stopped the last fit, if one did
         self._buffers = {}
         #: sizes the kernels' thread pool step by step (kernels/threads.py), or None where it may not
@@ -249,9 +269,11 @@ class Trainer:
         this call made are removed again if it fails before writing into them.
         """
         out_dir = self.run.out_dir
-        self._stop, self.stopped_by = False, None
-        with self.run.writing(), handling(STOP_SIGNALS, self._on_signal), self._tuning():
-            remove_stale_temporaries(out_dir)
+        self._stop, self._ranks_stop, self.stopped_by = False, False, None
+        writing = self.run.writing() if self.writes else contextlib.nullcontext()
+        with writing, handling(STOP_SIGNALS, self._on_signal), self._tuning():
+            if self.writes:
+                remove_stale_temporaries(out_dir)
             while self.run.epoch < self.run.config.epochs:
                 if not self.train_epoch():
                     self._save("at the interruption", self.run.epoch + 1)
@@ -261,8 +283,9 @@ class Trainer:
 
     @contextlib.contextmanager
     def _tuning(self):
-        """:attr:`tuner` for the length of a fit; the pool gets all its threads back after it."""
-        self.tuner = thread_tuner()
+        """:attr:`tuner` for the length of a fit; the pool gets all its threads back after it.
+        Ranks of a data-parallel run keep the threads they were given: each waits for the slowest."""
+        self.tuner = thread_tuner() if self.data_parallel is None else None
         try:
             yield
         finally:
@@ -270,7 +293,10 @@ class Trainer:
                 self.tuner.set_threads(self.tuner.max_threads)
 
     def _save(self, where: str, epoch: int) -> None:
-        """The run's checkpoint, or :class:`TrainingDiverged` (in ``epoch``) if its weights are not finite."""
+        """The run's checkpoint, or :class:`TrainingDiverged` (in ``epoch``) if its weights are not finite.
+        (Rank 0's alone: every rank holds the same weights.)"""
+        if not self.writes:
+            return
         try:
             self.run.save()
         except NotFiniteError as e:
@@ -294,17 +320,14 @@ class Trainer:
         while run.batch < self.batches_per_epoch:
             pos = run.perm[run.batch * cfg.batch_size:(run.batch + 1) * cfg.batch_size]
             idx = indices[pos]
-            x, scratch = self._batch_buffers(len(idx))
-            np.take(run.x_train, idx, axis=0, out=x)
-            if cfg.binarize == "dynamic":
-                binarize(x, run.rng, out=x, scratch=scratch)
             with self._timed_step(len(idx)):
                 try:
-                    losses, grads = self.objective.losses_and_grads(run, x, idx, run.rng, self.beta_at(run.step))
+                    losses = self._step(idx, self.beta_at(run.step))
                 except FloatingPointError as e:
                     progress.close()
-                    raise self._diverged(f"batch {run.batch + 1}", e) from None
-                run.optimizer.step(grads)
+                    diverged = self._diverged(f"batch {run.batch + 1}", e)
+                    diverged.every_rank = self.data_parallel is not None      # the ranks' losses are summed
+                    raise diverged from None
             run.batch += 1
             run.step += 1
             for k in self.objective.parts:
@@ -313,13 +336,35 @@ class Trainer:
             progress.update(run.batch, f"loss {losses['total']:.2f}")
             if self.on_batch is not None:
                 self.on_batch(self)
-            if self._stop:
+            if self._stopping:
                 run.sums["seconds"] += time.perf_counter() - t0
                 progress.close()
                 return False
         run.sums["seconds"] += time.perf_counter() - t0
         progress.close()
         return True
+
+    def _step(self, idx, beta) -> dict:
+        """One optimizer step on the batch ``x_train[idx]``; returns its losses. Several ranks
+        split it (:class:`DataParallelStep`)."""
+        run = self.run
+        if self.data_parallel is not None:
+            losses, self._ranks_stop = self.data_parallel(idx, beta, self._stop)
+            return losses
+        x, scratch = self._batch_buffers(len(idx))
+        np.take(run.x_train, idx, axis=0, out=x)
+        if run.config.binarize == "dynamic":
+            binarize(x, run.rng, out=x, scratch=scratch)
+        losses, grads = self.objective.losses_and_grads(run, x, idx, run.rng, beta)
+        run.optimizer.step(grads)
+        return losses
+
+    @property
+    def _stopping(self) -> bool:
+        """Stop after this step? When this process was signalled; with several ranks, all stop after
+        the first step whose sum carried a signal one of them received (one that arrives during
+        the sum is carried by the next), so that none waits for another that stopped."""
+        return self._stop if self.data_parallel is None else self._ranks_stop
 
     def _timed_step(self, examples):
         return contextlib.nullcontext() if self.tuner is None else self.tuner.step(examples)
@@ -342,7 +387,7 @@ class Trainer:
     def _end_epoch(self):
         run, s = self.run, self.run.sums
         try:
-            test = self.objective.test(run)
+            test = self.objective.test(run, self.comm)
         except FloatingPointError as e:     # the epoch's last steps blew the weights up
             raise self._diverged("evaluating the test set", e) from None
         run.epoch += 1
@@ -356,7 +401,8 @@ class Trainer:
         run.batch, run.perm = 0, None
         run.sums = self._zero_sums()
         self._save("at the end of the epoch", run.epoch)
-        self.write_history()
+        if self.writes:
+            self.write_history()
         if not self.quiet:
             print(f"epoch {row['epoch']:>3}/{run.config.epochs}  {self.objective.summary(row)}  "
                   f"{row['examples_per_s']:,.0f} ex/s", file=self.file, flush=True)
@@ -374,9 +420,10 @@ def is_permutation(perm: np.ndarray, n: int) -> bool:
             and (n == 0 or (perm.min() >= 0 and perm.max() < n and bool((np.bincount(perm, minlength=n) == 1).all()))))
 
 
-def default_run_dir(dataset: str) -> Path:
-    """``runs/<dataset>-<YYYYmmdd-HHMMSS>`` (with a suffix if that exists)."""
-    base = Path("runs") / f"{Path(dataset).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+def default_run_dir(dataset: str, when: Optional[float] = None) -> Path:
+    """``runs/<dataset>-<YYYYmmdd-HHMMSS>`` of now (or of ``when``, seconds since the epoch),
+    with a suffix if that exists."""
+    base = Path("runs") / f"{Path(dataset).stem}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(when))}"
     path, i = base, 1
     while path.exists():
         i += 1

@@ -1,0 +1,119 @@
+"""Data-parallel SGD by hand: every rank holds the whole model and takes its rows of each batch.
+
+With N ranks and a global batch of B rows, rank r computes on rows ``rows_of(B, r, N)``
+(about B/N of them) the gradient of their mean loss, scales it by ``n_r / B`` so that
+the ranks' gradients add up to the gradient of the whole batch's mean,
+
+    g = sum_r (n_r / B) g_r,        g_r = (1/n_r) sum_{i in rows r} grad l_i,
+
+and one ``allreduce_sum`` over the model's flat gradient buffer hands every rank the
+same g. Every rank then takes the same Adam step, so the ranks' parameters stay
+equal bit for bit without ever being sent.
+
+What makes N ranks train the run one process trains (up to the order in which the
+float32 gradient is summed): every rank draws the random numbers of the *whole* batch
+from the run's one generator, in the order one process draws them (the uniforms that
+binarise the batch, a conditional run's contexts, the noise eps of every example),
+and keeps its rows. The shuffle, binarisation and noise of an example therefore depend
+on the seed and its position in the batch, never on the rank or the number of ranks,
+and the generator's state after a step is the same on every rank and in one process.
+The price: each rank draws B x d uniforms per step where it needs n_r x d.
+
+The losses (and a rank's failure, and a stop signal) travel in a second, small sum,
+so that every rank sees the same losses and stops or fails at the same step.
+"""
+from __future__ import annotations
+
+import time
+from typing import Tuple
+
+import numpy as np
+
+from .comm import Communicator
+
+
+def rows_of(n: int, rank: int, size: int) -> slice:
+    """Rank ``rank``'s rows of a batch of n: contiguous blocks, the first ``n % size`` ranks one row more."""
+    base, extra = divmod(n, size)
+    start = rank * base + min(rank, extra)
+    return slice(start, start + base + (rank < extra))
+
+
+class DataParallelStep:
+    """One optimizer step of a run's global batch, split over ``comm``'s ranks.
+
+    ``objective``: the run's :class:`~scratchvae.run.train.Objective` (it must
+    have ``data_parallel`` true). :attr:`allreduce_seconds` sums the time spent
+    in the gradient's sum (waiting for the slowest rank included).
+    """
+
+    def __init__(self, comm: Communicator, run, objective):
+        if not objective.data_parallel:
+            raise ValueError(f"{type(objective).__name__} training runs in one process only: "
+                             f"{objective.data_parallel_refusal}")
+        self.comm, self.run, self.objective = comm, run, objective
+        self.allreduce_seconds = 0.0
+        self._uniforms = {}
+        n_parts = len(objective.parts)
+        # the small sum: n_r * loss part, then one slot per rank for "my rows failed", then "stop"
+        self._losses = np.zeros(n_parts + comm.size + 1)
+        self._failed = slice(n_parts, n_parts + comm.size)
+
+    def __call__(self, idx: np.ndarray, beta: float, stop: bool) -> Tuple[dict, bool]:
+        """Train on the global batch ``x_train[idx]``; returns its losses (per-example means over
+        all B rows, nats) and whether any rank was asked to stop. Raises FloatingPointError
+        on every rank when the loss is not finite on any."""
+        run, comm, parts = self.run, self.comm, self.objective.parts
+        b = len(idx)
+        rows = rows_of(b, comm.rank, comm.size)
+        n = rows.stop - rows.start
+        x, c = self._rows(idx, rows)
+        eps = run.rng.standard_normal((self.objective.samples, b, run.vae.latent_dim),
+                                      dtype=run.vae.dtype)[:, rows]
+        grads = run.model.grads
+        sums = self._losses
+        sums[:] = 0.0
+        if n == 0:                                  # a last batch smaller than the ranks
+            grads.buffer.fill(0.0)
+        else:
+            try:
+                losses, _ = self.objective.batch(run, x, c, beta, eps=eps)
+                sums[:len(parts)] = [n * losses[p] for p in parts]
+            except FloatingPointError:
+                sums[self._failed.start + comm.rank] = 1.0
+        sums[-1] = float(stop)
+        comm.allreduce_sum(sums)
+        failed = np.flatnonzero(sums[self._failed])
+        if len(failed):
+            raise FloatingPointError(f"the loss is not finite on rank {', '.join(map(str, failed))} of "
+                                     f"{comm.size}: the weights have diverged; lower the learning rate or "
+                                     "clip the gradient norm")
+        if n:
+            np.multiply(grads.buffer, n / b, out=grads.buffer)
+        t0 = time.perf_counter()
+        comm.allreduce_sum(grads.buffer)
+        self.allreduce_seconds += time.perf_counter() - t0
+        run.optimizer.step(grads)
+        return {p: sums[i] / b for i, p in enumerate(parts)}, bool(sums[-1])
+
+    def _rows(self, idx, rows):
+        """This rank's rows of the batch ``x_train[idx]`` and their contexts, binarised (if the run
+        binarises every batch) with the uniforms of the whole batch, as :func:`binarize` draws them."""
+        run = self.run
+        dynamic = run.config.binarize == "dynamic"
+        conditional = run.c_test is not None
+        take = slice(None) if conditional else rows      # a context may read the whole batch
+        x = run.x_train[idx[take]]
+        if dynamic:
+            u = self._uniform_buffer(len(idx))
+            run.rng.random(dtype=u.dtype, out=u)
+            np.less(u[take], x, out=x)
+        if not conditional:
+            return x, None
+        c = run.train_context(idx, x, run.rng)
+        return x[rows], c[rows]
+
+    def _uniform_buffer(self, b):
+        if b not in self._uniforms:
+            self._uniforms[b] = np.empty((b, self.run.x_train.shape[1]), self.run.x_train.dtype)
+        return self._uniforms[b]
