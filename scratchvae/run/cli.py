@@ -15,11 +15,13 @@ an error about standard output, never about a disk the command writes to.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import errno
 import io
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Callable, NamedTuple, Optional
 
@@ -27,9 +29,12 @@ import numpy as np
 
 from .._version import __version__
 from ..atomic import atomic_write, make_dirs
+from ..distributed.comm import MPIMissingError
 from .run import TrainConfig
 
 EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
+#: the commands that share their work among the ranks of ``mpiexec -n N scratchvae ...``
+RANKED_COMMANDS = ("train", "evaluate")
 #: standard output closed by its reader: 128 + SIGPIPE, as the shell reports for ``yes | head -1``
 EXIT_BROKEN_PIPE = 141
 
@@ -201,14 +206,87 @@ def add_train_arguments(parser) -> None:
 
 
 def cmd_train(args) -> int:
-    """Train; SIGTERM and SIGHUP end it the way Ctrl-C does, wherever they come (see :meth:`Trainer.fit`)."""
+    """Train; SIGTERM and SIGHUP end it the way Ctrl-C does, wherever they come (see :meth:`Trainer.fit`).
+    Under ``mpiexec -n N`` every rank runs this, and N ranks train the run data-parallel."""
+    from ..distributed import world
     from .train import signals_interrupt
     with signals_interrupt():
-        return _train(args)
+        return _train(args, world())
 
 
-def _train(args) -> int:
+def _train(args, comm) -> int:
+    import contextlib
     import signal
+
+    from ..distributed.comm import threads_per_rank
+
+    run, trainer, ranks = (*_start_run(args, comm), None) if comm.size == 1 else _start_ranks(args, comm)
+    cfg, data = run.config, run.data
+    if not args.quiet:
+        what = (f"{cfg.labels_per_class} labels per class, the other {len(run.labels[1]):,} training examples "
+                "unlabelled, " if cfg.semi_supervised else "")
+        split = "" if ranks is None else f", {_count(comm.size, 'rank')} x {_count(threads_per_rank(comm), 'thread')}"
+        print(f"training {run.model!r} on {data.name} ({len(data.x_train):,} train / {len(data.x_test):,} test), "
+              f"{what}{cfg.epochs} epochs, batch {cfg.batch_size}, kernels: {_kernels()}{split}", file=sys.stderr)
+        if ranks is not None:
+            print(f"data-parallel: global batch {cfg.batch_size} split into rows of ~{cfg.batch_size / comm.size:.0f}; "
+                  "ranks (host:pid): " + ", ".join(f"{r} {where}" for r, where in enumerate(ranks)), file=sys.stderr)
+    # one writer: rank 0 locks the run directory through training and pictures
+    with run.writing() if trainer.writes else contextlib.nullcontext():
+        if trainer.fit() == "interrupted":
+            signum = trainer.stopped_by or signal.SIGINT
+            by = "" if signum == signal.SIGINT else f" by {signal.Signals(signum).name}"
+            print(f"interrupted{by}: checkpoint saved; continue with "
+                  f"scratchvae train --resume {run.out_dir}", file=sys.stderr)
+            return 128 + signum         # 130 for Ctrl-C (EXIT_INTERRUPTED), 143 for SIGTERM, as shells report
+        if trainer.tuner is not None and not args.quiet:
+            print(f"threads: {trainer.tuner.describe()}", file=sys.stderr)
+        if trainer.data_parallel is not None and not args.quiet:
+            print(f"ranks: {comm.size}, {trainer.data_parallel.allreduce_seconds:.2f} s of rank 0's time in the "
+                  "gradient's allreduce", file=sys.stderr)
+        if not args.no_plots and trainer.writes:
+            _pictures(run, run.out_dir, args.quiet)
+    if cfg.semi_supervised:
+        print(f"test accuracy of q(y|x): {run.history[-1]['test_accuracy']:.4f}")
+    print(f"run directory: {run.out_dir}")
+    return 0
+
+
+def _start_ranks(args, comm):
+    """:func:`_start_run` on every rank of a data-parallel run, with the cores shared among them, and
+    where each rank runs (host:pid); raises :class:`~scratchvae.distributed.comm.RanksDisagree` on
+    every rank unless all started the same run."""
+    import hashlib
+    import socket
+
+    from ..distributed.comm import agree, threads_per_rank
+    from ..kernels import active_module, set_threads
+
+    started = time.time() if comm.rank == 0 else None
+    args.started = comm.broadcast(started)         # so that every rank names the same new run directory
+    active_module()
+    threads = threads_per_rank(comm)
+    set_threads(threads)
+    failure, identity, result = None, {}, None
+    try:
+        run, trainer = result = _start_run(args, comm)
+        identity = {"scratchvae": __version__, "kernels": _kernels(), "run directory": str(run.out_dir),
+                    "data (sha256)": [run.fingerprint[split]["sha256"] for split in ("train", "test")],
+                    "position (epoch, batch, step)": [run.epoch, run.batch, run.step],
+                    "parameters (sha256)": hashlib.sha256(run.model.params.buffer.tobytes()).hexdigest(),
+                    **{f"option {k}": v for k, v in dataclasses.asdict(run.config).items() if k != "data_dir"}}
+    except (ValueError, TypeError, OSError, ImportError, RuntimeError, MemoryError) as e:
+        failure = " ".join(line.strip() for line in (str(e).strip().splitlines() or [type(e).__name__]))
+    agree(comm, failure, identity)
+    return (*result, comm.allgather(f"{socket.gethostname()}:{os.getpid()}"))
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _start_run(args, comm):
+    """The run ``args`` ask for, new or resumed, and its :class:`Trainer`."""
     from .run import Run, data_source
     from .train import Trainer, default_run_dir
 
@@ -249,30 +327,9 @@ def _train(args) -> int:
             raise ValueError(f"--sigma sets a Gaussian likelihood's sigma, and the {config.likelihood} likelihood "
                              "has none: leave --sigma out, or choose --likelihood gaussian_fixed, gaussian_scalar "
                              "or gaussian_pixel")
-        run = Run(config, out_dir=Path(args.out) if args.out else default_run_dir(config.dataset),
-                  overwrite=args.overwrite)
-    trainer = Trainer(run, quiet=args.quiet)
-    cfg, data = run.config, run.data
-    if not args.quiet:
-        what = (f"{cfg.labels_per_class} labels per class, the other {len(run.labels[1]):,} training examples "
-                "unlabelled, " if cfg.semi_supervised else "")
-        print(f"training {run.model!r} on {data.name} ({len(data.x_train):,} train / {len(data.x_test):,} test), "
-              f"{what}{cfg.epochs} epochs, batch {cfg.batch_size}, kernels: {_kernels()}", file=sys.stderr)
-    with run.writing():         # one writer: the run directory is locked through training and pictures
-        if trainer.fit() == "interrupted":
-            signum = trainer.stopped_by or signal.SIGINT
-            by = "" if signum == signal.SIGINT else f" by {signal.Signals(signum).name}"
-            print(f"interrupted{by}: checkpoint saved; continue with "
-                  f"scratchvae train --resume {run.out_dir}", file=sys.stderr)
-            return 128 + signum         # 130 for Ctrl-C (EXIT_INTERRUPTED), 143 for SIGTERM, as shells report
-        if trainer.tuner is not None and not args.quiet:
-            print(f"threads: {trainer.tuner.describe()}", file=sys.stderr)
-        if not args.no_plots:
-            _pictures(run, run.out_dir, args.quiet)
-    if cfg.semi_supervised:
-        print(f"test accuracy of q(y|x): {run.history[-1]['test_accuracy']:.4f}")
-    print(f"run directory: {run.out_dir}")
-    return 0
+        out = Path(args.out) if args.out else default_run_dir(config.dataset, getattr(args, "started", None))
+        run = Run(config, out_dir=out, overwrite=args.overwrite)
+    return run, Trainer(run, quiet=args.quiet, comm=comm)
 
 
 def _kernels():
@@ -338,6 +395,8 @@ def add_evaluate_arguments(parser) -> None:
 
 
 def cmd_evaluate(args) -> int:
+    """Under ``mpiexec -n N`` the ranks share the test set's batches (the figures are one process's)."""
+    from ..distributed import world
     from ..inference.exact import check_latent
 
     if (args.posterior is None) != (args.output is None):
@@ -351,23 +410,23 @@ def cmd_evaluate(args) -> int:
     if args.posterior is not None and args.posterior >= n:
         raise ValueError(f"--posterior must lie in [0, {n - 1}] (the test set has {n:,} images), "
                          f"got {args.posterior}")
-    rng = np.random.default_rng(args.seed)
-    elbo = _report_elbo(run, args.samples, rng)
+    rng, comm = np.random.default_rng(args.seed), world()
+    elbo = _report_elbo(run, args.samples, rng, comm)
     k = args.iw_samples or (1000 if args.exact else None)
-    iw = _report_iw_bound(run, k, rng) if k else None
+    iw = _report_iw_bound(run, k, rng, comm) if k else None
     if args.exact:
         _report_exact(run, elbo, iw, k, args.tol)
-    if args.posterior is not None:
+    if args.posterior is not None and comm.rank == 0:
         _draw_posterior(run, args.posterior, np.random.default_rng(args.seed), args.tol, args.output)
     return 0
 
 
-def _report_elbo(run, samples, rng) -> float:
+def _report_elbo(run, samples, rng, comm=None) -> float:
     """Print the test set's -ELBO with its two terms, and the active units; return the ELBO."""
     from ..inference.evaluate import active_units, elbo
 
     model, x_test, c_test = run.vae, run.x_test, run.c_test
-    r = elbo(model, x_test, rng, n_samples=samples, c=c_test)
+    r = elbo(model, x_test, rng, n_samples=samples, c=c_test, comm=comm)
     print(f"{run.data.name} test set ({len(x_test):,} examples), nats per example:")
     estimated = "" if model.analytic_kl else " (estimated at the drawn z: no closed form)"
     print(f"  -ELBO {r['total']:.3f}   reconstruction {r['nll']:.3f}   KL {r['kl']:.3f}{estimated}")
@@ -376,14 +435,14 @@ def _report_elbo(run, samples, rng) -> float:
     return -r["total"]
 
 
-def _report_iw_bound(run, k, rng) -> np.ndarray:
+def _report_iw_bound(run, k, rng, comm=None) -> np.ndarray:
     """Print the mean importance-weighted bound on log p(x) with ``k`` samples; return it per image."""
     from ..inference.evaluate import log_likelihood
     from .progress import Progress
 
     progress = Progress(len(run.x_test), f"log p(x), k={k}")
     iw = log_likelihood(run.vae, run.x_test, k, rng, progress=lambda done, total: progress.update(done),
-                        c=run.c_test)
+                        c=run.c_test, comm=comm)
     progress.close()
     print(f"  log p(x) >= {iw.mean():.3f} (importance-weighted, k = {k})")
     return iw
@@ -800,13 +859,17 @@ class Command(NamedTuple):
 COMMANDS = {
     "train": Command(cmd_train, add_train_arguments, "train a VAE (default: on the built-in synthetic-digits)",
                      "Train a VAE, writing checkpoint.npz, history.csv/json and pictures into a run directory. "
-                     "Defaults in brackets."),
+                     "Defaults in brackets. Under mpiexec -n N (pip install 'scratchvae[mpi]') N ranks train the "
+                     "run data-parallel: each takes its rows of every --batch-size batch, one allreduce sums "
+                     "their gradients, rank 0 alone prints and writes (see the README's \"More than one "
+                     "machine\")."),
     "evaluate": Command(cmd_evaluate, add_evaluate_arguments,
                         "test-set ELBO, active units and log-likelihood of a checkpoint",
                         "Negative ELBO (total = reconstruction + KL) of the test split, nats per example, with z "
                         "sampled from q(z|x); active units; with --iw-samples, the importance-weighted log p(x); "
                         "for a latent of size 1 or 2, with --exact, log p(x) itself by quadrature, and with "
-                        "--posterior, the picture of one image's true posterior beside the encoder's."),
+                        "--posterior, the picture of one image's true posterior beside the encoder's. Under "
+                        "mpiexec -n N the ranks share the test set's batches and print the same figures."),
     "sample": Command(cmd_sample, add_sample_arguments, "draw samples from a trained model",
                       "Ancestral samples: z from the prior (N(0, I), or the VampPrior), or from a mixture fitted "
                       "to the training codes (--sampler gmm:N), then the decoder's mean. A conditional model "
@@ -904,6 +967,18 @@ def main(argv=None) -> int:
 
 
 def _main(argv) -> int:
+    from ..distributed.comm import launched_rank, launched_size
+    rank, size = launched_rank(), launched_size()
+    if rank == 0:
+        return _command(argv, rank, size)
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), contextlib.redirect_stderr(null):
+        return _command(argv, rank, size)       # rank 0 alone prints; a rank's own failure goes to sys.__stderr__
+
+
+def _command(argv, rank: int, ranks: int) -> int:
+    """Parse ``argv`` and run its command as rank ``rank`` of ``ranks`` MPI ranks (1: no MPI). An error every
+    rank meets alike is reported once (by rank 0); one that a rank meets alone is reported with its
+    rank, and ends every rank (MPI abort) rather than leave them waiting for it."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -914,6 +989,9 @@ def _main(argv) -> int:
         sys.stdout.flush()
         return 0
     try:
+        if ranks > 1 and args.command not in RANKED_COMMANDS:
+            raise _EveryRank(f"scratchvae {args.command} runs in one process; under mpiexec only "
+                             f"{' and '.join(RANKED_COMMANDS)} share their work among ranks: run it without mpiexec")
         code = COMMANDS[args.command].run(args)
         sys.stdout.flush()
         return code
@@ -921,14 +999,29 @@ def _main(argv) -> int:
         raise
     except KeyboardInterrupt:
         print("scratchvae: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _alone(ranks, EXIT_INTERRUPTED)
     except (ValueError, TypeError, OSError, ImportError, RuntimeError, FloatingPointError, MemoryError) as e:
         if os.environ.get("SCRATCHVAE_DEBUG"):
             raise
-        message = str(e).strip().splitlines() or ["out of memory" if isinstance(e, MemoryError)
-                                                   else type(e).__name__]
-        print(f"scratchvae: error: {' '.join(line.strip() for line in message)}", file=sys.stderr)
-        return EXIT_ERROR
+        message = " ".join(line.strip() for line in str(e).strip().splitlines()) or (
+            "out of memory" if isinstance(e, MemoryError) else type(e).__name__)
+        if ranks == 1 or getattr(e, "every_rank", False) or isinstance(e, MPIMissingError):
+            print(f"scratchvae: error: {message}", file=sys.stderr)
+            return EXIT_ERROR
+        print(f"scratchvae: error: rank {rank} of {ranks}: {message}", file=sys.__stderr__, flush=True)
+        return _alone(ranks, EXIT_ERROR)
+
+
+class _EveryRank(ValueError):
+    every_rank = True
+
+
+def _alone(ranks: int, code: int) -> int:
+    """``code`` for this process; one of several MPI ranks takes every rank down with it."""
+    if ranks > 1:
+        from ..distributed import world
+        world().abort(code)
+    return code
 
 
 if __name__ == "__main__":
