@@ -1,4 +1,5 @@
-"""scratchvae imports, loads and trains with NumPy alone: Numba and Matplotlib made unimportable."""
+"""scratchvae imports, loads and trains with NumPy alone: Numba and Matplotlib (and, for the command, mpi4py)
+made unimportable."""
 import os
 import subprocess
 import sys
@@ -32,8 +33,8 @@ def test_loss_and_adam_step_run_without_numba_and_matplotlib():
 
 def test_load_and_the_train_command_run_without_numba_and_matplotlib(tmp_path):
     """The NumPy-only core: ``sv.load`` a checkpoint, ``scratchvae train`` a run (its first
-    line names the kernels that run; the pictures are skipped with a note)."""
-    script = block_imports("numba", "llvmlite", "matplotlib") + textwrap.dedent(f"""
+    line names the kernels that run; the pictures are skipped with a note; no MPI in one process)."""
+    script = block_imports("numba", "llvmlite", "matplotlib", "mpi4py") + textwrap.dedent(f"""
         import sys
         import numpy as np
         import scratchvae as sv
@@ -44,7 +45,7 @@ def test_load_and_the_train_command_run_without_numba_and_matplotlib(tmp_path):
         code = cli.main(["train", "--dataset", {str(DATA / "bars.npy")!r}, "--hidden", "8", "--latent", "2",
                          "--epochs", "1", "--batch-size", "16", "--out", {str(tmp_path / "run")!r}])
         assert code == 0
-        assert not any(m.split(".")[0] in ("numba", "matplotlib") for m in sys.modules)
+        assert not any(m.split(".")[0] in ("numba", "matplotlib", "mpi4py") for m in sys.modules)
     """)
     env = {k: v for k, v in os.environ.items() if k != "SCRATCHVAE_BACKEND"}
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
