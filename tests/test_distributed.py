@@ -13,6 +13,7 @@ from scratchvae.distributed import OneProcess, rows_of, simulate
 from scratchvae.distributed import comm as comm_module
 from scratchvae.distributed.comm import RanksDisagree, agree, launched_size
 from scratchvae.inference.evaluate import elbo, log_likelihood
+from scratchvae.inference.exact import log_marginal
 from scratchvae.run import Run, TrainConfig, Trainer
 from scratchvae.run.train import TrainingDiverged
 
@@ -271,3 +272,15 @@ def test_the_ranks_elbo_and_importance_weighted_bound_are_one_processs(ranks, ti
     for rank_elbo, rank_iw in simulate(ranks, estimates):
         assert rank_elbo == one_elbo
         np.testing.assert_array_equal(rank_iw, one_iw)
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_the_ranks_share_the_quadratures_tiles_and_get_one_processs_log_px(ranks, tiny_data):
+    def exact(comm):
+        run = Run(TrainConfig(**SMALL), tiny_data)          # a model of each rank's own
+        return log_marginal(run.vae, run.x_test[:40], tol=1e-2, comm=comm)
+
+    one = exact(None)
+    for q in simulate(ranks, exact):
+        np.testing.assert_array_equal(q.log_px, one.log_px)
+        assert (q.points, q.levels, q.spacing, q.radius) == (one.points, one.levels, one.spacing, one.radius)

@@ -71,7 +71,7 @@ def check_latent(model: VAE, q_density: bool = False) -> None:
 
 
 def log_marginal(model: VAE, x, c=None, tol: float = 1e-3, radius: float = 6.0, tile: float = 0.25,
-                 max_points_per_tile: int = 256, progress=None) -> Quadrature:
+                 max_points_per_tile: int = 256, progress=None, comm=None) -> Quadrature:
     """``log p(x)`` per example by quadrature over z (``log p(x | c)`` for a conditional model).
 
     x: (n, d); c: (n, m) if conditional. ``tol``: stop halving the spacing
@@ -80,7 +80,10 @@ def log_marginal(model: VAE, x, c=None, tol: float = 1e-3, radius: float = 6.0, 
     ``max_points_per_tile``: the finest lattice has at most this many points
     per tile and axis (a ValueError if ``tol`` is not met by then).
     ``progress``: a callable(settled, total), called after each level with the
-    number of images whose log p(x) has settled.
+    number of images whose log p(x) has settled. ``comm``: a
+    :class:`~scratchvae.distributed.comm.Communicator` whose ranks share the
+    decoding of each level's tiles (every rank gets one process's figures, bit
+    for bit: each tile's masses are computed whole by one rank).
     """
     check_latent(model)
     model = as_float64(model)
@@ -95,7 +98,7 @@ def log_marginal(model: VAE, x, c=None, tol: float = 1e-3, radius: float = 6.0, 
     log_px, parts, done = np.empty(len(x)), [], 0
     for context, rows in groups:
         report = None if progress is None else (lambda settled, done=done: progress(done + settled, len(x)))
-        parts.append(_integrate(model, x[rows], context, tol, radius, tile, max_points_per_tile, report))
+        parts.append(_integrate(model, x[rows], context, tol, radius, tile, max_points_per_tile, report, comm))
         log_px[rows] = parts[-1].log_px
         done += len(rows)
     return Quadrature(log_px, min(q.spacing for q in parts), max(q.change for q in parts),
@@ -111,8 +114,9 @@ def _same_rows(c):
 class _Lattice:
     """Tiles of side ``tile`` over ``[-radius, radius]^k`` and the images' scores on them."""
 
-    def __init__(self, model, x, context, radius, tile):
+    def __init__(self, model, x, context, radius, tile, comm=None):
         self.model, self.radius, self.tile, self.k = model, radius, tile, model.latent_dim
+        self.comm = comm
         self.side = int(round(2 * radius / tile))
         self.corners = -radius + tile * np.indices((self.side,) * self.k).reshape(self.k, -1).T
         self.T, self.h_x = model.likelihood.linear_terms(x, model.likelihood_params)
@@ -130,15 +134,22 @@ class _Lattice:
         points per tile and axis.
 
         The points are decoded :data:`POINTS` at a time: several whole tiles (scored
-        for every image any of them needs) or part of one tile.
+        for every image any of them needs) or part of one tile. With ranks, rank r
+        takes every r-th batch of tiles, and one sum hands every rank all the masses
+        (the other ranks' columns enter it as zeros, so each column is its owner's).
         """
         offsets, _ = self.offsets(m)
         per_tile = len(offsets)
+        part, size = (0, 1) if self.comm is None else (self.comm.rank, self.comm.size)
         mass = np.full(pairs.shape, -np.inf)
         tiles = np.flatnonzero(pairs.any(axis=0))
         zeros = np.zeros((min(POINTS, per_tile * len(tiles)), self.model.input_dim))
-        for b0 in range(0, len(tiles), max(1, POINTS // per_tile)):
+        points = self.points
+        for j, b0 in enumerate(range(0, len(tiles), max(1, POINTS // per_tile))):
             batch = tiles[b0:b0 + max(1, POINTS // per_tile)]
+            if j % size != part:
+                mass[:, batch] = 0.0                # another rank's tiles: nothing, in the sum
+                continue
             rows = np.flatnonzero(pairs[:, batch].any(axis=1))
             T = self.T[images[rows]]
             z = (self.corners[batch][:, None, :] + offsets).reshape(-1, self.k)
@@ -157,6 +168,9 @@ class _Lattice:
                     acc[r0:r0 + ROWS, covered] = np.logaddexp(acc[r0:r0 + ROWS, covered], latent.log_sum_exp(scores))
             wanted = pairs[np.ix_(rows, batch)]
             mass[np.ix_(rows, batch)] = np.where(wanted, acc + self.h_x[images[rows], None], -np.inf)
+        if self.comm is not None:
+            self.comm.allreduce_sum(mass)
+            self.points = points + sum(self.comm.allgather(self.points - points))
         return mass
 
     def grid(self, tiles):
@@ -187,10 +201,10 @@ def _significant(mass):
     return mass >= (total - NEGLIGIBLE)[:, None], total
 
 
-def _integrate(model, x, context, tol, radius, tile, max_points_per_tile, report):
+def _integrate(model, x, context, tol, radius, tile, max_points_per_tile, report, comm=None):
     """:func:`log_marginal` for images that share one context (or have none)."""
     while True:
-        lattice = _Lattice(model, x, context, radius, tile)
+        lattice = _Lattice(model, x, context, radius, tile, comm)
         result = _levels(lattice, tol, max_points_per_tile, report)
         if result is not None:
             return result

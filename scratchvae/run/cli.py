@@ -415,7 +415,7 @@ def cmd_evaluate(args) -> int:
     k = args.iw_samples or (1000 if args.exact else None)
     iw = _report_iw_bound(run, k, rng, comm) if k else None
     if args.exact:
-        _report_exact(run, elbo, iw, k, args.tol)
+        _report_exact(run, elbo, iw, k, args.tol, comm)
     if args.posterior is not None and comm.rank == 0:
         _draw_posterior(run, args.posterior, np.random.default_rng(args.seed), args.tol, args.output)
     return 0
@@ -448,14 +448,15 @@ def _report_iw_bound(run, k, rng, comm=None) -> np.ndarray:
     return iw
 
 
-def _report_exact(run, elbo, iw, k, tol) -> None:
+def _report_exact(run, elbo, iw, k, tol, comm=None) -> None:
     """Print log p(x) by quadrature beside the ``elbo`` and the bound ``iw`` (k samples), with the
     gaps between the three and the images the bound misses most."""
     from ..inference.exact import log_marginal
     from .progress import Progress
 
     progress = Progress(len(run.x_test), "log p(x) by quadrature")
-    q = log_marginal(run.vae, run.x_test, run.c_test, tol=tol, progress=lambda done, total: progress.update(done))
+    q = log_marginal(run.vae, run.x_test, run.c_test, tol=tol, progress=lambda done, total: progress.update(done),
+                     comm=comm)
     progress.close()
     exact = q.log_px.mean()
     print(f"  log p(x) = {exact:.3f} (exact: quadrature over z in [-{q.radius:g}, {q.radius:g}]^"
@@ -869,7 +870,8 @@ COMMANDS = {
                         "sampled from q(z|x); active units; with --iw-samples, the importance-weighted log p(x); "
                         "for a latent of size 1 or 2, with --exact, log p(x) itself by quadrature, and with "
                         "--posterior, the picture of one image's true posterior beside the encoder's. Under "
-                        "mpiexec -n N the ranks share the test set's batches and print the same figures."),
+                        "mpiexec -n N the ranks share the test set's batches (and --exact's tiles) and print the "
+                        "same figures."),
     "sample": Command(cmd_sample, add_sample_arguments, "draw samples from a trained model",
                       "Ancestral samples: z from the prior (N(0, I), or the VampPrior), or from a mixture fitted "
                       "to the training codes (--sampler gmm:N), then the decoder's mean. A conditional model "
