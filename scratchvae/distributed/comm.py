@@ -23,6 +23,7 @@ else one process. mpi4py is imported there and nowhere else.
 """
 from __future__ import annotations
 
+import abc
 import functools
 import os
 import sys
@@ -48,23 +49,27 @@ class MPIMismatchError(RuntimeError):
     every_rank = True
 
 
-class Communicator:
+class Communicator(abc.ABC):
     """The collective operations of a group of ``size`` ranks; this process is ``rank``."""
 
     rank: int = 0
     size: int = 1
 
+    @abc.abstractmethod
     def allreduce_sum(self, buffer: np.ndarray) -> None:
-        raise NotImplementedError
+        """Replace ``buffer`` (a contiguous array) by the sum of every rank's, in place."""
 
+    @abc.abstractmethod
     def allgather(self, obj: Any) -> List[Any]:
-        raise NotImplementedError
+        """Every rank's ``obj`` (picklable), in rank order."""
 
+    @abc.abstractmethod
     def broadcast(self, obj: Any) -> Any:
-        raise NotImplementedError
+        """Rank 0's ``obj``."""
 
+    @abc.abstractmethod
     def abort(self, code: int) -> None:
-        raise NotImplementedError
+        """End every rank now with exit code ``code`` (does not return)."""
 
     @property
     def local_size(self) -> int:
