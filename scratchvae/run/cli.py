@@ -215,7 +215,6 @@ def cmd_train(args) -> int:
 
 
 def _train(args, comm) -> int:
-    import contextlib
     import signal
 
     from ..distributed.comm import threads_per_rank

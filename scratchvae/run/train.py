@@ -177,7 +177,10 @@ class Trainer:
     Ctrl-C), ``history.csv`` and ``history.json``; the progress bar and one
     line per epoch are printed to ``file`` (stderr), unless ``quiet``.
     ``on_batch(trainer)`` is called after every optimizer step (tests use it;
-    so can a user's logger).
+    so can a user's logger). ``comm``: the ranks that train the run together
+    (:mod:`scratchvae.distributed`, e.g. ``world()`` under ``mpiexec``), each
+    calling ``fit`` with its own ``Run`` of the same configuration; each step
+    splits the batch's rows among them, and rank 0 alone writes and prints.
 
     Before anything is trained it checks what a saved run resumes from (its
     epoch's order and position, its loss sums) and that a step fits in
