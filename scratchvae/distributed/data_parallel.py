@@ -17,7 +17,10 @@ binarise the batch, a conditional run's contexts, the noise eps of every example
 and keeps its rows. The shuffle, binarisation and noise of an example therefore depend
 on the seed and its position in the batch, never on the rank or the number of ranks,
 and the generator's state after a step is the same on every rank and in one process.
-The price: each rank draws B x d uniforms per step where it needs n_r x d.
+The binarisation's uniforms, the bulk of the draws (B x d), are not drawn for the
+other ranks' rows but jumped over (:func:`skip_uniforms`); the rest is small
+(B x latent noise) or, for a conditional run whose context may read the whole
+batch, drawn whole.
 
 The losses (and a rank's failure, and a stop signal) travel in a second, small sum,
 so that every rank sees the same losses and stops or fails at the same step.
@@ -30,6 +33,21 @@ from typing import Tuple
 import numpy as np
 
 from .comm import Communicator
+
+
+def skip_uniforms(rng: np.random.Generator, count: int) -> None:
+    """Move ``rng`` past ``count`` float32 uniforms, as ``rng.random(count, dtype=np.float32)``
+    would, without drawing them. PCG64 makes one 64-bit output per two float32s (it keeps the
+    other half for the next draw), and jumps over outputs in O(log n) (``advance``)."""
+    if not isinstance(rng.bit_generator, np.random.PCG64):
+        raise TypeError(f"skip_uniforms needs a PCG64 generator, got {type(rng.bit_generator).__name__}")
+    if count and rng.bit_generator.state["has_uint32"]:
+        rng.random(dtype=np.float32)                # the half kept from the last output
+        count -= 1
+    if count >= 2:
+        rng.bit_generator.advance(count // 2)
+    if count % 2:
+        rng.random(dtype=np.float32)                # half an output: the other half is kept, as drawing does
 
 
 def rows_of(n: int, rank: int, size: int) -> slice:
@@ -97,23 +115,25 @@ class DataParallelStep:
         return {p: sums[i] / b for i, p in enumerate(parts)}, bool(sums[-1])
 
     def _rows(self, idx, rows):
-        """This rank's rows of the batch ``x_train[idx]`` and their contexts, binarised (if the run
-        binarises every batch) with the uniforms of the whole batch, as :func:`binarize` draws them."""
+        """This rank's rows of the batch ``x_train[idx]`` (float32) and their contexts, binarised
+        (if the run binarises every batch) with the uniforms :func:`binarize` draws for them."""
         run = self.run
-        dynamic = run.config.binarize == "dynamic"
         conditional = run.c_test is not None
         take = slice(None) if conditional else rows      # a context may read the whole batch
         x = run.x_train[idx[take]]
-        if dynamic:
-            u = self._uniform_buffer(len(idx))
-            run.rng.random(dtype=u.dtype, out=u)
-            np.less(u[take], x, out=x)
+        if run.config.binarize == "dynamic":
+            d = x.shape[1]
+            skip_uniforms(run.rng, take.indices(len(idx))[0] * d)
+            u = self._uniform_buffer(x.shape)
+            run.rng.random(dtype=np.float32, out=u)
+            skip_uniforms(run.rng, (len(idx) - take.indices(len(idx))[1]) * d)
+            np.less(u, x, out=x)
         if not conditional:
             return x, None
         c = run.train_context(idx, x, run.rng)
         return x[rows], c[rows]
 
-    def _uniform_buffer(self, b):
-        if b not in self._uniforms:
-            self._uniforms[b] = np.empty((b, self.run.x_train.shape[1]), self.run.x_train.dtype)
-        return self._uniforms[b]
+    def _uniform_buffer(self, shape):
+        if shape not in self._uniforms:
+            self._uniforms[shape] = np.empty(shape, np.float32)
+        return self._uniforms[shape]
