@@ -178,7 +178,7 @@ def _first_gradient(config, data, ranks, tmp_path):
 
     def grab(trainer):
         if trainer.run.step == 1:
-            seen.append(trainer.run.model.grads.buffer.astype(np.float64))
+            seen.append(np.concatenate([b.astype(np.float64) for b in trainer.run.model.grad_buffers]))
             trainer._stop = True
     _train(config, data, ranks, tmp_path, grab)
     return seen
@@ -188,7 +188,10 @@ VARIANTS = {"elbo": {}, "dynamic binarisation": {"binarize": "dynamic"},
             "iwae k=3": {"iw_samples": 3}, "dreg k=2": {"iw_samples": 2, "iw_gradient": "dreg"},
             "label context": {"conditional": "label", "binarize": "dynamic"},
             "mask context": {"conditional": "mask:bottom-half", "binarize": "dynamic"},
-            "vampprior": {"prior": "vamp", "pseudo_inputs": 5}, "planar flow": {"flow": "planar:2"}}
+            "vampprior": {"prior": "vamp", "pseudo_inputs": 5}, "planar flow": {"flow": "planar:2"},
+            # M2: 10 labelled rows a step (4 + 3 + 3) beside the 47 unlabelled ones
+            "semi-supervised M2": {"semi_supervised": True, "labels_per_class": 5, "labelled_batch": 10,
+                                   "binarize": "dynamic"}}
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -271,13 +274,17 @@ def test_only_rank_0_writes(tiny_data, tmp_path):
     assert (out / "checkpoint.npz").exists()
 
 
-def test_semi_supervised_training_refuses_ranks(tiny_data, tmp_path):
-    config = TrainConfig(**{**SMALL, "semi_supervised": True, "labels_per_class": 5, "labelled_batch": 10})
-
-    def work(comm):
-        Trainer(Run(config, tiny_data, out_dir=tmp_path / "m2"), comm=comm)
-    with pytest.raises(ValueError, match="one process only: each step pairs"):
-        simulate(2, work)
+def test_m2_ranks_with_no_labelled_rows_still_train_the_one_process_run(tiny_data, tmp_path):
+    """3 labelled rows a step over 4 ranks: one rank holds none of them (and the epoch's last
+    unlabelled batch, 5 rows, leaves ranks with one or two)."""
+    config = TrainConfig(**{**SMALL, "semi_supervised": True, "labels_per_class": 5, "labelled_batch": 3,
+                            "batch_size": 23})
+    (one,) = _train(config, tiny_data, 0, tmp_path)
+    ranks = _train(config, tiny_data, 4, tmp_path)
+    for run in ranks[1:]:
+        assert all(np.array_equal(run.model.params[k], ranks[0].model.params[k]) for k in run.model.params)
+    assert same_stream(ranks[0].rng, one.rng)
+    assert ranks[0].history[0]["train_total"] == pytest.approx(one.history[0]["train_total"], rel=1e-3)
 
 
 # --------------------------------------------------------------------------

@@ -22,8 +22,12 @@ other ranks' rows but jumped over (:func:`skip_uniforms`); the rest is small
 (B x latent noise) or, for a conditional run whose context may read the whole
 batch, drawn whole.
 
-The losses (and a rank's failure, and a stop signal) travel in a second, small sum,
-so that every rank sees the same losses and stops or fails at the same step.
+What a rank's share is belongs to the objective (``Objective.share`` in
+``run/train.py``): the ELBO's and the IWAE bound's rows of the batch, or M2's rows of
+its unlabelled batch and of the labelled examples drawn for the step, each with the
+denominators of the whole batch. The losses (and a rank's failure, and a stop signal)
+travel in a second, small sum, so that every rank sees the same losses and stops or
+fails at the same step.
 """
 from __future__ import annotations
 
@@ -57,48 +61,78 @@ def rows_of(n: int, rank: int, size: int) -> slice:
     return slice(start, start + base + (rank < extra))
 
 
+class Draws:
+    """The random numbers of a run's whole batch, taken from its generator in one process's order,
+    kept for this rank's rows. Each method takes what one process draws at that point of a step."""
+
+    def __init__(self, run):
+        self.run = run
+        self._uniforms = {}
+
+    def images(self, idx, rows) -> np.ndarray:
+        """Rows ``rows`` of the images ``x_train[idx]`` (float32), binarised, if the run binarises
+        every batch, with the uniforms :func:`binarize` draws for them; the other rows' are jumped over."""
+        run = self.run
+        x = run.x_train[idx[rows]]
+        if run.config.binarize == "dynamic":
+            d = x.shape[1]
+            skip_uniforms(run.rng, rows.start * d)
+            u = self._uniform_buffer(x.shape)
+            run.rng.random(dtype=np.float32, out=u)
+            skip_uniforms(run.rng, (len(idx) - rows.stop) * d)
+            np.less(u, x, out=x)
+        return x
+
+    def images_and_contexts(self, idx, rows):
+        """:meth:`images` and their contexts (None for a plain VAE). A context may read the whole
+        batch (the observed part of each image), so a conditional run's images are all binarised."""
+        run = self.run
+        if run.c_test is None:
+            return self.images(idx, rows), None
+        x = self.images(idx, slice(0, len(idx)))
+        return x[rows], run.train_context(idx, x, run.rng)[rows]
+
+    def noise(self, shape) -> np.ndarray:
+        """Standard normals of ``shape``, in the model's dtype (the rank keeps the rows it needs)."""
+        return self.run.rng.standard_normal(shape, dtype=self.run.vae.dtype)
+
+    def _uniform_buffer(self, shape):
+        if shape not in self._uniforms:
+            self._uniforms[shape] = np.empty(shape, np.float32)
+        return self._uniforms[shape]
+
+
 class DataParallelStep:
     """One optimizer step of a run's global batch, split over ``comm``'s ranks.
 
-    ``objective``: the run's :class:`~scratchvae.run.train.Objective` (it must
-    have ``data_parallel`` true). :attr:`allreduce_seconds` sums the time spent
-    in the gradient's sum (waiting for the slowest rank included).
+    ``objective``: the run's :class:`~scratchvae.run.train.Objective`; its
+    ``share(run, idx, rank, size, beta, draws)`` computes this rank's share of
+    the step (the losses and, in the model's ``grad_buffers``, the gradient,
+    both adding up over the ranks to the whole batch's). :attr:`allreduce_seconds` sums the
+    time spent in the gradient's sum (waiting for the slowest rank included).
     """
 
     def __init__(self, comm: Communicator, run, objective):
-        if not objective.data_parallel:
-            raise ValueError(f"{type(objective).__name__} training runs in one process only: "
-                             f"{objective.data_parallel_refusal}")
         self.comm, self.run, self.objective = comm, run, objective
+        self.draws = Draws(run)
         self.allreduce_seconds = 0.0
-        self._uniforms = {}
         n_parts = len(objective.parts)
-        # the small sum: n_r * loss part, then one slot per rank for "my rows failed", then "stop"
+        # the small sum: each loss part's share, then one slot per rank for "my rows failed", then "stop"
         self._losses = np.zeros(n_parts + comm.size + 1)
         self._failed = slice(n_parts, n_parts + comm.size)
 
     def __call__(self, idx: np.ndarray, beta: float, stop: bool) -> Tuple[dict, bool]:
         """Train on the global batch ``x_train[idx]``; returns its losses (per-example means over
-        all B rows, nats) and whether any rank was asked to stop. Raises FloatingPointError
+        the whole batch, nats) and whether any rank was asked to stop. Raises FloatingPointError
         on every rank when the loss is not finite on any."""
         run, comm, parts = self.run, self.comm, self.objective.parts
-        b = len(idx)
-        rows = rows_of(b, comm.rank, comm.size)
-        n = rows.stop - rows.start
-        x, c = self._rows(idx, rows)
-        eps = run.rng.standard_normal((self.objective.samples, b, run.vae.latent_dim),
-                                      dtype=run.vae.dtype)[:, rows]
-        grads = run.model.grads
         sums = self._losses
         sums[:] = 0.0
-        if n == 0:                                  # a last batch smaller than the ranks
-            grads.buffer.fill(0.0)
-        else:
-            try:
-                losses, _ = self.objective.batch(run, x, c, beta, eps=eps)
-                sums[:len(parts)] = [n * losses[p] for p in parts]
-            except FloatingPointError:
-                sums[self._failed.start + comm.rank] = 1.0
+        try:
+            share = self.objective.share(run, idx, comm.rank, comm.size, beta, self.draws)
+            sums[:len(parts)] = [share[p] for p in parts]
+        except FloatingPointError:
+            sums[self._failed.start + comm.rank] = 1.0
         sums[-1] = float(stop)
         comm.allreduce_sum(sums)
         failed = np.flatnonzero(sums[self._failed])
@@ -106,34 +140,9 @@ class DataParallelStep:
             raise FloatingPointError(f"the loss is not finite on rank {', '.join(map(str, failed))} of "
                                      f"{comm.size}: the weights have diverged; lower the learning rate or "
                                      "clip the gradient norm")
-        if n:
-            np.multiply(grads.buffer, n / b, out=grads.buffer)
         t0 = time.perf_counter()
-        comm.allreduce_sum(grads.buffer)
+        for buffer in run.model.grad_buffers:
+            comm.allreduce_sum(buffer)
         self.allreduce_seconds += time.perf_counter() - t0
-        run.optimizer.step(grads)
-        return {p: sums[i] / b for i, p in enumerate(parts)}, bool(sums[-1])
-
-    def _rows(self, idx, rows):
-        """This rank's rows of the batch ``x_train[idx]`` (float32) and their contexts, binarised
-        (if the run binarises every batch) with the uniforms :func:`binarize` draws for them."""
-        run = self.run
-        conditional = run.c_test is not None
-        take = slice(None) if conditional else rows      # a context may read the whole batch
-        x = run.x_train[idx[take]]
-        if run.config.binarize == "dynamic":
-            d = x.shape[1]
-            skip_uniforms(run.rng, take.indices(len(idx))[0] * d)
-            u = self._uniform_buffer(x.shape)
-            run.rng.random(dtype=np.float32, out=u)
-            skip_uniforms(run.rng, (len(idx) - take.indices(len(idx))[1]) * d)
-            np.less(u, x, out=x)
-        if not conditional:
-            return x, None
-        c = run.train_context(idx, x, run.rng)
-        return x[rows], c[rows]
-
-    def _uniform_buffer(self, shape):
-        if shape not in self._uniforms:
-            self._uniforms[shape] = np.empty(shape, np.float32)
-        return self._uniforms[shape]
+        run.optimizer.step(run.model.grads)
+        return {p: sums[i] for i, p in enumerate(parts)}, bool(sums[-1])

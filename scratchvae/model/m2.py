@@ -87,6 +87,11 @@ class M2:
         self.params = {**self.vae.params, **self.cls_params}
         self.grads = {**self.vae.grads, **self.cls_grads}
 
+    @property
+    def grad_buffers(self) -> tuple:
+        """The 1-D buffers that hold every gradient: the VAE's and the classifier's."""
+        return (self.vae.flat_grads, self.cls_grads.buffer)
+
     def config(self) -> dict:
         """The constructor arguments (JSON-ready), stored in its checkpoints."""
         return dict(self._config)
@@ -109,7 +114,7 @@ class M2:
         return self.loss_and_grads(x_l, y_l, x_u, rng, eps)[0]
 
     def loss_and_grads(self, x_l, y_l, x_u, rng: Optional[np.random.Generator] = None, eps=None,
-                       checked: bool = False):
+                       checked: bool = False, totals=None):
         """Loss of a labelled batch ``(x_l (B_l, d), y_l (B_l,))`` and an
         unlabelled one ``x_u (B_u, d)``, and its gradient for every parameter.
 
@@ -119,13 +124,24 @@ class M2:
         = labelled + unlabelled``, with ``labelled`` the mean of L(x, y)
         including alpha times ``ce`` (the mean cross-entropy). ``checked`` as in
         :meth:`VAE.loss_and_grads`.
+
+        ``totals``: ``(N_l, N_u)``, the sizes of the batches these rows are part
+        of (default their own, B_l and B_u): every mean above becomes this
+        rows' share of the whole batches' mean (a sum over the rows divided by
+        N_l or N_u), and so does the gradient; the shares of a split batch add
+        up to its losses and gradient (data-parallel ranks use it). One of the
+        two parts may then be empty.
         """
         n_classes, vae = self.n_classes, self.vae
-        x_l, x_u = vae.check_x(x_l, scan=not checked), vae.check_x(x_u, scan=not checked)
+        if totals is None or len(x_l):             # a share of a split batch may hold none of one part
+            x_l = vae.check_x(x_l, scan=not checked)
+        if totals is None or len(x_u):
+            x_u = vae.check_x(x_u, scan=not checked)
         y_l = np.asarray(y_l)
         if y_l.shape != (len(x_l),):
             raise ValueError(f"y_l must hold one label per labelled example, shape ({len(x_l)},), got {y_l.shape}")
         b_l, b_u = len(x_l), len(x_u)
+        n_l, n_u = (b_l, b_u) if totals is None else totals     # the means' denominators
         c_rows = one_hot(np.concatenate([y_l, np.repeat(np.arange(n_classes), b_u)]), n_classes, vae.dtype)
         # the CVAE's rows: the labelled examples, then every unlabelled one once per class
         x_rows = np.empty((b_l + n_classes * b_u, vae.input_dim), vae.dtype)
@@ -134,7 +150,7 @@ class M2:
         logits, cls_caches = self.classifier.forward(self.cls_params, x_rows[:b_l + b_u])
         log_q = K.log_softmax(logits).astype(np.float64)
         q = np.exp(log_q)
-        weights = np.concatenate([np.full(b_l, 1.0 / b_l), (q[b_l:].T / b_u).reshape(-1)])
+        weights = np.concatenate([np.full(b_l, 1.0 / n_l), (q[b_l:].T / n_u).reshape(-1)])
         # x_rows repeat the checked x_l and x_u, c_rows are one-hot: no need to read them again
         per_row, _ = vae.weighted_loss_and_grads(x_rows, weights, rng, eps, c=c_rows, checked=True)
         per_row = per_row + math.log(n_classes)                # -log p(y)
@@ -143,14 +159,14 @@ class M2:
         q_u, log_q_u = q[b_l:], log_q[b_l:]
         U = (q_u * (L_u + log_q_u)).sum(axis=1)
         # the classifier through log q: alpha * cross-entropy on the labelled rows
-        # (d/dlog q_y = -alpha/B_l at the label), and on the unlabelled ones
-        # dU/dlog q_y = q_y (L(x, y) + log q_y + 1) / B_u
-        d_log_q = np.concatenate([-self.alpha / b_l * one_hot(y_l, n_classes, np.float64),
-                                  q_u * (L_u + log_q_u + 1) / b_u]).astype(vae.dtype)
+        # (d/dlog q_y = -alpha/N_l at the label), and on the unlabelled ones
+        # dU/dlog q_y = q_y (L(x, y) + log q_y + 1) / N_u
+        d_log_q = np.concatenate([-self.alpha / n_l * one_hot(y_l, n_classes, np.float64),
+                                  q_u * (L_u + log_q_u + 1) / n_u]).astype(vae.dtype)
         d_logits = K.log_softmax_backward(log_q.astype(vae.dtype), d_log_q)
         self.classifier.backward(cls_caches, d_logits, self.cls_grads, need_d_x=False)
-        losses = {"labelled": float(L_l.mean() + self.alpha * ce.mean()), "unlabelled": float(U.mean()),
-                  "ce": float(ce.mean())}
+        losses = {"labelled": float(L_l.sum() / n_l + self.alpha * (ce.sum() / n_l)),
+                  "unlabelled": float(U.sum() / n_u), "ce": float(ce.sum() / n_l)}
         losses["total"] = losses["labelled"] + losses["unlabelled"]
         if not np.isfinite(losses["total"]):
             raise FloatingPointError(f"the loss is not finite ({losses}); lower the learning rate")

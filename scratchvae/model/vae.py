@@ -228,6 +228,11 @@ class VAE:
         return self.grads.buffer
 
     @property
+    def grad_buffers(self) -> tuple:
+        """The 1-D buffers that hold every gradient: here one, :attr:`flat_grads`."""
+        return (self.flat_grads,)
+
+    @property
     def likelihood_params(self) -> Dict[str, np.ndarray]:
         """The likelihood's own parameters, by the likelihood's names (``{"log_sigma": ...}``)."""
         return {name: self.params[key] for name, key in self.likelihood_keys.items()}

@@ -272,7 +272,8 @@ def _start_ranks(args, comm):
         identity = {"scratchvae": __version__, "kernels": _kernels(), "run directory": str(run.out_dir),
                     "data (sha256)": [run.fingerprint[split]["sha256"] for split in ("train", "test")],
                     "position (epoch, batch, step)": [run.epoch, run.batch, run.step],
-                    "parameters (sha256)": hashlib.sha256(run.model.params.buffer.tobytes()).hexdigest(),
+                    "parameters (sha256)": hashlib.sha256(b"".join(
+                        v.tobytes() for v in run.model.params.values())).hexdigest(),
                     **{f"option {k}": v for k, v in dataclasses.asdict(run.config).items() if k != "data_dir"}}
     except (ValueError, TypeError, OSError, ImportError, RuntimeError, MemoryError) as e:
         failure = " ".join(line.strip() for line in (str(e).strip().splitlines() or [type(e).__name__]))

@@ -40,7 +40,7 @@ import numpy as np
 from ..atomic import remove_stale_temporaries, write_bytes
 from ..data.datasets import binarize
 from ..distributed.comm import Communicator, OneProcess
-from ..distributed.data_parallel import DataParallelStep
+from ..distributed.data_parallel import DataParallelStep, Draws, rows_of
 from ..inference.evaluate import elbo
 from ..kernels import thread_tuner
 from ..model import M2, memory
@@ -91,7 +91,6 @@ class Objective:
     parts = ("total", "nll", "kl")                  # loss parts summed over an epoch
     test_fields = ("test_total", "test_nll", "test_kl")
     samples = 1                                     # draws of z per example
-    data_parallel = True                            # can ranks split its batches (scratchvae.distributed)?
 
     def losses_and_grads(self, run: Run, x, idx, rng, beta):
         """Loss parts (per-example means, nats) and gradients of the batch ``x = x_train[idx]``."""
@@ -101,6 +100,22 @@ class Objective:
         """The same for rows ``x`` with contexts ``c`` (None for a plain VAE), the noise drawn
         from ``rng`` or given as ``eps`` (samples, rows, latent)."""
         return run.model.loss_and_grads(x, rng=rng, eps=eps, beta=beta, c=c, checked=True)
+
+    def share(self, run: Run, idx, rank: int, size: int, beta, draws: Draws) -> dict:
+        """Rank ``rank`` of ``size``'s share of a data-parallel step on the batch ``x_train[idx]``:
+        the losses of its rows and (in the model's gradient) their gradient, each weighted by
+        rows / batch, so that the ranks' shares add up to the batch's means; the random numbers
+        come from ``draws``, the whole batch's in one process's order."""
+        b, rows = len(idx), rows_of(len(idx), rank, size)
+        n = rows.stop - rows.start
+        x, c = draws.images_and_contexts(idx, rows)
+        eps = draws.noise((self.samples, b, run.vae.latent_dim))[:, rows]
+        if n == 0:                                  # a last batch smaller than the ranks
+            run.model.grads.buffer.fill(0.0)
+            return dict.fromkeys(self.parts, 0.0)
+        losses, grads = self.batch(run, x, c, beta, eps=eps)
+        np.multiply(grads.buffer, n / b, out=grads.buffer)
+        return {p: losses[p] * n / b for p in self.parts}
 
     def test(self, run: Run, comm: Optional[Communicator] = None) -> dict:
         """The test metrics after ``run.epoch`` epochs (its own generator per epoch), the test
@@ -130,9 +145,6 @@ class SemiSupervised(Objective):
 
     parts = ("total", "labelled", "unlabelled", "ce")
     test_fields = ("test_accuracy",)
-    data_parallel = False
-    data_parallel_refusal = ("each step pairs the batch with labelled examples drawn apart from it, which ranks "
-                             "do not split; train M2 without mpiexec")
 
     def losses_and_grads(self, run, x, idx, rng, beta):
         labelled = run.labels[0]
@@ -141,6 +153,27 @@ class SemiSupervised(Objective):
         if run.config.binarize == "dynamic":           # as the loop binarised the unlabelled batch
             binarize(x_l, rng, out=x_l)
         return run.model.loss_and_grads(x_l, run.data.y_train[pick], x, rng=rng, checked=True)
+
+    def share(self, run, idx, rank, size, beta, draws):
+        """Both batches split among the ranks: its rows of the unlabelled batch and of the
+        labelled examples drawn for the step, the noise of each of its rows (labelled rows
+        first, then every class's copy of the unlabelled ones, as one process draws them)."""
+        m2, n_labelled = run.model, run.config.labelled_batch
+        b, rows, mine = len(idx), rows_of(len(idx), rank, size), rows_of(n_labelled, rank, size)
+        x_u = draws.images(idx, rows)
+        labelled = run.labels[0]
+        pick = labelled[run.rng.integers(0, len(labelled), n_labelled)]
+        x_l = draws.images(pick, mine)
+        eps = draws.noise((n_labelled + m2.n_classes * b, run.vae.latent_dim))
+        if not len(x_l) + len(x_u):
+            for buffer in m2.grad_buffers:
+                buffer.fill(0.0)
+            return dict.fromkeys(self.parts, 0.0)
+        own = np.concatenate([np.arange(mine.start, mine.stop)] + [
+            n_labelled + k * b + np.arange(rows.start, rows.stop) for k in range(m2.n_classes)])
+        losses, _ = m2.loss_and_grads(x_l, run.data.y_train[pick[mine]], x_u, eps=eps[own], checked=True,
+                                      totals=(n_labelled, b))
+        return losses
 
     def test(self, run, comm=None):
         return {"test_accuracy": accuracy(run.model.predict, run.x_test, run.data.y_test)}
