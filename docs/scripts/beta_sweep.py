@@ -8,8 +8,6 @@ the active units (latent dimensions whose posterior mean varies over the
 data, Burda et al. 2016); draws, per beta, reconstructions of the same eight
 test images above eight samples from the prior.
 """
-import argparse
-
 import numpy as np
 import trained
 
@@ -19,10 +17,7 @@ BETAS = (0.25, 1.0, 4.0, 16.0)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="beta_sweep.png", help="PNG file to write")
-    parser.add_argument("--epochs", type=int, default=4, help="epochs over 10,000 images [4]")
-    args = parser.parse_args(argv)
+    args = trained.sweep_options(__doc__, "beta_sweep.png", argv)
 
     rows = []
     print(f"{'beta':>6} {'reconstruction':>15} {'KL':>8} {'-ELBO':>8} {'active units':>13}")

@@ -8,8 +8,6 @@ prints the test mean squared error of the reconstructions (per pixel), the
 KL and the active units; draws reconstructions of eight test images above
 eight samples' means, per sigma.
 """
-import argparse
-
 import numpy as np
 import trained
 
@@ -19,10 +17,7 @@ SIGMAS = (0.05, 0.15, 0.5)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="gaussian_sigma.png", help="PNG file to write")
-    parser.add_argument("--epochs", type=int, default=4, help="epochs over 10,000 images [4]")
-    args = parser.parse_args(argv)
+    args = trained.sweep_options(__doc__, "gaussian_sigma.png", argv)
     rows = []
     print(f"{'sigma':>6} {'beta it acts as':>16} {'MSE per pixel':>14} {'KL':>7} {'active units':>13}")
     for sigma in SIGMAS:

@@ -1,4 +1,6 @@
 """The small models the chapters' scripts train, made in one place (seeded, on the built-in digits)."""
+import argparse
+
 import numpy as np
 
 import scratchvae as sv
@@ -22,6 +24,14 @@ def train(latent: int, n: int = 20_000, epochs: int = 5, step=None, seed: int = 
         for idx in np.array_split(rng.permutation(len(x)), len(x) // 128):
             opt.step(step(model, x[idx], rng)[1])
     return model, data
+
+
+def sweep_options(doc: str, out: str, argv=None) -> argparse.Namespace:
+    """The options of a sweep script (``doc`` its docstring): ``--out``, its PNG, and ``--epochs``."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--out", default=out, help="PNG file to write")
+    parser.add_argument("--epochs", type=int, default=4, help="epochs over 10,000 images [4]")
+    return parser.parse_args(argv)
 
 
 def reconstructions_and_samples(model, x, n: int = 8) -> list:
