@@ -12,7 +12,7 @@ from scratchvae import kernels
 from scratchvae.distributed import OneProcess, rows_of, simulate
 from scratchvae.distributed.data_parallel import skip_uniforms
 from scratchvae.distributed import comm as comm_module
-from scratchvae.distributed.comm import RanksDisagree, agree, launched_size
+from scratchvae.distributed.comm import RanksDisagree, agree, launched_rank, launched_size
 from scratchvae.inference.evaluate import elbo, log_likelihood
 from scratchvae.inference.exact import log_marginal
 from scratchvae.run import Run, TrainConfig, Trainer
@@ -92,6 +92,8 @@ def test_the_launchers_variables_give_the_size_and_no_launcher_means_one_process
     assert launched_size({}) == 1
     assert launched_size({"PMI_SIZE": "4"}) == 4
     assert launched_size({"OMPI_COMM_WORLD_SIZE": "16"}) == 16
+    assert launched_rank({}) == 0 and launched_rank({"PMI_RANK": "3"}) == 3
+    assert launched_rank({"PMI_RANK": "", "OMPI_COMM_WORLD_RANK": "5"}) == 5
     for name in comm_module.SIZE_VARIABLES + ("SCRATCHVAE_MPI",):
         monkeypatch.delenv(name, raising=False)
     comm_module.world.cache_clear()

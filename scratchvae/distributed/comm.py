@@ -33,15 +33,18 @@ from typing import Any, Callable, List, Optional
 
 import numpy as np
 
-#: environment variables in which MPI launchers give a process the size of its job: MPICH and
-#: Intel MPI (``PMI_SIZE``, also Slurm's ``srun --mpi=pmi2``), Open MPI, MVAPICH
+#: environment variables in which MPI launchers give a process the size of its job and its rank:
+#: MPICH and Intel MPI (``PMI_*``, also Slurm's ``srun --mpi=pmi2``), Open MPI, MVAPICH
 SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK")
 
 INSTALL_HINT = "pip install 'scratchvae[mpi]' (mpi4py and an MPI runtime)"
 
 
 class MPIMissingError(ImportError):
-    """An MPI launcher started this process as one of several ranks, and mpi4py is not installed."""
+    """An MPI launcher started this process as one of several ranks, and mpi4py is not installed
+    (``every_rank``: each rank meets it alike, so rank 0 alone reports it)."""
+    every_rank = True
 
 
 class MPIMismatchError(RuntimeError):
@@ -198,20 +201,17 @@ class MPI(Communicator):
 
 def launched_size(environ=os.environ) -> int:
     """The number of ranks an MPI launcher started this job with (1 when none did)."""
-    for name in SIZE_VARIABLES:
-        value = environ.get(name, "")
-        if value.isdigit():
-            return int(value)
-    return 1
+    return _launcher_value(SIZE_VARIABLES, environ, 1)
 
 
 def launched_rank(environ=os.environ) -> int:
     """This process's rank as the MPI launcher gave it (0 when none did)."""
-    for name in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK"):
-        value = environ.get(name, "")
-        if value.isdigit():
-            return int(value)
-    return 0
+    return _launcher_value(RANK_VARIABLES, environ, 0)
+
+
+def _launcher_value(names, environ, default: int) -> int:
+    """The first of the variables ``names`` that holds a whole number, else ``default``."""
+    return next((int(environ[n]) for n in names if environ.get(n, "").isdigit()), default)
 
 
 @functools.lru_cache(maxsize=None)

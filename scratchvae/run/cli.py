@@ -29,7 +29,6 @@ import numpy as np
 
 from .._version import __version__
 from ..atomic import atomic_write, make_dirs
-from ..distributed.comm import MPIMissingError
 from .run import TrainConfig
 
 EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
@@ -1007,7 +1006,7 @@ def _command(argv, rank: int, ranks: int) -> int:
             raise
         message = " ".join(line.strip() for line in str(e).strip().splitlines()) or (
             "out of memory" if isinstance(e, MemoryError) else type(e).__name__)
-        if ranks == 1 or getattr(e, "every_rank", False) or isinstance(e, MPIMissingError):
+        if ranks == 1 or getattr(e, "every_rank", False):
             print(f"scratchvae: error: {message}", file=sys.stderr)
             return EXIT_ERROR
         print(f"scratchvae: error: rank {rank} of {ranks}: {message}", file=sys.__stderr__, flush=True)
