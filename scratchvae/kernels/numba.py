@@ -7,7 +7,8 @@ live in ``_``-prefixed ``@njit`` functions. What is fused:
 * ``activation_backward``: f'(a) from the cached output, the row weights and
   the bias gradient (column sums) in the same pass;
 * the likelihoods: per-row loss and its gradient in one pass over the
-  pixels, with one ``exp`` per pixel shared by softplus and sigmoid;
+  pixels, with one ``exp`` per pixel shared by softplus and sigmoid (an exp
+  and a log1p that vectorise, ``numba_math.py``);
 * ``gaussian_latent`` (+ backward): reparameterization, KL and its
   one-sample estimate together;
 * ``adam_update``: one sweep over the flat parameter buffer.
@@ -46,6 +47,7 @@ import numpy as np
 
 from . import numpy as numpy_backend
 from .contract import ACTIVATIONS, FASTMATH, HALF_LOG_2PI, check_activation, temporaries
+from .numba_math import exp_nonpositive, log1p_unit
 
 ZERO, HALF, ONE, TWO = np.float32(0), np.float32(0.5), np.float32(1), np.float32(2)
 ACT_CODE = {name: i for i, name in enumerate(ACTIVATIONS)}
@@ -273,53 +275,38 @@ def _code(activation):
 # likelihoods
 # --------------------------------------------------------------------------
 # softplus(l) = max(l, 0) + log1p(e) and sigmoid(l) = (1 if l >= 0 else e) / (1 + e)
-# share e = exp(-|l|), which NumPy computes with its SIMD exp (compiled code
-# would call the scalar libm exp per pixel). One compiled pass then writes the
-# gradient and sums the loss. The loss needs sum_j log1p(e_j): in float32 it
-# takes the log of products of 64 factors (1 + e_j) in [1, 2], one log call
-# per 64 pixels (each product < 2^64, rounding error about 64 ulp); in
-# float64, used for gradient checks, it calls log1p per pixel, exactly.
-
-@_jit()
-def _neg_abs(l, e):
-    n, m = l.shape
-    for i in range(n):
-        for j in range(m):
-            e[i, j] = -abs(l[i, j])
-
+# share e = exp(-|l|). With an exp and a log1p that LLVM vectorises
+# (numba_math.py) the loss and its gradient are one pass over the pixels, every
+# part of which runs in the pool's threads in the pool variant. (They were three
+# passes: -|l|, NumPy's exp on one core, then the loss, with log1p replaced by
+# the log of products of 64 factors.)
 
 @_jit(inline=True)
-def _bernoulli_rows(logits, x, e, chunk, d, nll):
+def _bernoulli_rows(logits, x, nll, d, with_grad):
     n, m = logits.shape
     for i in range(n):
-        s = ZERO * logits[i, 0]
+        l_i, x_i, d_i = logits[i], x[i], d[i]
+        s = ZERO * l_i[0]
         for j in range(m):
-            l, ej = logits[i, j], e[i, j]
-            s += max(l, ZERO) - x[i, j] * l
-            d[i, j] = (ONE if l >= ZERO else ej) / (ONE + ej) - x[i, j]
-        if chunk == 1:
-            for j in range(m):
-                s += math.log1p(e[i, j])
-        else:
-            for j0 in range(0, m, chunk):
-                prod = ONE + ZERO * s
-                for j in range(j0, min(m, j0 + chunk)):
-                    prod *= ONE + e[i, j]
-                s += math.log(prod)
+            l = l_i[j]
+            e = exp_nonpositive(-abs(l))
+            s += max(l, ZERO) - x_i[j] * l + log1p_unit(e)
+            if with_grad:
+                d_i[j] = (ONE if l >= ZERO else e) / (ONE + e) - x_i[j]
         nll[i] = s
 
 
 @_jit()
-def _bernoulli(logits, x, e, chunk, d, nll):
-    _bernoulli_rows(logits, x, e, chunk, d, nll)
+def _bernoulli(logits, x, nll, d, with_grad):
+    _bernoulli_rows(logits, x, nll, d, with_grad)
 
 
 @_jit(parallel=True)
-def _bernoulli_pool(logits, x, e, chunk, d, nll, chunks):
+def _bernoulli_pool(logits, x, nll, d, with_grad, chunks):
     n = logits.shape[0]
     for t in nb.prange(chunks):
         lo, hi = t * n // chunks, (t + 1) * n // chunks
-        _bernoulli_rows(logits[lo:hi], x[lo:hi], e[lo:hi], chunk, d[lo:hi], nll[lo:hi])
+        _bernoulli_rows(logits[lo:hi], x[lo:hi], nll[lo:hi], d[lo:hi], with_grad)
 
 
 @_jit()
@@ -362,16 +349,16 @@ def _loss_buffers(like, nll, grad, with_grad, scratch):
 
 
 def _bernoulli_nll(logits, x, nll, grad, with_grad, scratch, pool):
-    nll, d = _loss_buffers(logits, nll, grad, with_grad, scratch)
-    (e,) = temporaries(scratch, "bernoulli-e", logits, 1)
-    chunk = 64 if logits.dtype == np.float32 else 1
-    _neg_abs(logits, e)
-    np.exp(e, out=e)            # NumPy's SIMD exp beats compiled code's scalar one, even on two threads
+    nll = np.empty(len(logits), logits.dtype) if nll is None else nll
+    if with_grad:
+        d = np.empty_like(logits) if grad is None else grad
+    else:
+        d = logits                  # never written: the kernel writes d only with_grad
     chunks = _chunks(logits.size, pool)
     if chunks:
-        _bernoulli_pool(logits, x, e, chunk, d, nll, chunks)
+        _bernoulli_pool(logits, x, nll, d, with_grad, chunks)
     else:
-        _bernoulli(logits, x, e, chunk, d, nll)
+        _bernoulli(logits, x, nll, d, with_grad)
     return nll, (d if with_grad else None)
 
 
