@@ -253,7 +253,8 @@ def test_the_pool_kernels_bodies_are_vectorised_in_the_generated_code():
     one, rows = np.float32(0), np.zeros(1, np.float32)
     cases = {
         "bias_act_pool": (relu.bias_act_pool, a, bias, one, out, 2),
-        "backward_pool": (relu.backward_pool, a, a, one, out, d_b, True, rows, False, 2),
+        "backward_pool": (relu.backward_pool, a, a, one, out, d_b, True, rows, False, np.empty((4, 48), np.float32),
+                          2),
         "bernoulli_pool": (nbk._bernoulli_pool, a, np.abs(a) / 4, d_b[:1].repeat(64), out, True, 2),
         "adam_pool": (nbk._adam_pool, flat.copy(), flat, flat.copy(), flat.copy(), *map(np.float32, (1e-3, 0.9,
                       0.999, 1e-8, 1.0, 1.0, 1.0)), 2),
@@ -276,3 +277,24 @@ def test_the_bernoulli_loss_is_one_vectorised_pass_without_libm_calls():
         assert not calls, f"{kernel.py_func.__name__} calls libm: {calls}"
         assert _packed_float32_ops(asm) >= 4, f"{kernel.py_func.__name__} is not vectorised"
 
+
+@pytest.mark.parametrize("shape", [(1, 5), (17, 31), (33, 784), (1024, 400)])
+def test_activation_backward_gives_the_same_bits_serial_and_in_the_pool_on_any_thread_count(shape):
+    """The bias gradient's column sums go through blocks of ROWS_PER_BLOCK rows, added in block order,
+    in both variants: so the serial kernel, the pool's on 1 thread and on 2 agree to the bit."""
+    import numba
+    from scratchvae.kernels import numba as nbk
+    rng = np.random.default_rng(3)
+    y = np.maximum(rng.standard_normal(shape), 0).astype(np.float32)
+    d_y = rng.standard_normal(shape).astype(np.float32)
+    w = rng.random(shape[0]).astype(np.float32)
+    results = []
+    for kernel, threads in ((nbk.activation_backward, 1), (nbk.activation_backward_pool, 1),
+                            (nbk.activation_backward_pool, min(2, numba.config.NUMBA_NUM_THREADS))):
+        numba.set_num_threads(threads)
+        d_b = np.empty(shape[1], np.float32)
+        results.append((kernel(y, d_y, "relu", 0.0, d_b=d_b, row_scale=w), d_b))
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    for d_a, d_b in results[1:]:
+        assert np.array_equal(d_a, results[0][0]) and np.array_equal(d_b, results[0][1])
+    assert np.allclose(results[0][1], (d_y * (y > 0) * w[:, None]).sum(axis=0), rtol=1e-5, atol=1e-5)

@@ -21,13 +21,15 @@ The large kernels (bias + activation and its backward, the Bernoulli
 likelihoods, Adam) also have a pool variant, ``NAME_pool``, whose loops run in
 Numba's thread pool: the backend ``numba_pool`` (``numba_pool.py``) is made of
 them and of the hand-written GEMM, which runs in that same pool: one pool for
-the whole step. Each pool variant gives every thread whole rows where it sums
-rows and whole columns where it sums columns, so results do not depend on the
-thread count. (Its copy of a loop is compiled apart from the serial kernel's,
-and fastmath lets LLVM vectorise each copy's sums its own way: the Bernoulli
-loss of a row may differ from the serial kernel's in the last bit, and did
-between a freshly compiled and a cached copy; gradients and updates are
-elementwise or summed in a fixed order and do not.)
+the whole step. Each pool variant splits its work into pieces whose sizes
+never depend on the thread count (whole rows where it sums rows; blocks of
+``ROWS_PER_BLOCK`` rows for the bias gradient's column sums, added in block
+order as the serial kernel adds them), so results do not depend on the thread
+count. (Its copy of a loop is compiled apart from the serial kernel's, and
+fastmath lets LLVM vectorise each copy's sums its own way: the Bernoulli loss
+of a row may differ from the serial kernel's in the last bit, and did between
+a freshly compiled and a cached copy; gradients and updates are elementwise
+or summed in a fixed order and do not.)
 
 Compilation: ``cache=True`` (compiled code is kept on disk and reloaded in
 later processes). Numba writes the cache next to this file, or, where that
@@ -41,6 +43,7 @@ kernels stay in float32; float64 inputs promote them losslessly.
 from __future__ import annotations
 
 import math
+import threading
 
 import numba as nb
 import numpy as np
@@ -146,13 +149,23 @@ def _act_grad(y, code, alpha):
 
 
 # Each kernel is a body, inlined into two dispatchers: serial over the whole
-# arrays, and parallel, one chunk per thread of the pool, given views of its
-# chunk (rows, or a block of columns where the kernel sums columns, each row
-# of the block a 1-D view). Inside a parallel region LLVM vectorised a loop
-# over a view's length but not one over bounds computed there: bodies given
-# (lo, hi) ran 4-25x slower than the serial kernel on 2 threads, given views
-# up to 2x faster. A body compiled on its own and called from the region was
-# inlined back by LLVM and as slow.
+# arrays, and parallel, the pool's threads sharing the chunks, each given views
+# of its chunk. Inside a parallel region LLVM vectorised a loop over a view's
+# length but not one over bounds computed there: bodies given (lo, hi) ran
+# 4-25x slower than the serial kernel on 2 threads, given views up to 2x
+# faster. A body compiled on its own and called from the region was inlined
+# back by LLVM and as slow.
+#
+# The bias gradient sums the columns of d_a. Both variants sum them the same
+# way, so they give the same numbers on any number of threads: each block of
+# ROWS_PER_BLOCK rows sums its rows in order into a row of partial sums, then
+# the partial sums are added in block order. (Summing whole columns instead
+# made each thread read a block of columns of every row, rows the other
+# threads had just written: 3-4x slower inside a training step than alone.)
+
+#: rows per block of the bias gradient's partial sums: a fixed number, never the thread count
+ROWS_PER_BLOCK = 16
+
 
 @_jit(inline=True)
 def _bias_act_rows(a, b, code, alpha, out):
@@ -163,24 +176,36 @@ def _bias_act_rows(a, b, code, alpha, out):
 
 
 @_jit(inline=True)
-def _act_backward_columns(y, d_y, code, alpha, out, d_b, want_d_b, row_scale, scaled, lo, hi):
-    """Columns lo..hi of every row: each d_b[j] sums its column in row order."""
+def _act_backward_rows(y, d_y, code, alpha, out, part, want_d_b, row_scale, scaled):
+    """``out = d_y * f'(y)`` (times each row's weight) for a block of rows; ``part``
+    receives the block's column sums, added in row order."""
     if want_d_b:
-        d_b[lo:hi] = ZERO
+        part[:] = ZERO
     for i in range(y.shape[0]):
-        _act_backward_row(y[i, lo:hi], d_y[i, lo:hi], code, alpha, out[i, lo:hi], d_b[lo:hi], want_d_b,
-                          row_scale[i] if scaled else ONE, scaled)
+        scale = row_scale[i] if scaled else ONE
+        y_i, d_i, out_i = y[i], d_y[i], out[i]
+        for j in range(y_i.shape[0]):
+            d = d_i[j] * _act_grad(y_i[j], code, alpha)
+            if scaled:
+                d *= scale
+            out_i[j] = d
+            if want_d_b:
+                part[j] += d
 
 
 @_jit(inline=True)
-def _act_backward_row(y, d_y, code, alpha, out, d_b, want_d_b, scale, scaled):
-    for j in range(y.shape[0]):
-        d = d_y[j] * _act_grad(y[j], code, alpha)
-        if scaled:
-            d *= scale
-        out[j] = d
-        if want_d_b:
-            d_b[j] += d
+def _add_partial_sums(parts, d_b):
+    """``d_b = parts[0] + parts[1] + ...``, in that order."""
+    d_b[:] = parts[0]
+    for t in range(1, parts.shape[0]):
+        part = parts[t]
+        for j in range(d_b.shape[0]):
+            d_b[j] += part[j]
+
+
+@_jit(inline=True)
+def _block(t, n):
+    return t * ROWS_PER_BLOCK, min(n, (t + 1) * ROWS_PER_BLOCK)
 
 
 class _ActivationKernels:
@@ -204,22 +229,44 @@ class _ActivationKernels:
                 _bias_act_rows(a[lo:hi], b, code, alpha, out[lo:hi])
 
         @_jit()
-        def backward(y, d_y, alpha, out, d_b, want_d_b, row_scale, scaled):
-            _act_backward_columns(y, d_y, code, alpha, out, d_b, want_d_b, row_scale, scaled, 0, y.shape[1])
+        def backward(y, d_y, alpha, out, d_b, want_d_b, row_scale, scaled, parts):
+            n = y.shape[0]
+            for t in range(parts.shape[0]):
+                lo, hi = _block(t, n)
+                _act_backward_rows(y[lo:hi], d_y[lo:hi], code, alpha, out[lo:hi], parts[t], want_d_b,
+                                   row_scale[lo:hi] if scaled else row_scale, scaled)
+            if want_d_b:
+                _add_partial_sums(parts, d_b)
 
         @_jit(parallel=True)
-        def backward_pool(y, d_y, alpha, out, d_b, want_d_b, row_scale, scaled, chunks):
-            m = y.shape[1]
-            for t in nb.prange(chunks):
-                # column blocks of whole cache lines (16 float32), so threads never share one
-                lo, hi = t * m // chunks // 16 * 16, (t + 1) * m // chunks // 16 * 16 if t < chunks - 1 else m
-                _act_backward_columns(y, d_y, code, alpha, out, d_b, want_d_b, row_scale, scaled, lo, hi)
+        def backward_pool(y, d_y, alpha, out, d_b, want_d_b, row_scale, scaled, parts, chunks):
+            n, m = y.shape
+            for t in nb.prange(parts.shape[0]):
+                lo, hi = _block(t, n)
+                _act_backward_rows(y[lo:hi], d_y[lo:hi], code, alpha, out[lo:hi], parts[t], want_d_b,
+                                   row_scale[lo:hi] if scaled else row_scale, scaled)
+            if want_d_b:
+                for t in nb.prange(chunks):
+                    # column blocks of whole cache lines (16 float32), so threads never share one
+                    lo, hi = t * m // chunks // 16 * 16, (t + 1) * m // chunks // 16 * 16 if t < chunks - 1 else m
+                    _add_partial_sums(parts[:, lo:hi], d_b[lo:hi])
 
         self.bias_act, self.bias_act_pool = bias_act, bias_act_pool
         self.backward, self.backward_pool = backward, backward_pool
 
 
 _KERNELS = {code: _ActivationKernels(code) for code in ACT_CODE.values()}
+_local = threading.local()
+
+
+def _partial_sums(rows, cols, dtype):
+    """This caller thread's (blocks, cols) buffer for the bias gradient's partial sums, reused by
+    later calls (a training step allocates nothing); (blocks, 0) where no sums are wanted."""
+    key = ((rows + ROWS_PER_BLOCK - 1) // ROWS_PER_BLOCK, cols, np.dtype(dtype))
+    buffers = _local.__dict__.setdefault("partial_sums", {})
+    if key not in buffers:
+        buffers[key] = np.empty(key[:2], dtype)
+    return buffers[key]
 
 
 def _bias_activation(a, b, activation, alpha, out, pool):
@@ -242,7 +289,8 @@ def _activation_backward(y, d_y, activation, alpha, out, d_b, row_scale, pool):
     out = np.empty((len(y), y.shape[1]), y.dtype) if out is None else out
     want = d_b is not None
     scale, scaled = _rows(row_scale, y)
-    args = (y, d_y, y.dtype.type(alpha), out, d_b if want else out[0], want, scale, scaled)
+    parts = _partial_sums(len(y), y.shape[1] if want else 0, y.dtype)
+    args = (y, d_y, y.dtype.type(alpha), out, d_b if want else out[0], want, scale, scaled, parts)
     kernels, chunks = _KERNELS[code], _chunks(y.size, pool)
     if chunks:
         kernels.backward_pool(*args, chunks)
