@@ -80,6 +80,9 @@ def _module_like(base, **overrides):
     mod = types.ModuleType("third_party_backend")
     for k in kernels.CONTRACT:
         setattr(mod, k, overrides.get(k, getattr(base, k)))
+    for k in kernels.FUSED:              # a fused kernel only where one is given
+        if k in overrides:
+            setattr(mod, k, overrides[k])
     return mod
 
 
@@ -386,3 +389,57 @@ def test_describe_names_numpys_blas_and_the_kernel_openblas_chose():
     forced = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             env={**os.environ, "OPENBLAS_CORETYPE": "Haswell"})
     assert forced.stdout.split() == ["Haswell", "AVX2"]
+
+
+# --------------------------------------------------------------------------
+# fused kernels: optional, defined by their composition
+# --------------------------------------------------------------------------
+
+def test_a_backend_of_the_unfused_contract_gets_the_composition_of_each_fused_kernel():
+    """A third-party backend written before the fused kernels existed: ``ops.gemm_bias_activation``
+    composes its own gemm and bias_activation (each call lands in them) and describe() says so."""
+    calls = []
+
+    def counting(name):
+        def kernel(*args, **kwargs):
+            calls.append(name)
+            return getattr(numpy_backend, name)(*args, **kwargs)
+        kernel.__signature__ = inspect.signature(getattr(R, name))
+        return kernel
+    before = kernels.get_backend()
+    kernels.register_backend("unfused", _module_like(numpy_backend, gemm=counting("gemm"),
+                                                     bias_activation=counting("bias_activation")))
+    rng = np.random.default_rng(0)
+    x, W, b = rng.standard_normal((5, 7)), rng.standard_normal((7, 3)), rng.standard_normal(3)
+    try:
+        kernels.set_backend("unfused")
+        y = kernels.ops.gemm_bias_activation(x, W, b, "tanh", 0.0)
+        fused = kernels.describe()["fused"]
+    finally:
+        kernels.set_backend(before)
+    assert calls == ["gemm", "bias_activation"]
+    np.testing.assert_allclose(y, np.tanh(x @ W + b), rtol=1e-12)
+    assert fused.startswith("none")
+
+
+@pytest.mark.parametrize("name", kernels.FUSED)
+def test_every_fused_kernel_is_defined_by_its_composition_and_checked_against_it(name):
+    """The reference's fused kernel is the composition over the reference kernels; a backend's own
+    fused kernel is held to it by the checker, and one that differs fails there by name."""
+    assert R.gemm_bias_activation(np.eye(2), np.ones((2, 2)), np.array([-1.0, 1.0]), "relu", 0.0).tolist() == \
+        [[0.0, 2.0], [0.0, 2.0]]
+    with pytest.raises(ImportError, match=f"does not implement {name}"):      # it has none to check
+        sv.check_backend(_module_like(numpy_backend), verbose=False, kernels=[name])
+
+    def off(x, W, b, activation, alpha, out=None):
+        return R.gemm_bias_activation(x, W, b, activation, alpha, out) * 1.001
+    report = sv.check_backend(_module_like(numpy_backend, gemm_bias_activation=off), verbose=False, quick=True)
+    failed = [r.name for r in report.results if not r.ok]
+    assert failed == [name]
+
+
+def test_a_fused_kernel_with_the_wrong_signature_is_refused_by_name():
+    def wrong(x, W, b):
+        return x @ W + b
+    with pytest.raises(ImportError, match=r"gemm_bias_activation\(x, W, b\) differs from the contract"):
+        kernels.register_backend("wrong-fused", _module_like(numpy_backend, gemm_bias_activation=wrong))

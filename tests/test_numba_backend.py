@@ -298,3 +298,48 @@ def test_activation_backward_gives_the_same_bits_serial_and_in_the_pool_on_any_t
     for d_a, d_b in results[1:]:
         assert np.array_equal(d_a, results[0][0]) and np.array_equal(d_b, results[0][1])
     assert np.allclose(results[0][1], (d_y * (y > 0) * w[:, None]).sum(axis=0), rtol=1e-5, atol=1e-5)
+
+
+def test_the_pool_runs_its_own_fused_layer_forward_and_the_checker_holds_it_to_the_composition():
+    from scratchvae.kernels import numba_pool
+    report = sv.check_backend("numba_pool", verbose=False, quick=True)
+    assert "gemm_bias_activation" in [r.name for r in report.results] and report.ok, str(report)
+    before = (kernels.get_backend(), kernels.get_gemm())
+    try:
+        kernels.set_backend("numba_pool")
+        assert kernels.ops.gemm_bias_activation is numba_pool.gemm_bias_activation
+        assert sv.describe()["fused"] == "gemm_bias_activation"
+        kernels.set_backend("numba_pool", gemm="reference")      # other products: its epilogue would skip them
+        assert kernels.ops.gemm_bias_activation is not numba_pool.gemm_bias_activation
+        assert sv.describe()["fused"].startswith("none")
+    finally:
+        kernels.set_backend(*before)
+
+
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (7, 13, 5), (130, 777, 401), (1024, 400, 784), (1024, 20, 400)])
+def test_the_gemm_epilogue_gives_the_compositions_bits_on_any_thread_count(m, k, n):
+    """Bias and activation applied to each thread's strip of C are the same additions and
+    selections as bias_activation's pass after the product: the same numbers, so a pool run
+    with the fused forward trains exactly as it did with two calls."""
+    import numba
+    from scratchvae.kernels import numba_pool
+    rng = np.random.default_rng(5)
+    for dtype in (np.float32, np.float64):
+        x, W = rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((k, n)).astype(dtype)
+        b = rng.standard_normal(n).astype(dtype)
+        for activation in ("identity", "relu", "leaky_relu", "tanh"):
+            want = numba_pool.bias_activation(numba_pool.gemm(x, W), b, activation, 0.2)
+            for threads in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
+                numba.set_num_threads(threads)
+                got = numba_pool.gemm_bias_activation(x, W, b, activation, 0.2, out=np.empty((m, n), dtype))
+                assert np.array_equal(got, want), (dtype, activation, threads)
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+
+
+def test_the_gemm_epilogue_is_vectorised_in_the_generated_code():
+    from scratchvae.kernels import gemm_numba
+    c = np.ones((8, 48), np.float32)
+    for code in gemm_numba.EPILOGUE_CODES.values():
+        asm = _fresh_asm(gemm_numba._epilogue, c, np.ones(48, np.float32), code, np.float32(0.1), 0, 8, 0, 48,
+                         parallel=False)
+        assert _packed_float32_ops(asm) >= 3

@@ -41,6 +41,14 @@ a report.
 or ``reference``. The numba backend with the hand-written GEMM runs as one
 pool: ``set_backend("numba", gemm="numba")`` selects ``numba_pool`` (:data:`ONE_POOL`).
 
+**Fused.** :data:`FUSED` names kernels that do in one call what a sequence
+of contract kernels does (``gemm_bias_activation``: a layer's forward pass).
+Each is defined as that composition (``fused.py``; the reference backend's is
+it), a backend may define its own (checked against the composition), and
+``ops.NAME`` is the composition over the backend's kernels where it does not:
+a backend of the unfused contract needs nothing more. ``numba_pool`` applies
+the bias and activation as its GEMM's epilogue.
+
 The default backend comes from ``$SCRATCHVAE_BACKEND``, or else is Numba when
 it imports and NumPy otherwise; it is chosen at the first kernel call, so
 ``import scratchvae`` never imports Numba.
@@ -59,8 +67,8 @@ from typing import TYPE_CHECKING, Dict, Optional, Union
 
 import numpy as np
 
-from . import conformance, reference
-from .contract import (ACTIVATIONS, CONTRACT, DEFAULT_ALPHA, FASTMATH, HALF_LOG_2PI, Scratch,  # noqa: F401
+from . import conformance, fused, reference
+from .contract import (ACTIVATIONS, CONTRACT, DEFAULT_ALPHA, FASTMATH, FUSED, HALF_LOG_2PI, Scratch,  # noqa: F401
                        check_activation, temporaries)     # (re-exported: the contract's names live here too)
 from .numpy import set_blas_threads
 from .threads import ThreadTuner
@@ -88,7 +96,7 @@ class _Ops:
     imports Numba)."""
 
     def __getattr__(self, name):
-        if name in CONTRACT and _active["backend"] is None:
+        if (name in CONTRACT or name in FUSED) and _active["backend"] is None:
             set_backend(default_backend())
             return getattr(self, name)
         raise AttributeError(name)
@@ -99,15 +107,16 @@ if TYPE_CHECKING:          # for editors and static tools: K.NAME is the textboo
 else:
     ops = _Ops()
 _registry: Dict[str, Union[str, types.ModuleType]] = dict(BUILTIN_BACKENDS)
-_active = {"backend": None, "gemm": None, "module": None}
+_active = {"backend": None, "gemm": None, "module": None, "fused": ()}
 
 
 def register_backend(name: str, module: Union[str, types.ModuleType]) -> None:
     """Make ``module`` (a module or its import path) selectable as backend ``name``.
 
     The module must define every kernel of :data:`CONTRACT` with the
-    signature of ``kernels/reference.py``; :func:`check_backend` then tests
-    what the kernels compute. A module given by path is imported now.
+    signature of ``kernels/reference.py``, and may define fused kernels of
+    :data:`FUSED` (with theirs); :func:`check_backend` then tests what the
+    kernels compute. A module given by path is imported now.
     """
     if not (isinstance(name, str) and name):
         raise ValueError(f"a backend name must be a non-empty string, got {name!r}")
@@ -158,10 +167,16 @@ def _guarded(name: str, kernel: str, fn):
     return call
 
 
+def own_fused(module) -> tuple:
+    """The fused kernels of :data:`FUSED` that ``module`` defines itself."""
+    return tuple(k for k in FUSED if callable(getattr(module, k, None)))
+
+
 def _check_signatures(module, name, kernels=CONTRACT) -> None:
     missing = [k for k in kernels if not callable(getattr(module, k, None))]
     if missing:
         raise ImportError(f"backend {name!r} does not implement {', '.join(missing)}")
+    kernels = tuple(kernels) + tuple(k for k in own_fused(module) if k not in kernels)
     wrong = [k for k in kernels if inspect.signature(getattr(module, k)) != inspect.signature(getattr(reference, k))]
     if wrong:
         k = wrong[0]
@@ -213,6 +228,10 @@ def set_backend(name: str, gemm: Optional[str] = None) -> None:
     ``$SCRATCHVAE_GEMM``, else the backend's). A pair in :data:`ONE_POOL`
     selects the backend it names: ``set_backend("numba", gemm="numba")`` is
     ``numba_pool`` with that GEMM.
+
+    A fused kernel of :data:`FUSED` is the backend's own where it defines one
+    and the products are its own GEMM's; otherwise the composition of
+    ``fused.py`` over the kernels just bound.
     """
     gemm = gemm or os.environ.get("SCRATCHVAE_GEMM") or None
     if gemm is not None and gemm not in GEMMS:
@@ -226,7 +245,11 @@ def set_backend(name: str, gemm: Optional[str] = None) -> None:
     for k in CONTRACT:
         setattr(ops, k, wrap(k, getattr(module, k)))
     ops.gemm = gemm_fn
-    _active.update(backend=name, gemm=gemm, module=module)
+    # a backend's fused kernel runs its own products: with another GEMM chosen, the composition does
+    own = own_fused(module) if gemm is None or gemm_fn is module.gemm else ()
+    for k in FUSED:
+        setattr(ops, k, wrap(k, getattr(module, k)) if k in own else functools.partial(fused.COMPOSITIONS[k], ops))
+    _active.update(backend=name, gemm=gemm, module=module, fused=own)
 
 
 def get_backend() -> str:
@@ -310,6 +333,7 @@ def describe() -> dict:
             info.update(module.describe())
     gemm = _running_gemm()
     info["gemm"] = GEMM_LABELS[gemm] if gemm else info.get("gemm", "the backend's own")
+    info["fused"] = ", ".join(_active["fused"]) or "none (compositions of the contract's kernels)"
     info["numpy"] = np.__version__
     return info
 
@@ -324,15 +348,20 @@ def check_backend(backend, verbose: bool = True, quick: bool = False, kernels=No
     ``verbose`` prints the report, one line per kernel; ``quick`` runs the
     small shapes only; ``kernels`` checks those names only (a GEMM module of
     :data:`GEMMS`: ``check_backend("scratchvae.kernels.gemm_numba", kernels=["gemm"])``).
+    By default every kernel of :data:`CONTRACT` and the fused kernels the
+    backend defines, each against its reference composition.
     """
+    whole = not kernels
     kernels = tuple(kernels or CONTRACT)
     if isinstance(backend, types.ModuleType):
         module = backend
-    elif kernels == CONTRACT:
+    elif whole:
         module = _module(backend)
     else:
         module = _import(backend, backend)
     _check_signatures(module, getattr(module, "__name__", str(backend)), kernels)
+    if whole:
+        kernels += own_fused(module)
     report = conformance.check(module, quick=quick, kernels=kernels)
     if verbose:
         print(report)

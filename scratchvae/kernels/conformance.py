@@ -16,7 +16,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from .contract import ACTIVATIONS, CONTRACT
+from .contract import ACTIVATIONS, CONTRACT, FUSED
 from . import reference as R
 
 DTYPES = (np.float32, np.float64)
@@ -127,6 +127,20 @@ def _cases_bias_activation(rng, quick):
                 a = (3 * rng.standard_normal(shape)).astype(dtype)
                 return (a, rng.standard_normal(shape[1]).astype(dtype), act, 0.2), {"out": a}, ("return",), (1,)
             yield f"{shape} {dtype.__name__} {act} out=a (in place)", make_inplace
+
+
+def _cases_gemm_bias_activation(rng, quick):
+    for m, k, n in GEMM_SHAPES[:5] if quick else GEMM_SHAPES:
+        for dtype in DTYPES:
+            for act in ACTIVATIONS:
+                for layout in _layouts(quick):
+                    def make(m=m, k=k, n=n, dtype=dtype, act=act, layout=layout):
+                        x, W = rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((k, n)).astype(dtype)
+                        b = rng.standard_normal(n).astype(dtype)
+                        x, W, b = _lay(layout, x, W, b)
+                        kw = {} if n % 2 else {"out": np.empty((m, n), dtype)}
+                        return (x, W, b, act, 0.2), kw, ("return",), (0, 1, 2)
+                    yield f"{m}x{k}x{n} {dtype.__name__} {act} {layout}", make
 
 
 def _cases_activation_backward(rng, quick):
@@ -324,8 +338,9 @@ CASES: Dict[str, Callable] = {
     "sum_squares": _cases_sum_squares,
     "adam_update": _cases_update("adam"),
     "sgd_update": _cases_update("sgd"),
+    "gemm_bias_activation": _cases_gemm_bias_activation,
 }
-assert tuple(CASES) == CONTRACT
+assert tuple(CASES) == CONTRACT + FUSED
 
 
 # --------------------------------------------------------------------------
@@ -388,7 +403,8 @@ def _dtype_of(args):
 
 
 def check(module, quick: bool = False, kernels=None) -> Report:
-    """Run every kernel of ``module`` (or those named in ``kernels``) against the reference."""
+    """Run every kernel of :data:`CONTRACT` in ``module`` (or those named in ``kernels``, fused
+    ones too) against the reference."""
     results = []
     for name in kernels or CONTRACT:
         result = KernelResult(name)

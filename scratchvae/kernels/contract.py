@@ -1,8 +1,9 @@
 """The kernel contract: the names every backend defines, the conventions they share, their constants.
 
 :data:`CONTRACT` names every kernel; a backend is any module that defines all
-of them with the signatures of ``reference.py``. The conventions every
-kernel shares:
+of them with the signatures of ``reference.py``. :data:`FUSED` names the
+optional fused kernels, each defined as a composition of contract kernels
+(``fused.py``). The conventions every kernel shares:
 
 * data arrays are batch-major ``(rows, features)``, float32 or float64, and a
   kernel computes in the dtype of its inputs. Inputs may be any strided view;
@@ -48,6 +49,11 @@ CONTRACT = (
     "adam_update",
     "sgd_update",
 )
+
+#: kernels a backend may define to do in one call what a sequence of :data:`CONTRACT`
+#: kernels does; each is defined by that composition (``fused.py``), which stands in
+#: for it in a backend that does not define it
+FUSED = ("gemm_bias_activation",)
 
 #: activations every backend implements, by name
 ACTIVATIONS = ("identity", "relu", "leaky_relu", "tanh", "sigmoid", "softplus", "elu")

@@ -34,6 +34,11 @@ follows the loop structure of BLIS (Van Zee and van de Geijn, 2015), with the
   to end on it, overlapping its neighbour, so it still reads in place; it is
   computed into a scratch tile and only its new part is copied to C. An
   operand smaller than one tile is packed with zero padding instead.
+* **Epilogue.** :func:`gemm_bias_activation` (a layer's ``f(x @ W + b)``,
+  the fused kernel of ``kernels/fused.py``) adds the bias and applies a
+  piecewise-linear activation to each thread's strip of C right after
+  computing it, while the strip is in that thread's cache, instead of a
+  second pass over C: the same additions and selections, so the same bits.
 
 Why the kernels are written as LLVM IR (Numba ``@intrinsic``) rather than in
 Numba Python: the register tile needs the *outer-product* form, twelve
@@ -79,9 +84,9 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .contract import FASTMATH
+from .contract import ACTIVATIONS, FASTMATH
 
-__all__ = ["gemm", "gemm_parallel", "gemm_serial", "kernel_asm", "tiling", "describe", "ISA"]
+__all__ = ["gemm", "gemm_bias_activation", "gemm_parallel", "gemm_serial", "kernel_asm", "tiling", "describe", "ISA"]
 
 # --------------------------------------------------------------------------
 # The instruction set and the caches: the register tile and the block sizes
@@ -693,6 +698,39 @@ def _tile_to_c(ctile, ti, tj, c, i0, j0, nrows, ncols, beta):
                 dst[j0 + j] = src[tj + j]
 
 
+# --------------------------------------------------------------------------
+# The epilogue: bias and activation applied to each strip of C as it is done
+# --------------------------------------------------------------------------
+
+#: activations the epilogue applies, by their index in ``contract.ACTIVATIONS``: the piecewise-linear
+#: ones (the others need exp or tanh per element, which NumPy's SIMD loops do better)
+EPILOGUE_CODES = {name: ACTIVATIONS.index(name) for name in ("identity", "relu", "leaky_relu")}
+#: the code of a plain product
+NO_EPILOGUE = -1
+_IDENTITY, _RELU, _LEAKY_RELU = EPILOGUE_CODES.values()
+_ZERO = np.float32(0)
+
+
+@njit(**_JIT)
+def _epilogue(c, bias, code, alpha, i_lo, i_hi, j_lo, j_hi):
+    """``c[i, j] = f(c[i, j] + bias[j])`` on the rectangle, f given by ``code``
+    (:data:`EPILOGUE_CODES`), as ``bias_activation`` computes it (NaN stays NaN)."""
+    b = bias[j_lo:j_hi]
+    for i in range(i_lo, i_hi):
+        row = c[i, j_lo:j_hi]
+        if code == _RELU:
+            for j in range(row.shape[0]):
+                v = row[j] + b[j]
+                row[j] = _ZERO if v <= _ZERO else v
+        elif code == _LEAKY_RELU:
+            for j in range(row.shape[0]):
+                v = row[j] + b[j]
+                row[j] = v if v > _ZERO else alpha * v
+        else:
+            for j in range(row.shape[0]):
+                row[j] += b[j]
+
+
 @njit(**_JIT)
 def _strip_bounds(m, n, nr, t, nthreads, split_n):
     """``(i_lo, i_hi, j_lo, j_hi)`` of strip ``t`` of ``nthreads``: C cut in
@@ -716,25 +754,31 @@ def _overlap(x, y):
 
 
 @njit(**_JIT)
-def _gemm_serial(a, b, c, ws, flags, nthreads, split_n, blocks):
-    """The product on this thread, in ``nthreads`` strips; 1 if ``c`` overlaps an input."""
+def _gemm_serial(a, b, c, ws, flags, nthreads, split_n, blocks, bias, code, alpha):
+    """The product on this thread, in ``nthreads`` strips, each followed by the
+    epilogue ``code`` (:data:`NO_EPILOGUE`: none); 1 if ``c`` overlaps an input."""
     if _overlap(c, a) or _overlap(c, b):
         return 1
     # the same argument types as _gemm_parallel: _gemm_block compiles once
     for t in range(nthreads):
         i_lo, i_hi, j_lo, j_hi = _strip_bounds(c.shape[0], c.shape[1], _register_tile(c)[1], t, nthreads, split_n)
         _gemm_block(a, b, c, ws[t], flags, i_lo, i_hi, j_lo, j_hi, blocks)
+        if code != NO_EPILOGUE:
+            _epilogue(c, bias, code, alpha, i_lo, i_hi, j_lo, j_hi)
     return 0
 
 
 @njit(parallel=True, **_JIT)
-def _gemm_parallel(a, b, c, ws, flags, nthreads, split_n, blocks):
-    """One strip per thread; 1 if ``c`` overlaps an input."""
+def _gemm_parallel(a, b, c, ws, flags, nthreads, split_n, blocks, bias, code, alpha):
+    """One strip per thread, each followed by the epilogue while it is in the
+    thread's cache; 1 if ``c`` overlaps an input."""
     if _overlap(c, a) or _overlap(c, b):
         return 1
     for t in prange(nthreads):
         i_lo, i_hi, j_lo, j_hi = _strip_bounds(c.shape[0], c.shape[1], _register_tile(c)[1], t, nthreads, split_n)
         _gemm_block(a, b, c, ws[t], flags, i_lo, i_hi, j_lo, j_hi, blocks)
+        if code != NO_EPILOGUE:
+            _epilogue(c, bias, code, alpha, i_lo, i_hi, j_lo, j_hi)
     return 0
 
 
@@ -793,7 +837,12 @@ def _operand(x, name):
     return np.ascontiguousarray(x), False
 
 
-def _run(a, b, out, trans_a, trans_b, accumulate, threads):
+#: the bias of a product without an epilogue (never read)
+_NO_BIAS = {np.dtype(t): np.zeros(1, t) for t in (np.float32, np.float64)}
+
+
+def _run(a, b, out, trans_a, trans_b, accumulate, threads, epilogue=None):
+    """The product; ``epilogue``: ``(bias, activation, alpha)`` to apply ``f(C + bias)`` to C."""
     a, flip = _operand(a, "a")
     trans_a = bool(trans_a) is not flip
     b, flip = _operand(b, "b")
@@ -829,6 +878,10 @@ def _run(a, b, out, trans_a, trans_b, accumulate, threads):
             raise ValueError("gemm: out is read-only")
     if m == 0 or n == 0:
         return out
+    tail = (_NO_BIAS[dtype], NO_EPILOGUE, dtype.type(0))
+    if epilogue is not None:
+        bias, activation, alpha = epilogue
+        tail = (_bias_operand(bias, n, dtype), EPILOGUE_CODES[activation], dtype.type(alpha))
     flags = (1 if trans_a else 0) | (2 if trans_b else 0) | (4 if accumulate else 0)
     if threads is None:
         threads = numba.get_num_threads() if 2 * m * n * k >= PARALLEL_MIN_FLOP else 1
@@ -841,12 +894,19 @@ def _run(a, b, out, trans_a, trans_b, accumulate, threads):
         # the widest strip (see _strip_bounds) sizes the packed B
         tiles = -(-n // nr)
         ws = _workspace(dtype, threads, -(-tiles // threads) * nr if split_n else n)
-        status = _gemm_parallel(a, b, out, ws, flags, threads, split_n, _TILING[dtype][2:])
+        status = _gemm_parallel(a, b, out, ws, flags, threads, split_n, _TILING[dtype][2:], *tail)
     else:
-        status = _gemm_serial(a, b, out, _workspace(dtype, 1, n), flags, 1, True, _TILING[dtype][2:])
+        status = _gemm_serial(a, b, out, _workspace(dtype, 1, n), flags, 1, True, _TILING[dtype][2:], *tail)
     if status:
         raise ValueError("gemm: out must not overlap a or b")
     return out
+
+
+def _bias_operand(bias, n, dtype):
+    if not (isinstance(bias, np.ndarray) and bias.shape == (n,) and bias.dtype == dtype):
+        raise ValueError(f"gemm: the bias must be a ({n},) {dtype} array, got "
+                         f"{getattr(bias, 'dtype', type(bias).__name__)} of shape {np.shape(bias)}")
+    return np.ascontiguousarray(bias)
 
 
 def gemm(a, b, out=None, trans_a=False, trans_b=False, accumulate=False, scratch=None):
@@ -867,6 +927,13 @@ def gemm(a, b, out=None, trans_a=False, trans_b=False, accumulate=False, scratch
     buffers are the calling thread's own (see the module's docstring).
     """
     return _run(a, b, out, trans_a, trans_b, accumulate, None)
+
+
+def gemm_bias_activation(x, W, b, activation, alpha, out=None):
+    """``out = f(x @ W + b)`` for f in :data:`EPILOGUE_CODES`: each thread adds the bias and applies
+    f to its strip of C right after computing it, while the strip is in its cache (the epilogue),
+    instead of a second pass over C. Shapes and errors as :func:`gemm`; b: (n,)."""
+    return _run(x, W, out, False, False, False, None, epilogue=(b, activation, alpha))
 
 
 def gemm_serial(a, b, out=None, trans_a=False, trans_b=False, accumulate=False):

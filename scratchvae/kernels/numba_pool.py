@@ -5,16 +5,22 @@ in Numba's thread pool, and the large kernels (bias + activation and its
 backward, the Bernoulli likelihoods, Adam) are the pool variants of
 ``numba.py``, which run in that same pool: one pool for the whole step, no
 BLAS pool spinning beside it. Every other kernel is the numba backend's.
-``set_backend("numba", gemm="numba")`` selects this backend. Each pool
+``set_backend("numba", gemm="numba")`` selects this backend. It defines the
+fused kernel ``gemm_bias_activation``: the layer's bias and activation are the
+GEMM's epilogue. Each pool
 variant splits its work so that results do not depend on the thread count
 (``numba.py`` says how, and where it may differ from its serial twin).
 """
 from __future__ import annotations
 
+import sys
+
 import numba as nb
 
 # The contract's kernels, defined here by importing them (hence the noqa: this
 # module is a backend, its imports are its definitions).
+from . import fused
+from . import gemm_numba
 from . import numba as serial
 from .gemm_numba import gemm  # noqa: F401
 from .numba import (gaussian_latent, gaussian_latent_backward, gaussian_log_sigma_grad,  # noqa: F401
@@ -25,6 +31,15 @@ from .numba import adam_update_pool as adam_update  # noqa: F401
 from .numba import bernoulli_nll_pool as bernoulli_nll  # noqa: F401
 from .numba import bias_activation_pool as bias_activation  # noqa: F401
 from .numba import continuous_bernoulli_nll_pool as continuous_bernoulli_nll  # noqa: F401
+
+
+def gemm_bias_activation(x, W, b, activation, alpha, out=None):
+    """``f(x @ W + b)`` in one call: for the piecewise-linear activations the GEMM adds the bias
+    and applies f to each thread's strip of the product as soon as it is computed, while it is
+    in the thread's cache (bit for bit the composition); the others run the composition."""
+    if activation in gemm_numba.EPILOGUE_CODES:
+        return gemm_numba.gemm_bias_activation(x, W, b, activation, alpha, out)
+    return fused.gemm_bias_activation(sys.modules[__name__], x, W, b, activation, alpha, out)
 
 
 #: the GEMM and the pool kernels split their work so that no number depends on

@@ -4,14 +4,16 @@ One formula per line, no tuning, temporaries allowed: this is what the fast
 backends (``numpy.py``, ``numba.py``) are tested against, and what to read
 next to the maths. Its signatures are the contract; the names and
 conventions are in ``kernels/contract.py``. ``scratch`` is accepted and
-ignored.
+ignored. Its fused kernels are the compositions of ``fused.py``.
 """
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 
+from . import fused
 from .contract import HALF_LOG_2PI, check_activation
 
 
@@ -112,6 +114,15 @@ def activation_backward(y, d_y, activation, alpha, out=None, d_b=None, row_scale
     if d_b is not None:
         d_b[...] = d_a.sum(axis=0)
     return _into(out, d_a)
+
+
+# --------------------------------------------------------------------------
+# Fused kernels: each is, by definition, the composition of the kernels above (fused.py)
+# --------------------------------------------------------------------------
+
+def gemm_bias_activation(x, W, b, activation, alpha, out=None):
+    """``y = f(x @ W + b)``: :func:`gemm`, then :func:`bias_activation` in place."""
+    return fused.gemm_bias_activation(sys.modules[__name__], x, W, b, activation, alpha, out)
 
 
 # --------------------------------------------------------------------------

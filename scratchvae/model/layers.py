@@ -41,11 +41,13 @@ def linear_forward(x, W, b, activation="identity", alpha=None, out=None, c=None,
     when given (the training step passes workspace buffers).
     """
     alpha = DEFAULT_ALPHA.get(check_activation(activation), 0.0) if alpha is None else alpha
-    W_x, W_c = _split(W, x, c)
-    a = K.gemm(x, W_x, out=out)
-    if c is not None:
-        K.gemm(c, W_c, out=a, accumulate=True, scratch=scratch)     # + c @ W[k:]
-    y = K.bias_activation(a, b, activation, alpha, out=a)
+    if c is None:
+        y = K.gemm_bias_activation(x, W, b, activation, alpha, out=out)      # gemm, then bias_activation
+    else:
+        W_x, W_c = _split(W, x, c)
+        a = K.gemm(x, W_x, out=out)
+        K.gemm(c, W_c, out=a, accumulate=True, scratch=scratch)         # + c @ W[k:]
+        y = K.bias_activation(a, b, activation, alpha, out=a)
     return y, (x, c, W, y, activation, alpha)
 
 
