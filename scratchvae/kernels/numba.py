@@ -195,8 +195,10 @@ def _act_backward_rows(y, d_y, code, alpha, out, part, want_d_b, row_scale, scal
 
 @_jit(inline=True)
 def _add_partial_sums(parts, d_b):
-    """``d_b = parts[0] + parts[1] + ...``, in that order."""
-    d_b[:] = parts[0]
+    """``d_b = parts[0] + parts[1] + ...``, in that order. (Loops, not ``d_b[:] = parts[0]``:
+    an array-to-array slice assignment compiles its shape-mismatch error message, 2 s.)"""
+    for j in range(d_b.shape[0]):
+        d_b[j] = parts[0, j]
     for t in range(1, parts.shape[0]):
         part = parts[t]
         for j in range(d_b.shape[0]):
