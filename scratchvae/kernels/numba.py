@@ -236,7 +236,7 @@ class _ActivationKernels:
             for t in range(parts.shape[0]):
                 lo, hi = _block(t, n)
                 _act_backward_rows(y[lo:hi], d_y[lo:hi], code, alpha, out[lo:hi], parts[t], want_d_b,
-                                   row_scale[lo:hi] if scaled else row_scale, scaled)
+                                   row_scale[lo:hi], scaled)
             if want_d_b:
                 _add_partial_sums(parts, d_b)
 
@@ -246,7 +246,7 @@ class _ActivationKernels:
             for t in nb.prange(parts.shape[0]):
                 lo, hi = _block(t, n)
                 _act_backward_rows(y[lo:hi], d_y[lo:hi], code, alpha, out[lo:hi], parts[t], want_d_b,
-                                   row_scale[lo:hi] if scaled else row_scale, scaled)
+                                   row_scale[lo:hi], scaled)
             if want_d_b:
                 for t in nb.prange(chunks):
                     # column blocks of whole cache lines (16 float32), so threads never share one

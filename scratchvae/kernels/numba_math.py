@@ -74,7 +74,7 @@ def log1p_unit(e):
     return math.log1p(e)
 
 
-@overload(exp_nonpositive, inline="always", fastmath=set(FASTMATH))
+@overload(exp_nonpositive, fastmath=set(FASTMATH))
 def _exp_nonpositive(v):
     if v != types.float32:
         return lambda v: math.exp(v)
@@ -94,7 +94,7 @@ def _exp_nonpositive(v):
     return exp32
 
 
-@overload(log1p_unit, inline="always", fastmath=set(FASTMATH))
+@overload(log1p_unit, fastmath=set(FASTMATH))
 def _log1p_unit(e):
     if e != types.float32:
         return lambda e: math.log1p(e)
