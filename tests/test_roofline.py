@@ -41,8 +41,22 @@ def test_the_report_prints_one_well_formed_row_per_kernel_and_shape(capsys):
         m = re.match(r"(\w+)\s+(\S+(?: \S+)*?)\s{2,}([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(-|[\d.]+)\s+([\d.]+)\s+"
                      r"(\d+)% (peak|bandwidth)$", line)
         assert m, line
-        assert (m.group(6) == "-") == (m.group(1) != "gemm")      # GFLOP/s for products only
+        assert (m.group(6) == "-") == (m.group(1) not in ("gemm", "gemm_bias_activation"))   # products only
     assert re.search(r"step alone: \d+ us = [\d,]+ examples/s = [\d.]+% of the GEMM limit", "\n".join(out))
+
+
+def test_a_fused_kernel_the_backend_runs_is_timed_as_one_call_with_its_product_counted():
+    """numba_pool runs the layers' forward as gemm_bias_activation: the report times it (not its parts,
+    which do not exist there) and counts its product, so the GEMM limit is the unfused step's."""
+    pytest.importorskip("numba")
+    small = dict(batch_size=16, input_dim=36, hidden=[8], latent_dim=2, seconds=0.2)
+    fused, composed = sv.profile("numba_pool", **small), sv.profile("numpy", **small)
+    rows = {(r.kernel, r.shape) for r in fused.rows}
+    assert ("gemm_bias_activation", "16x36x8 NN + b, relu") in rows
+    assert ("gemm_bias_activation", "16x8x36 NN + b, identity") in rows
+    assert not any(kernel == "bias_activation" for kernel, _ in rows)   # every forward here is fused
+    assert "gemm_bias_activation" not in {r.kernel for r in composed.rows}  # a composition: its parts are timed
+    assert fused.gemm_flop_per_example == pytest.approx(composed.gemm_flop_per_example)
 
 
 def test_bad_arguments_are_refused():

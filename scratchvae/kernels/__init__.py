@@ -271,6 +271,12 @@ def active_module() -> types.ModuleType:
     return _active["module"]
 
 
+def running_fused() -> tuple:
+    """The fused kernels of :data:`FUSED` the active backend runs itself; ``ops`` composes the others."""
+    get_backend()
+    return _active["fused"]
+
+
 def _running_gemm() -> Optional[str]:
     """The name in :data:`GEMMS` of the GEMM that runs: the one chosen, else the
     backend's own when it is one of them; None for a GEMM of the backend's making."""
@@ -333,7 +339,7 @@ def describe() -> dict:
             info.update(module.describe())
     gemm = _running_gemm()
     info["gemm"] = GEMM_LABELS[gemm] if gemm else info.get("gemm", "the backend's own")
-    info["fused"] = ", ".join(_active["fused"]) or "none (compositions of the contract's kernels)"
+    info["fused"] = ", ".join(running_fused()) or "none (compositions of the contract's kernels)"
     info["numpy"] = np.__version__
     return info
 

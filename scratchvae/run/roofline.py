@@ -107,6 +107,9 @@ class Profile:
 
 
 def _shape(name, args, kwargs) -> str:
+    if name == "gemm_bias_activation":            # x (m, k), W (k, n): the product, then bias and f
+        (m, k), n = args[0].shape, args[1].shape[1]
+        return f"{m}x{k}x{n} NN + b, {args[3]}"
     if name == "gemm":
         a, b = args[0], args[1]
         ta, tb = kwargs.get("trans_a", False), kwargs.get("trans_b", False)
@@ -118,7 +121,10 @@ def _shape(name, args, kwargs) -> str:
     return "x".join(map(str, first.shape)) if first is not None else ""
 
 
-def _gemm_flop(args, kwargs) -> float:
+def _gemm_flop(name, args, kwargs) -> float:
+    """The multiply-adds (2 m k n) of a call's product: of ``gemm`` and of the fused kernels that hold one."""
+    if name not in ("gemm", "gemm_bias_activation"):
+        return 0.0
     a, b = args[0], args[1]
     m, k = a.shape[::-1] if kwargs.get("trans_a", False) else a.shape
     n = b.shape[0] if kwargs.get("trans_b", False) else b.shape[1]
@@ -197,7 +203,9 @@ def profile(backend: Optional[str] = None, gemm: Optional[str] = None, batch_siz
         alone = (time.perf_counter() - t0) / n
 
         totals = defaultdict(lambda: [0, 0.0, 0.0, 0.0])      # calls, seconds, flop, bytes
-        original = {name: getattr(kernels.ops, name) for name in kernels.CONTRACT}
+        # a fused kernel the backend runs itself is timed as one call; a composed one is not, its
+        # parts are (the composition calls them through ops)
+        original = {name: getattr(kernels.ops, name) for name in kernels.CONTRACT + kernels.running_fused()}
 
         def timed(name, fn):
             def call(*args, **kwargs):
@@ -207,7 +215,7 @@ def profile(backend: Optional[str] = None, gemm: Optional[str] = None, batch_siz
                 entry = totals[name, _shape(name, args, kwargs)]
                 entry[0] += 1
                 entry[1] += dt
-                entry[2] += _gemm_flop(args, kwargs) if name == "gemm" else 0.0
+                entry[2] += _gemm_flop(name, args, kwargs)
                 entry[3] += _bytes(args, kwargs, result)
                 return result
             return call
