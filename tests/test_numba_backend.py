@@ -253,8 +253,7 @@ def test_the_pool_kernels_bodies_are_vectorised_in_the_generated_code():
     one, rows = np.float32(0), np.zeros(1, np.float32)
     cases = {
         "bias_act_pool": (relu.bias_act_pool, a, bias, one, out, 2),
-        "backward_pool": (relu.backward_pool, a, a, one, out, d_b, True, rows, False, np.empty((4, 48), np.float32),
-                          2),
+        "backward_pool": (relu.backward_pool, a, a, one, out, d_b, True, rows, False, np.empty((4, 48), np.float32)),
         "bernoulli_pool": (nbk._bernoulli_pool, a, np.abs(a) / 4, d_b[:1].repeat(64), out, True, 2),
         "adam_pool": (nbk._adam_pool, flat.copy(), flat, flat.copy(), flat.copy(), *map(np.float32, (1e-3, 0.9,
                       0.999, 1e-8, 1.0, 1.0, 1.0)), 2),

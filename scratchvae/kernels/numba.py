@@ -241,17 +241,14 @@ class _ActivationKernels:
                 _add_partial_sums(parts, d_b)
 
         @_jit(parallel=True)
-        def backward_pool(y, d_y, alpha, out, d_b, want_d_b, row_scale, scaled, parts, chunks):
-            n, m = y.shape
+        def backward_pool(y, d_y, alpha, out, d_b, want_d_b, row_scale, scaled, parts):
+            n = y.shape[0]
             for t in nb.prange(parts.shape[0]):
                 lo, hi = _block(t, n)
                 _act_backward_rows(y[lo:hi], d_y[lo:hi], code, alpha, out[lo:hi], parts[t], want_d_b,
                                    row_scale[lo:hi], scaled)
-            if want_d_b:
-                for t in nb.prange(chunks):
-                    # column blocks of whole cache lines (16 float32), so threads never share one
-                    lo, hi = t * m // chunks // 16 * 16, (t + 1) * m // chunks // 16 * 16 if t < chunks - 1 else m
-                    _add_partial_sums(parts[:, lo:hi], d_b[lo:hi])
+            if want_d_b:            # on the calling thread: a few microseconds, and a second
+                _add_partial_sums(parts, d_b)       # parallel loop cost half a second of compilation
 
         self.bias_act, self.bias_act_pool = bias_act, bias_act_pool
         self.backward, self.backward_pool = backward, backward_pool
@@ -293,11 +290,10 @@ def _activation_backward(y, d_y, activation, alpha, out, d_b, row_scale, pool):
     scale, scaled = _rows(row_scale, y)
     parts = _partial_sums(len(y), y.shape[1] if want else 0, y.dtype)
     args = (y, d_y, y.dtype.type(alpha), out, d_b if want else out[0], want, scale, scaled, parts)
-    kernels, chunks = _KERNELS[code], _chunks(y.size, pool)
-    if chunks:
-        kernels.backward_pool(*args, chunks)
+    if _chunks(y.size, pool):
+        _KERNELS[code].backward_pool(*args)
     else:
-        kernels.backward(*args)
+        _KERNELS[code].backward(*args)
     return out
 
 
