@@ -10,21 +10,25 @@ whole loss is one pass, and runs in the pool's threads.
 
 For float32 (the training dtype) they are:
 
-* :func:`exp_nonpositive` ``e^v`` for ``v <= 0``: ``v = n ln 2 + r`` with
-  ``n = round(v / ln 2)`` and ``|r| <= ln(2)/2``; ``e^r`` by its Taylor
+* :func:`exp_nonpositive` ``e^x`` for ``x <= 0``: ``x = n ln 2 + r`` with
+  ``n = round(x / ln 2)`` and ``|r| <= ln(2)/2``; ``e^r`` by its Taylor
   series to ``r^7/7!`` (truncation below ``0.35^8/8! = 5e-9``, a tenth of a
-  float32 ulp); ``2^n`` built from its bits. The reduction ``v - n ln 2`` is
+  float32 ulp); ``2^n`` built from its bits. The reduction ``x - n ln 2`` is
   done in float64, where it is exact enough without the two-constant trick
   (which fastmath's reassociation may undo). Within 1 ulp of the exact value
-  (tested); where ``e^v`` is not a normal float32 (``v < -87.3``) it
+  (tested); where ``e^x`` is not a normal float32 (``x < -87.3``) it
   returns 0, an absolute error below ``1.2e-38``; ``e^-inf = 0``, NaN stays NaN.
-* :func:`log1p_unit` ``log(1 + e)`` for ``e`` in ``[0, 1]``: ``2 atanh(u)``
-  with ``u = e / (2 + e)`` in ``[0, 1/3]``, by its odd series
+* :func:`log1p_unit` ``log(1 + x)`` for ``x`` in ``[0, 1]``: ``2 atanh(u)``
+  with ``u = x / (2 + x)`` in ``[0, 1/3]``, by its odd series
   ``2 (u + u^3/3 + ... + u^15/15)`` (truncation ``(1/3)^17/17 = 5e-10``).
-  No cancellation for small ``e`` (``u ~ e/2``). Within 3 ulp (tested).
+  No cancellation for small ``x`` (``u ~ x/2``). Within 3 ulp (tested).
 
 For float64 (gradient checks) they are libm's ``exp`` and ``log1p``, exact
 to the last bit: the float32 versions are not accurate enough there.
+
+Numba's on-disk cache keys a compiled kernel on its own source file: after
+editing this one, delete ``kernels/__pycache__`` (or touch ``numba.py``) so
+that the kernels calling these functions are compiled again.
 """
 from __future__ import annotations
 
@@ -32,7 +36,7 @@ import math
 
 import numpy as np
 from llvmlite import ir
-from numba import types
+from numba import njit, types
 from numba.extending import intrinsic, overload
 
 from .contract import FASTMATH
@@ -49,6 +53,9 @@ _TAYLOR_EXP = tuple(np.float32(1 / math.factorial(i)) for i in range(8))      # 
 _ODD_LOG = tuple(np.float32(1 / (2 * i + 1)) for i in range(8))               # 1, 1/3, ..., 1/15
 
 
+_jit_inline = njit(fastmath=set(FASTMATH), inline="always")
+
+
 @intrinsic
 def _float32_from_bits(typingctx, bits):
     """The float32 whose IEEE bits are the int32 ``bits``."""
@@ -62,48 +69,51 @@ def _float32_from_bits(typingctx, bits):
     return sig, codegen
 
 
-def exp_nonpositive(v):
-    """``e^v`` for ``v <= 0`` (NaN stays NaN). Called from Python, libm's ``exp``;
+def exp_nonpositive(x):
+    """``e^x`` for ``x <= 0`` (NaN stays NaN). Called from Python, libm's ``exp``;
     in compiled code, the implementation below for the argument's type."""
-    return math.exp(v)
+    return math.exp(x)
 
 
-def log1p_unit(e):
-    """``log(1 + e)`` for ``e`` in ``[0, 1]``. Called from Python, libm's ``log1p``;
+def log1p_unit(x):
+    """``log(1 + x)`` for ``x`` in ``[0, 1]``. Called from Python, libm's ``log1p``;
     in compiled code, the implementation below for the argument's type."""
-    return math.log1p(e)
+    return math.log1p(x)
+
+
+def _float32_or_libm(libm):
+    """An :func:`~numba.extending.overload` body: the decorated float32 implementation for a float32
+    argument, ``libm`` for any other."""
+    def choose(implementation):
+        def typed(x):
+            return implementation if x == types.float32 else (lambda x: libm(x))
+        return typed
+    return choose
+
+
+@_jit_inline
+def _horner(c, x):
+    """``c[0] + c[1] x + c[2] x^2 + ...`` for a tuple of float32 coefficients."""
+    p = c[len(c) - 1]
+    for i in range(len(c) - 2, -1, -1):
+        p = p * x + c[i]
+    return p
 
 
 @overload(exp_nonpositive, fastmath=set(FASTMATH))
-def _exp_nonpositive(v):
-    if v != types.float32:
-        return lambda v: math.exp(v)
-    c = _TAYLOR_EXP
-
-    def exp32(v):
-        if v < EXP_FLOOR:                  # NaN compares false and stays NaN
-            v = EXP_FLOOR
-        n = np.floor(np.float32(LOG2E) * v + np.float32(0.5))
-        r = np.float32(np.float64(v) - np.float64(n) * LN2)
-        p = c[0] + r * (c[1] + r * (c[2] + r * (c[3] + r * (c[4] + r * (c[5] + r * (c[6] + r * c[7]))))))
-        k = np.int32(n)
-        # 2^n from its bits: exponent field n + 127, mantissa 0
-        two_n = _float32_from_bits(np.int32((k + 127) << 23)) if k >= EXP_MIN_EXPONENT else F0
-        return p * two_n
-
-    return exp32
+@_float32_or_libm(math.exp)
+def _exp32(x):
+    v = x if not x < EXP_FLOOR else EXP_FLOOR         # NaN compares false and stays NaN
+    n = np.floor(np.float32(LOG2E) * v + np.float32(0.5))
+    r = np.float32(np.float64(v) - np.float64(n) * LN2)
+    k = np.int32(n)
+    # 2^n from its bits: exponent field n + 127, mantissa 0
+    two_n = _float32_from_bits(np.int32((k + 127) << 23)) if k >= EXP_MIN_EXPONENT else F0
+    return _horner(_TAYLOR_EXP, r) * two_n
 
 
 @overload(log1p_unit, fastmath=set(FASTMATH))
-def _log1p_unit(e):
-    if e != types.float32:
-        return lambda e: math.log1p(e)
-    c = _ODD_LOG
-
-    def log1p32(e):
-        u = e / (F2 + e)                   # 1 + e = (1 + u) / (1 - u)
-        u2 = u * u
-        return F2 * u * (c[0] + u2 * (c[1] + u2 * (c[2] + u2 * (c[3] + u2 * (c[4] + u2 * (c[5] + u2 * (
-            c[6] + u2 * c[7])))))))
-
-    return log1p32
+@_float32_or_libm(math.log1p)
+def _log1p32(x):
+    u = x / (F2 + x)                       # 1 + x = (1 + u) / (1 - u)
+    return F2 * u * _horner(_ODD_LOG, u * u)
