@@ -342,3 +342,12 @@ def test_the_gemm_epilogue_is_vectorised_in_the_generated_code():
         asm = _fresh_asm(gemm_numba._epilogue, c, np.ones(48, np.float32), code, np.float32(0.1), 0, 8, 0, 48,
                          parallel=False)
         assert _packed_float32_ops(asm) >= 3
+
+
+def test_the_gemm_epilogue_refuses_what_it_cannot_apply_by_name():
+    from scratchvae.kernels import gemm_numba
+    x, W = np.ones((3, 4), np.float32), np.ones((4, 5), np.float32)
+    with pytest.raises(ValueError, match="the epilogue applies identity, relu, leaky_relu, not 'tanh'"):
+        gemm_numba.gemm_bias_activation(x, W, np.zeros(5, np.float32), "tanh", 0.0)
+    with pytest.raises(ValueError, match=r"the bias must be a \(5,\) float32 array, got float32 of shape \(4,\)"):
+        gemm_numba.gemm_bias_activation(x, W, np.zeros(4, np.float32), "relu", 0.0)

@@ -933,6 +933,9 @@ def gemm_bias_activation(x, W, b, activation, alpha, out=None):
     """``out = f(x @ W + b)`` for f in :data:`EPILOGUE_CODES`: each thread adds the bias and applies
     f to its strip of C right after computing it, while the strip is in its cache (the epilogue),
     instead of a second pass over C. Shapes and errors as :func:`gemm`; b: (n,)."""
+    if activation not in EPILOGUE_CODES:
+        raise ValueError(f"gemm: the epilogue applies {', '.join(EPILOGUE_CODES)}, not {activation!r}; "
+                         "compose gemm and bias_activation for the others")
     return _run(x, W, out, False, False, False, None, epilogue=(b, activation, alpha))
 
 

@@ -6,10 +6,10 @@ backward, the Bernoulli likelihoods, Adam) are the pool variants of
 ``numba.py``, which run in that same pool: one pool for the whole step, no
 BLAS pool spinning beside it. Every other kernel is the numba backend's.
 ``set_backend("numba", gemm="numba")`` selects this backend. It defines the
-fused kernel ``gemm_bias_activation``: the layer's bias and activation are the
-GEMM's epilogue. Each pool
-variant splits its work so that results do not depend on the thread count
-(``numba.py`` says how, and where it may differ from its serial twin).
+fused kernel ``gemm_bias_activation``: a layer's bias and activation are the
+GEMM's epilogue. Each pool variant splits its work so that results do not
+depend on the thread count (``numba.py`` says how, and where it may differ
+from its serial twin).
 """
 from __future__ import annotations
 
@@ -19,8 +19,7 @@ import numba as nb
 
 # The contract's kernels, defined here by importing them (hence the noqa: this
 # module is a backend, its imports are its definitions).
-from . import fused
-from . import gemm_numba
+from . import fused, gemm_numba
 from . import numba as serial
 from .gemm_numba import gemm  # noqa: F401
 from .numba import (gaussian_latent, gaussian_latent_backward, gaussian_log_sigma_grad,  # noqa: F401
