@@ -345,3 +345,19 @@ def test_a_backup_beside_a_run_is_not_continued_over_that_run(tiny_data, tmp_pat
     (tmp_path / "B" / "model.npz").write_bytes(kept["epoch1.npz"])
     again = resumed(tmp_path / "B" / "model.npz", tiny_data, epochs=2, quiet=True)
     assert again.fit() == "done" and Run.open(tmp_path / "B").epoch == 2
+
+
+def test_a_resume_whose_run_another_trainer_holds_and_saves_is_told_it_is_in_use(tiny_data, tmp_path):
+    """The race test_faults met under load: the second trainer opened the run, the first saved an
+    epoch, and the second's early (unlocked) check said "has changed" while the first held the run
+    and trained on. Its holder is the news: "in use", by whom."""
+    from scratchvae.run.lock import RunInUseError
+    new(TrainConfig(**ONE), tiny_data, tmp_path / "r", quiet=True).fit()
+    opened = Run.open(tmp_path / "r")
+    first = resumed(tmp_path / "r", tiny_data, epochs=2, quiet=True)
+    with first.run.writing():                      # the first trainer holds the run ...
+        first.fit()                                # ... and saves epoch 2 meanwhile
+        with pytest.raises(RunInUseError, match="is in use"):
+            Trainer(opened)
+    with pytest.raises(RunChangedError, match="has changed since this run was opened"):
+        Trainer(opened)                            # released: the change is the news

@@ -500,7 +500,9 @@ class Run:
           ``overwrite``), as when it was made; it may have gained one since.
         - A run opened or saved before: refused (:class:`RunChangedError`)
           when its checkpoint is no longer the file this run read or wrote
-          last (another process trained it meanwhile).
+          last (another process trained it meanwhile); checked without the
+          lock, a process that holds it still is named instead
+          (:class:`~scratchvae.run.lock.RunInUseError`).
         """
         if self.out_dir is None:                # a run that writes nowhere
             return
@@ -521,6 +523,12 @@ class Run:
             if self._overwrite:
                 self._replaces = bool(found)
         elif _identity(self.checkpoint_path) != self._seen:
+            if self._lock is None:      # checked early, unlocked: a process that holds the run is the news
+                try:
+                    with RunLock(self.out_dir):         # (RunInUseError, naming it)
+                        pass
+                except OSError:                         # no looking (a read-only folder): the change is
+                    pass
             raise RunChangedError(
                 f"{self.checkpoint_path} has changed since this run was opened (another process trained or "
                 f"replaced it meanwhile), and continuing from the older state would write over that work; "
