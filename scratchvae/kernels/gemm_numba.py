@@ -84,7 +84,8 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .contract import ACTIVATIONS, FASTMATH
+from .contract import FASTMATH
+from .numba_math import IDENTITY, LEAKY_RELU, PIECEWISE_LINEAR, RELU, piecewise_linear
 
 __all__ = ["gemm", "gemm_bias_activation", "gemm_parallel", "gemm_serial", "kernel_asm", "tiling", "describe", "ISA"]
 
@@ -702,33 +703,29 @@ def _tile_to_c(ctile, ti, tj, c, i0, j0, nrows, ncols, beta):
 # The epilogue: bias and activation applied to each strip of C as it is done
 # --------------------------------------------------------------------------
 
-#: activations the epilogue applies, by their index in ``contract.ACTIVATIONS``: the piecewise-linear
-#: ones (the others need exp or tanh per element, which NumPy's SIMD loops do better)
-EPILOGUE_CODES = {name: ACTIVATIONS.index(name) for name in ("identity", "relu", "leaky_relu")}
+#: activations the epilogue applies, by their index in ``contract.ACTIVATIONS``
+EPILOGUE_CODES = PIECEWISE_LINEAR
 #: the code of a plain product
 NO_EPILOGUE = -1
-_IDENTITY, _RELU, _LEAKY_RELU = EPILOGUE_CODES.values()
-_ZERO = np.float32(0)
 
 
 @njit(**_JIT)
 def _epilogue(c, bias, code, alpha, i_lo, i_hi, j_lo, j_hi):
     """``c[i, j] = f(c[i, j] + bias[j])`` on the rectangle, f given by ``code``
-    (:data:`EPILOGUE_CODES`), as ``bias_activation`` computes it (NaN stays NaN)."""
+    (:data:`EPILOGUE_CODES`), as ``bias_activation`` computes it. One loop per
+    activation, each with its code a constant, so that each vectorises."""
     b = bias[j_lo:j_hi]
     for i in range(i_lo, i_hi):
         row = c[i, j_lo:j_hi]
-        if code == _RELU:
+        if code == RELU:
             for j in range(row.shape[0]):
-                v = row[j] + b[j]
-                row[j] = _ZERO if v <= _ZERO else v
-        elif code == _LEAKY_RELU:
+                row[j] = piecewise_linear(row[j] + b[j], RELU, alpha)
+        elif code == LEAKY_RELU:
             for j in range(row.shape[0]):
-                v = row[j] + b[j]
-                row[j] = v if v > _ZERO else alpha * v
+                row[j] = piecewise_linear(row[j] + b[j], LEAKY_RELU, alpha)
         else:
             for j in range(row.shape[0]):
-                row[j] += b[j]
+                row[j] = piecewise_linear(row[j] + b[j], IDENTITY, alpha)
 
 
 @njit(**_JIT)

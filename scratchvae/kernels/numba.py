@@ -50,7 +50,7 @@ import numpy as np
 
 from . import numpy as numpy_backend
 from .contract import ACTIVATIONS, FASTMATH, HALF_LOG_2PI, check_activation, temporaries
-from .numba_math import exp_nonpositive, log1p_unit
+from .numba_math import PIECEWISE_LINEAR, exp_nonpositive, log1p_unit, piecewise_linear
 
 ZERO, HALF, ONE, TWO = np.float32(0), np.float32(0.5), np.float32(1), np.float32(2)
 ACT_CODE = {name: i for i, name in enumerate(ACTIVATIONS)}
@@ -124,15 +124,6 @@ def _rows(w, like):
 # scalar libm calls compiled code would make.
 
 @_jit(inline=True)
-def _act(v, code, alpha):
-    if code == RELU:
-        return ZERO if v <= ZERO else v        # NaN stays NaN, as np.maximum keeps it
-    if code == LEAKY_RELU:
-        return v if v > ZERO else alpha * v
-    return v
-
-
-@_jit(inline=True)
 def _act_grad(y, code, alpha):
     """f'(a) from y = f(a)."""
     if code == RELU:
@@ -172,7 +163,7 @@ def _bias_act_rows(a, b, code, alpha, out):
     n, m = a.shape
     for i in range(n):
         for j in range(m):
-            out[i, j] = _act(a[i, j] + b[j], code, alpha)
+            out[i, j] = piecewise_linear(a[i, j] + b[j], code, alpha)
 
 
 @_jit(inline=True)
@@ -270,7 +261,7 @@ def _partial_sums(rows, cols, dtype):
 
 def _bias_activation(a, b, activation, alpha, out, pool):
     code = _code(activation)
-    if code not in (IDENTITY, RELU, LEAKY_RELU):
+    if code not in PIECEWISE_LINEAR.values():
         return numpy_backend.bias_activation(a, b, activation, alpha, out)
     out = np.empty_like(a) if out is None else out
     kernels, chunks = _KERNELS[code], _chunks(a.size, pool)

@@ -1,4 +1,5 @@
-"""exp and log1p that LLVM vectorises, for the likelihood kernels of ``numba.py``.
+"""exp and log1p that LLVM vectorises, for the likelihood kernels of ``numba.py``; and the
+piecewise-linear activations, the one definition ``numba.py`` and the GEMM's epilogue share.
 
 A compiled loop that calls ``math.exp`` or ``math.log1p`` makes one scalar
 libm call per element, and LLVM will not vectorise the loop around it
@@ -39,7 +40,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
-from .contract import FASTMATH
+from .contract import ACTIVATIONS, FASTMATH
 
 LOG2E = 1.4426950408889634        # 1 / ln 2
 LN2 = 0.6931471805599453
@@ -54,6 +55,11 @@ _ODD_LOG = tuple(np.float32(1 / (2 * i + 1)) for i in range(8))               # 
 
 
 _jit_inline = njit(fastmath=set(FASTMATH), inline="always")
+
+#: the activations compiled code applies itself, by their index in ``contract.ACTIVATIONS``: the
+#: piecewise-linear ones (the others need exp or tanh per element, which NumPy's SIMD loops do better)
+PIECEWISE_LINEAR = {name: ACTIVATIONS.index(name) for name in ("identity", "relu", "leaky_relu")}
+IDENTITY, RELU, LEAKY_RELU = PIECEWISE_LINEAR.values()
 
 
 @intrinsic
@@ -117,3 +123,15 @@ def _exp32(x):
 def _log1p32(x):
     u = x / (F2 + x)                       # 1 + x = (1 + u) / (1 - u)
     return F2 * u * _horner(_ODD_LOG, u * u)
+
+
+@_jit_inline
+def piecewise_linear(v, code, alpha):
+    """``f(v)`` for the activation ``code`` of :data:`PIECEWISE_LINEAR` (``alpha``: leaky ReLU's slope);
+    NaN stays NaN, as ``np.maximum`` keeps it. Called with a constant code, LLVM folds the branches
+    away and vectorises the loop around it."""
+    if code == RELU:
+        return F0 if v <= F0 else v
+    if code == LEAKY_RELU:
+        return v if v > F0 else alpha * v
+    return v
