@@ -249,11 +249,11 @@ def test_the_pool_kernels_bodies_are_vectorised_in_the_generated_code():
     a = rng.standard_normal((64, 48)).astype(np.float32)
     out, d_b, bias = np.empty_like(a), np.empty(48, np.float32), np.zeros(48, np.float32)
     flat = rng.random(4096).astype(np.float32)
-    relu = nbk._KERNELS[nbk.RELU]
-    one, rows = np.float32(0), np.zeros(1, np.float32)
+    relu, leaky = nbk._KERNELS[nbk.RELU], nbk._KERNELS[nbk.LEAKY_RELU]     # (leaky's backward serves all three)
+    zero, rows = np.float32(0), np.zeros(1, np.float32)
     cases = {
-        "bias_act_pool": (relu.bias_act_pool, a, bias, one, out, 2),
-        "backward_pool": (relu.backward_pool, a, a, one, out, d_b, True, rows, False, np.empty((4, 48), np.float32)),
+        "bias_act_pool": (relu.bias_act_pool, a, bias, zero, out, 2),
+        "backward_pool": (leaky.backward_pool, a, a, zero, out, d_b, True, rows, False, np.empty((4, 48), np.float32)),
         "bernoulli_pool": (nbk._bernoulli_pool, a, np.abs(a) / 4, d_b[:1].repeat(64), out, True, 2),
         "adam_pool": (nbk._adam_pool, flat.copy(), flat, flat.copy(), flat.copy(), *map(np.float32, (1e-3, 0.9,
                       0.999, 1e-8, 1.0, 1.0, 1.0)), 2),
@@ -275,6 +275,24 @@ def test_the_bernoulli_loss_is_one_vectorised_pass_without_libm_calls():
         calls = set(re.findall(r"\$(expf|exp|log1pf|log1p|logf|log)\b", asm))
         assert not calls, f"{kernel.py_func.__name__} calls libm: {calls}"
         assert _packed_float32_ops(asm) >= 4, f"{kernel.py_func.__name__} is not vectorised"
+
+
+def test_the_piecewise_linear_activations_share_one_backward_kernel():
+    """ReLU's and the identity's backward passes run leaky ReLU's kernel with their slope below zero
+    (0 and 1): one compiled kernel, not three, and the numbers of their own derivatives."""
+    from scratchvae.kernels import numba as nbk
+    rng = np.random.default_rng(4)
+    y = rng.standard_normal((19, 23)).astype(np.float32)
+    y[0, :3] = (0.0, -0.0, np.nan)
+    d_y = rng.standard_normal((19, 23)).astype(np.float32)
+    for activation, derivative in (("relu", (y > 0).astype(np.float32)), ("identity", np.ones_like(y))):
+        d_b = np.empty(23, np.float32)
+        d_a = nbk.activation_backward(y, d_y, activation, 0.5, d_b=d_b)
+        assert np.array_equal(d_a, d_y * derivative)
+        assert np.allclose(d_b, (d_y * derivative).sum(axis=0), rtol=1e-6, atol=1e-6)
+    assert not nbk._KERNELS[nbk.RELU].backward.signatures
+    assert not nbk._KERNELS[nbk.IDENTITY].backward.signatures
+    assert nbk._KERNELS[nbk.LEAKY_RELU].backward.signatures
 
 
 @pytest.mark.parametrize("shape", [(1, 5), (17, 31), (33, 784), (1024, 400)])
