@@ -251,6 +251,45 @@ def test_the_micro_kernel_is_vectorised_for_this_cpu():
     assert regs == {{"avx512": "zmm", "avx2": "ymm", "sse": "xmm"}[G.ISA]}, regs
 
 
+def test_the_blocked_product_is_compiled_once_and_called_through_its_address(monkeypatch):
+    """The serial and parallel loops call _gemm_block through its address: their machine code holds
+    none of the micro-kernel's multiply-adds (Numba would otherwise optimise and emit the block again
+    in each of them); read-only or unaligned operands, other Numba types, get their own compile.
+    The loops are compiled afresh here: Numba shows no code it loaded from its cache."""
+    import numba
+    fresh = {}
+    for name, parallel in (("_gemm_serial", False), ("_gemm_parallel", True)):
+        fresh[name] = numba.njit(parallel=parallel, **dict(G._JIT, cache=False))(getattr(G, name).py_func)
+        monkeypatch.setattr(G, name, fresh[name])
+    raw = np.zeros(64 * 65 * 4 + 1, np.uint8)
+    unaligned = raw[1:].view(np.float32).reshape(64, 65)
+    unaligned[:] = np.random.default_rng(0).standard_normal((64, 65))
+    read_only = np.random.default_rng(1).standard_normal((65, 96)).astype(np.float32)
+    read_only.flags.writeable = False
+    assert not unaligned.flags.aligned
+    want = unaligned.astype(np.float64) @ read_only
+    for entry in (G.gemm_serial, G.gemm_parallel):
+        np.testing.assert_allclose(entry(unaligned, read_only), want, rtol=1e-5, atol=1e-4)
+    for name, loop in fresh.items():
+        ops, _ = _vector_ops("\n".join(loop.inspect_asm().values()))
+        assert ops and not [op for op in ops if "vfmadd" in op], f"{name} holds the block's code"
+
+
+def test_the_block_is_called_only_with_the_types_it_was_compiled_for():
+    """_call_block refuses, at compile time, scalar arguments of other types than _gemm_block's
+    compiled signature: a call through an address with the wrong types would read garbage."""
+    import numba
+    from numba.core.errors import TypingError
+
+    @numba.njit
+    def wrong_flags(a, b, c, ws):
+        G._call_block(0, a, b, c, ws[0], np.int32(0), 0, 1, 0, 1, (1, 1, 1))
+
+    x = np.ones((2, 2), np.float32)
+    with pytest.raises(TypingError):
+        wrong_flags(x, x, x.copy(), x.copy())
+
+
 # each path compiled for a CPU that has it (LLVM cross-compiles; nothing of it runs here):
 # znver4 has AVX-512 without the 256-bit preference LLVM gives Intel's AVX-512 cores
 PATHS = [("avx512", "znver4", "zmm", 32), ("avx2", "haswell", "ymm", 16), ("sse", "x86-64", "xmm", 8)]

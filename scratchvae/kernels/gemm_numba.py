@@ -750,30 +750,76 @@ def _overlap(x, y):
     return x0 < y0 + y.size * y.itemsize and y0 < x0 + x.size * x.itemsize
 
 
+# Numba links a callee's code into each function that calls it and optimises
+# and emits it again there; a parallel loop's body is outlined into a function
+# and two wrappers, so _gemm_block, 0.9 s of LLVM work, was redone five times on
+# a cold start. The loops below call it through its address instead (an
+# argument, so the cached code holds none): it is compiled once.
+
+#: the Numba types of _gemm_block's arguments after the arrays (flags, the strip's bounds, the cache blocks)
+_BLOCK_SCALARS = (types.int64,) * 5 + (types.UniTuple(types.int64, 3),)
+
+
+@intrinsic
+def _call_block(typingctx, address, a, b, c, ws, flags, i_lo, i_hi, j_lo, j_hi, blocks):
+    """``_gemm_block(a, b, c, ws, ...)`` called at ``address``, the compiled
+    function of exactly these argument types (:func:`_block_address`)."""
+    args = (a, b, c, ws, flags, i_lo, i_hi, j_lo, j_hi, blocks)
+    if address != types.intp or args[4:] != _BLOCK_SCALARS:
+        return None
+    sig = types.none(address, *args)
+
+    def codegen(context, builder, signature, values):
+        fnty = context.call_conv.get_function_type(types.none, args)
+        function = builder.inttoptr(values[0], fnty.as_pointer())
+        status, _ = context.call_conv.call_function(builder, function, types.none, args, values[1:])
+        with cgutils.if_unlikely(builder, status.is_error):
+            context.call_conv.return_status_propagate(builder, status)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+_addresses = {}
+
+
+def _block_address(a, b, c, ws):
+    """The address of _gemm_block compiled (or loaded from the disk cache) for these arrays'
+    Numba types, which differ by dtype, and by read-only or unaligned operands."""
+    key = tuple((x.dtype, x.flags.writeable, x.flags.aligned) for x in (a, b, c))
+    address = _addresses.get(key)
+    if address is None:
+        signature = (numba.typeof(a), numba.typeof(b), numba.typeof(c), numba.typeof(ws[0])) + _BLOCK_SCALARS
+        _gemm_block.compile(signature)
+        compiled = _gemm_block.overloads[signature]
+        address = _addresses[key] = compiled.library.get_pointer_to_function(compiled.fndesc.llvm_func_name)
+    return address
+
+
 @njit(**_JIT)
-def _gemm_serial(a, b, c, ws, flags, nthreads, split_n, blocks, bias, code, alpha):
+def _gemm_serial(a, b, c, ws, flags, nthreads, split_n, blocks, bias, code, alpha, block):
     """The product on this thread, in ``nthreads`` strips, each followed by the
-    epilogue ``code`` (:data:`NO_EPILOGUE`: none); 1 if ``c`` overlaps an input."""
+    epilogue ``code`` (:data:`NO_EPILOGUE`: none); 1 if ``c`` overlaps an input.
+    ``block``: the address of :func:`_gemm_block` for these types."""
     if _overlap(c, a) or _overlap(c, b):
         return 1
-    # the same argument types as _gemm_parallel: _gemm_block compiles once
     for t in range(nthreads):
         i_lo, i_hi, j_lo, j_hi = _strip_bounds(c.shape[0], c.shape[1], _register_tile(c)[1], t, nthreads, split_n)
-        _gemm_block(a, b, c, ws[t], flags, i_lo, i_hi, j_lo, j_hi, blocks)
+        _call_block(block, a, b, c, ws[t], flags, i_lo, i_hi, j_lo, j_hi, blocks)
         if code != NO_EPILOGUE:
             _epilogue(c, bias, code, alpha, i_lo, i_hi, j_lo, j_hi)
     return 0
 
 
 @njit(parallel=True, **_JIT)
-def _gemm_parallel(a, b, c, ws, flags, nthreads, split_n, blocks, bias, code, alpha):
+def _gemm_parallel(a, b, c, ws, flags, nthreads, split_n, blocks, bias, code, alpha, block):
     """One strip per thread, each followed by the epilogue while it is in the
     thread's cache; 1 if ``c`` overlaps an input."""
     if _overlap(c, a) or _overlap(c, b):
         return 1
     for t in prange(nthreads):
         i_lo, i_hi, j_lo, j_hi = _strip_bounds(c.shape[0], c.shape[1], _register_tile(c)[1], t, nthreads, split_n)
-        _gemm_block(a, b, c, ws[t], flags, i_lo, i_hi, j_lo, j_hi, blocks)
+        _call_block(block, a, b, c, ws[t], flags, i_lo, i_hi, j_lo, j_hi, blocks)
         if code != NO_EPILOGUE:
             _epilogue(c, bias, code, alpha, i_lo, i_hi, j_lo, j_hi)
     return 0
@@ -891,9 +937,11 @@ def _run(a, b, out, trans_a, trans_b, accumulate, threads, epilogue=None):
         # the widest strip (see _strip_bounds) sizes the packed B
         tiles = -(-n // nr)
         ws = _workspace(dtype, threads, -(-tiles // threads) * nr if split_n else n)
-        status = _gemm_parallel(a, b, out, ws, flags, threads, split_n, _TILING[dtype][2:], *tail)
+        status = _gemm_parallel(a, b, out, ws, flags, threads, split_n, _TILING[dtype][2:], *tail,
+                                _block_address(a, b, out, ws))
     else:
-        status = _gemm_serial(a, b, out, _workspace(dtype, 1, n), flags, 1, True, _TILING[dtype][2:], *tail)
+        ws = _workspace(dtype, 1, n)
+        status = _gemm_serial(a, b, out, ws, flags, 1, True, _TILING[dtype][2:], *tail, _block_address(a, b, out, ws))
     if status:
         raise ValueError("gemm: out must not overlap a or b")
     return out
