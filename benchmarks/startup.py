@@ -53,12 +53,14 @@ def main(argv=None) -> int:
     env = dict(os.environ, **common.thread_env(args.threads))
     env.pop("NUMBA_CACHE_DIR", None)
     configs = [("import scratchvae", "import", "numpy", "")]
-    for backend in ("numpy", "numba"):
-        configs.append((f"first step, {backend}", "step", backend, "warm" if backend == "numba" else ""))
-    configs.append(("first step, numba", "step", "numba", "cold"))
+    for backend in ("numpy", "numba", "numba_pool"):
+        configs.append((f"first step, {backend}", "step", backend, "" if backend == "numpy" else "warm"))
+    for backend in ("numba", "numba_pool"):         # the default, and the one pool (not the default: this)
+        configs.append((f"first step, {backend}", "step", backend, "cold"))
 
     # fill the warm cache once
-    measure("step", "numba", env)
+    for backend in ("numba", "numba_pool"):
+        measure("step", backend, env)
     results = {}
     for label, mode, backend, cache in configs:
         times = []

@@ -232,3 +232,17 @@ def test_distributed_quick_run_times_each_layout_and_checks_the_cost_model(tmp_p
     assert distributed.ring_allreduce_s(1, 1e6, 1e9, 1e-6) == 0
     assert distributed.ring_allreduce_s(4, 4e6, 1e9, 1e-6) == pytest.approx(1.5 * 4e6 / 1e9 + 6e-6)
     assert [p["network"] for p in rec["projection"]][0] == "1 GbE"
+
+
+def test_many_cores_keeps_what_fits_in_its_budget_and_marks_the_rest(tmp_path):
+    """benchmarks/many_cores.py, the many-core visit: with 10 s of budget only the machine record
+    fits; the steps that need more are skipped and say so in summary.json, and the exit status is 1."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "many_cores.py"), "--quick", "--budget", "10",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    status = {s["name"]: s["status"] for s in summary["steps"]}
+    assert status["machine"] == "ok" and json.loads((tmp_path / "machine.json").read_text())["machine"]["cpu_model"]
+    for step in ("scaling", "bench", "startup"):
+        assert status[step].startswith("skipped:") and "needs" in status[step], status
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["machine.json", "summary.json"]
