@@ -254,7 +254,8 @@ def test_the_micro_kernel_is_vectorised_for_this_cpu():
 def test_the_blocked_product_is_compiled_once_and_called_through_its_address(monkeypatch):
     """The serial and parallel loops call _gemm_block through its address: their machine code holds
     none of the micro-kernel's multiply-adds (Numba would otherwise optimise and emit the block again
-    in each of them); read-only or unaligned operands, other Numba types, get their own compile.
+    in each of them); a read-only operand, another Numba type, gets its own compile, and an
+    unaligned one is read right.
     The loops are compiled afresh here: Numba shows no code it loaded from its cache."""
     import numba
     fresh = {}
@@ -270,6 +271,8 @@ def test_the_blocked_product_is_compiled_once_and_called_through_its_address(mon
     want = unaligned.astype(np.float64) @ read_only
     for entry in (G.gemm_serial, G.gemm_parallel):
         np.testing.assert_allclose(entry(unaligned, read_only), want, rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(entry(unaligned, read_only.copy()), want, rtol=1e-5, atol=1e-4)
+    assert len(set(G._addresses.values())) >= 2            # writeable and read-only B
     for name, loop in fresh.items():
         ops, _ = _vector_ops("\n".join(loop.inspect_asm().values()))
         assert ops and not [op for op in ops if "vfmadd" in op], f"{name} holds the block's code"
