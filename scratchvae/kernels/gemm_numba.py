@@ -65,7 +65,9 @@ when ``n >= m`` and along ``m`` otherwise, and runs them with ``prange``;
 each thread packs what its strip needs in its own buffers, so there is no
 synchronisation inside a call. :func:`gemm` uses it from
 :data:`PARALLEL_MIN_FLOP` floating-point operations on; :func:`gemm_serial`
-never does.
+never does. The serial and the parallel loop call the blocked product
+through its address (:func:`_call_block`), so that it is compiled once, not
+again inside each loop (Numba links a callee's code into its callers).
 
 Packing buffers belong to the calling Python thread and the dtype; they are
 allocated on first use and grown when a product needs more, so a training
