@@ -130,6 +130,29 @@ def test_progress_and_summary_lines_unless_quiet(tiny_data, tmp_path):
     assert quiet.getvalue() == ""
 
 
+@pytest.mark.parametrize("backend,compiled", [("numba", True), ("numpy", False)])
+def test_on_a_terminal_the_first_step_says_it_loads_or_compiles_the_kernels(tiny_data, tmp_path, backend, compiled):
+    """The first step of a compiled backend waits for its kernels (seconds on a fresh install):
+    the progress line says so before it; a NumPy run has nothing to compile and says nothing."""
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    if compiled:
+        pytest.importorskip("numba")
+    before = sv.get_backend()
+    sv.set_backend(backend)
+    try:
+        out = Terminal()
+        new(TrainConfig(**{**SMALL, "epochs": 1}), tiny_data, tmp_path, file=out).fit()
+    finally:
+        sv.set_backend(before)
+    assert ("first step: loading the compiled kernels" in out.getvalue()) is compiled
+    assert "epoch 1/1 [" in out.getvalue()
+
+
 @pytest.mark.parametrize("kwargs,match", [
     (dict(epochs=0), "epochs must be a positive integer"),
     (dict(lr=-1.0), "lr must be a positive number"),

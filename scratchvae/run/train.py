@@ -42,7 +42,7 @@ from ..data.datasets import binarize
 from ..distributed.comm import Communicator, OneProcess
 from ..distributed.data_parallel import DataParallelStep, Draws, rows_of
 from ..inference.evaluate import elbo
-from ..kernels import thread_tuner
+from ..kernels import active_module, thread_tuner
 from ..model import M2, memory
 from ..model.m2 import accuracy
 from .checkpoint import CheckpointError, NotFiniteError
@@ -352,6 +352,8 @@ class Trainer:
         if run.perm is None:
             run.perm = run.rng.permutation(len(indices))
         progress = Progress(self.batches_per_epoch, f"epoch {run.epoch + 1}/{cfg.epochs}", self.file, self.quiet)
+        if run.step == 0 and hasattr(active_module(), "warmup"):    # a compiled backend: say why step 1 waits
+            progress.update(0, "first step: loading the compiled kernels (compiling them on a fresh install)")
         t0 = time.perf_counter()
         while run.batch < self.batches_per_epoch:
             pos = run.perm[run.batch * cfg.batch_size:(run.batch + 1) * cfg.batch_size]
