@@ -12,7 +12,10 @@ first, each as a child process under what is left of ``--budget`` seconds:
 3. ``bench``: ``scratchvae bench`` at the CPU count for each GEMM (the
    default ``numba``, products from BLAS; ``numba_pool``, our own), batches
    128 and 1024: where a step's time goes (``bench-*.log``);
-4. ``startup``: first training step from process start, warm and with an
+4. ``overhead``: ``parallel_overhead.py`` at the CPU count, under Numba's
+   ``omp`` and ``workqueue`` threading layers: what entering a parallel
+   region costs there (``parallel_overhead-*.json``);
+5. ``startup``: first training step from process start, warm and with an
    empty Numba cache (``startup.json``).
 
 Each step's output goes to ``OUT/NAME.log`` and its records to ``OUT``
@@ -27,8 +30,9 @@ their names.
 
 How long: on this project's 2-CPU machine the whole visit (``--cpus 2``,
 the benchmark venv) took 195 s, of which scaling 125 s (about a minute per
-thread count), bench 26 s and startup 43 s; over 1, 2, 4, 8 and 16 threads
-that is about 6-7 minutes, inside the default budget of 8.
+thread count), bench 26 s and startup 43 s, and the overhead step adds 6 s;
+over 1, 2, 4, 8 and 16 threads that is about 6-7 minutes, inside the
+default budget of 8.
 """
 from __future__ import annotations
 
@@ -45,7 +49,7 @@ import common  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 SYSTEMS = "scratchvae-numba,scratchvae-onepool,jax-jit,torch-eager"
 #: what each step needs at least, in seconds, on the full run and on the smoke run
-NEEDS = {"machine": (5, 5), "scaling": (240, 30), "bench": (60, 20), "startup": (45, 15)}
+NEEDS = {"machine": (5, 5), "scaling": (240, 30), "bench": (60, 20), "overhead": (30, 10), "startup": (45, 15)}
 
 
 def powers_of_two_to(n: int) -> list:
@@ -69,10 +73,14 @@ def plan(args) -> list:
             bench.append((f"bench-{backend}-b{batch}",
                           [py, "-m", "scratchvae", "bench", "--backend", backend, "--batch-size", str(batch),
                            "--seconds", "1" if args.quick else "4"], common.thread_env(cpus)))
+    overhead = [(f"parallel_overhead-{layer}",
+                 [py, os.path.join(HERE, "parallel_overhead.py"), "--threads", str(cpus),
+                  "--json", os.path.join(args.out, f"parallel_overhead-{layer}.json")] + (["--quick"] if args.quick else []),
+                 {"NUMBA_THREADING_LAYER": layer}) for layer in ("omp", "workqueue")]
     startup = [py, os.path.join(HERE, "startup.py"), "--repeats", "1" if args.quick else "3",
                "--threads", str(cpus), "--json", os.path.join(args.out, "startup.json")]
     return [("machine", []), ("scaling", [("scaling", scaling, {})]), ("bench", bench),
-            ("startup", [("startup", startup, {})])]
+            ("overhead", overhead), ("startup", [("startup", startup, {})])]
 
 
 def machine_record(path: str) -> None:

@@ -243,6 +243,6 @@ def test_many_cores_keeps_what_fits_in_its_budget_and_marks_the_rest(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     status = {s["name"]: s["status"] for s in summary["steps"]}
     assert status["machine"] == "ok" and json.loads((tmp_path / "machine.json").read_text())["machine"]["cpu_model"]
-    for step in ("scaling", "bench", "startup"):
+    for step in ("scaling", "bench", "overhead", "startup"):
         assert status[step].startswith("skipped:") and "needs" in status[step], status
     assert sorted(p.name for p in tmp_path.iterdir()) == ["machine.json", "summary.json"]
