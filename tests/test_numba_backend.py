@@ -277,6 +277,37 @@ def test_the_bernoulli_loss_is_one_vectorised_pass_without_libm_calls():
         assert _packed_float32_ops(asm) >= 4, f"{kernel.py_func.__name__} is not vectorised"
 
 
+@pytest.mark.parametrize("pool", [False, True], ids=["serial", "pool"])
+def test_in_place_calls_read_and_write_one_array_and_give_the_same_numbers(pool):
+    """The training step calls bias_activation with out=a and activation_backward with out=d_y.
+    Under two names LLVM cannot know the arrays are one and runs the loop unvectorised (3-5x
+    slower), so the wrappers pass None for the second name: the kernels compiled for None are the
+    ones that run, and they give the numbers of the out-of-place call."""
+    from scratchvae.kernels import numba as nbk
+    forward, backward = ((nbk.bias_activation_pool, nbk.activation_backward_pool) if pool
+                         else (nbk.bias_activation, nbk.activation_backward))
+    rng = np.random.default_rng(5)
+    for shape in ((3, 7), (300, 129)):          # serial and pool variants alike (see POOL_MIN_ELEMENTS)
+        a = rng.standard_normal(shape).astype(np.float32)
+        b = rng.standard_normal(shape[1]).astype(np.float32)
+        for activation in ("relu", "identity", "leaky_relu"):
+            want = forward(a, b, activation, 0.1)
+            in_place = a.copy()
+            assert forward(in_place, b, activation, 0.1, out=in_place) is in_place
+            assert np.array_equal(in_place, want)
+            d_y = rng.standard_normal(shape).astype(np.float32)
+            d_b, d_b_in_place = np.empty(shape[1], np.float32), np.empty(shape[1], np.float32)
+            want = backward(want, d_y, activation, 0.1, d_b=d_b)
+            d = d_y.copy()
+            assert backward(in_place, d, activation, 0.1, out=d, d_b=d_b_in_place) is d
+            assert np.array_equal(d, want) and np.array_equal(d_b_in_place, d_b)
+    kernels = [nbk._KERNELS[nbk.RELU], nbk._KERNELS[nbk.LEAKY_RELU]]
+    names = ("bias_act_pool", "backward_pool") if pool else ("bias_act", "backward")
+    for kernel, name, position in ((kernels[0], names[0], 3), (kernels[1], names[1], 1)):
+        signatures = getattr(kernel, name).signatures
+        assert any(str(sig[position]) == "none" for sig in signatures), (name, signatures)
+
+
 def test_the_piecewise_linear_activations_share_one_backward_kernel():
     """ReLU's and the identity's backward passes run leaky ReLU's kernel with their slope below zero
     (0 and 1): one compiled kernel, not three, and the numbers of their own derivatives."""

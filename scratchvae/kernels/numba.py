@@ -157,6 +157,15 @@ def _act_grad(y, code, alpha):
 #: rows per block of the bias gradient's partial sums: a fixed number, never the thread count
 ROWS_PER_BLOCK = 16
 
+# In place. The training step calls these kernels with the output the input
+# (``bias_activation(a, ..., out=a)``, ``activation_backward(..., d_y, out=d_y)``).
+# Given one array under two names, a loop cannot know they are one: LLVM checks
+# at run time that the output does not overlap the input, the check fails, and
+# the loop runs unvectorised, 3-5x slower. So the wrappers pass None for the
+# second name and the kernel reads and writes the one array it has, through one
+# view per chunk (two views of one chunk fail the same check). Numba compiles
+# that variant apart, dropping the branch on None.
+
 
 @_jit(inline=True)
 def _bias_act_rows(a, b, code, alpha, out):
@@ -210,24 +219,27 @@ class _ActivationKernels:
     """
 
     def __init__(self, code):
+        # out None: in place, into a; d_y None: in place, read from out (see "In place" above)
         @_jit()
         def bias_act(a, b, alpha, out):
-            _bias_act_rows(a, b, code, alpha, out)
+            _bias_act_rows(a, b, code, alpha, a if out is None else out)
 
         @_jit(parallel=True)
         def bias_act_pool(a, b, alpha, out, chunks):
             n = a.shape[0]
             for t in nb.prange(chunks):
                 lo, hi = t * n // chunks, (t + 1) * n // chunks
-                _bias_act_rows(a[lo:hi], b, code, alpha, out[lo:hi])
+                a_t = a[lo:hi]
+                _bias_act_rows(a_t, b, code, alpha, a_t if out is None else out[lo:hi])
 
         @_jit()
         def backward(y, d_y, alpha, out, d_b, want_d_b, row_scale, scaled, parts):
             n = y.shape[0]
             for t in range(parts.shape[0]):
                 lo, hi = _block(t, n)
-                _act_backward_rows(y[lo:hi], d_y[lo:hi], code, alpha, out[lo:hi], parts[t], want_d_b,
-                                   row_scale[lo:hi], scaled)
+                out_t = out[lo:hi]
+                _act_backward_rows(y[lo:hi], out_t if d_y is None else d_y[lo:hi], code, alpha, out_t, parts[t],
+                                   want_d_b, row_scale[lo:hi], scaled)
             if want_d_b:
                 _add_partial_sums(parts, d_b)
 
@@ -236,8 +248,9 @@ class _ActivationKernels:
             n = y.shape[0]
             for t in nb.prange(parts.shape[0]):
                 lo, hi = _block(t, n)
-                _act_backward_rows(y[lo:hi], d_y[lo:hi], code, alpha, out[lo:hi], parts[t], want_d_b,
-                                   row_scale[lo:hi], scaled)
+                out_t = out[lo:hi]
+                _act_backward_rows(y[lo:hi], out_t if d_y is None else d_y[lo:hi], code, alpha, out_t, parts[t],
+                                   want_d_b, row_scale[lo:hi], scaled)
             if want_d_b:            # on the calling thread: a few microseconds, and a second
                 _add_partial_sums(parts, d_b)       # parallel loop cost half a second of compilation
 
@@ -265,10 +278,11 @@ def _bias_activation(a, b, activation, alpha, out, pool):
         return numpy_backend.bias_activation(a, b, activation, alpha, out)
     out = np.empty_like(a) if out is None else out
     kernels, chunks = _KERNELS[code], _chunks(a.size, pool)
+    dst = None if out is a else out
     if chunks:
-        kernels.bias_act_pool(a, b, a.dtype.type(alpha), out, chunks)
+        kernels.bias_act_pool(a, b, a.dtype.type(alpha), dst, chunks)
     else:
-        kernels.bias_act(a, b, a.dtype.type(alpha), out)
+        kernels.bias_act(a, b, a.dtype.type(alpha), dst)
     return out
 
 
@@ -289,7 +303,8 @@ def _activation_backward(y, d_y, activation, alpha, out, d_b, row_scale, pool):
     want = d_b is not None
     scale, scaled = _rows(row_scale, y)
     parts = _partial_sums(len(y), y.shape[1] if want else 0, y.dtype)
-    args = (y, d_y, y.dtype.type(alpha), out, d_b if want else out[0], want, scale, scaled, parts)
+    src = None if d_y is out else d_y
+    args = (y, src, y.dtype.type(alpha), out, d_b if want else out[0], want, scale, scaled, parts)
     if _chunks(y.size, pool):
         _KERNELS[code].backward_pool(*args)
     else:
