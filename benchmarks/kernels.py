@@ -27,7 +27,7 @@ def cases(np, batch):
         return rng.standard_normal(shape).astype(f)
 
     a, b, d400, db = arr(batch, 400), arr(400), arr(batch, 400), np.empty(400, f)
-    out400 = np.empty_like(a)
+    out400, a_own, d_own = np.empty_like(a), arr(batch, 400), arr(batch, 400)
     logits, x = arr(batch, 784), rng.random((batch, 784)).astype(f)
     d784, nll = np.empty_like(logits), np.empty(batch, f)
     mu, logvar, eps = arr(batch, 20), arr(batch, 20), arr(batch, 20)
@@ -38,6 +38,9 @@ def cases(np, batch):
     return [
         ("bias + relu (B, 400)", lambda K: K.bias_activation(a, b, "relu", 0.0, out400)),
         ("relu backward + bias grad (B, 400)", lambda K: K.activation_backward(a, d400, "relu", 0.0, out400, db)),
+        # in place, as the training step calls them (one array read and written)
+        ("bias + relu in place (B, 400)", lambda K: K.bias_activation(a_own, b, "relu", 0.0, a_own)),
+        ("relu backward in place (B, 400)", lambda K: K.activation_backward(a, d_own, "relu", 0.0, d_own, db)),
         ("bernoulli loss + grad (B, 784)", lambda K: K.bernoulli_nll(logits, x, nll, d784, True, scratch)),
         ("reparameterization + KL (B, 20)", lambda K: K.gaussian_latent(mu, logvar, eps, z, kl, kl_sample)),
         ("latent backward (B, 20)", lambda K: K.gaussian_latent_backward(mu, logvar, eps, z, mu, w, None, dmu, dlv)),
