@@ -125,18 +125,15 @@ def _rows(w, like):
 
 @_jit(inline=True)
 def _act_grad(y, code, alpha):
-    """f'(a) from y = f(a)."""
-    if code == RELU:
-        return ONE if y > ZERO else ZERO
+    """f'(a) from y = f(a), for the activations with a backward kernel of their own (leaky ReLU,
+    which is ReLU's and the identity's too, tanh, sigmoid, ELU; see _SLOPE_BELOW_ZERO)."""
     if code == LEAKY_RELU:
         return ONE if y > ZERO else alpha
     if code == TANH:
         return ONE - y * y
     if code == SIGMOID:
         return y * (ONE - y)
-    if code == ELU:
-        return ONE if y > ZERO else y + alpha
-    return ONE
+    return ONE if y > ZERO else y + alpha           # ELU
 
 
 # Each kernel is a body, inlined into two dispatchers: serial over the whole
@@ -210,6 +207,13 @@ def _block(t, n):
     return t * ROWS_PER_BLOCK, min(n, (t + 1) * ROWS_PER_BLOCK)
 
 
+#: f'(y) of a piecewise-linear activation is 1 where y > 0 and its slope below zero elsewhere,
+#: leaky ReLU's ``alpha``: ReLU's is 0 and the identity's 1. Their backward passes run leaky ReLU's
+#: kernel with that slope, the same numbers, so a run compiles one kernel for the three (each
+#: kernel is about 0.6 s of a cold start, the parallel variant 1.2 s).
+_SLOPE_BELOW_ZERO = {RELU: 0.0, IDENTITY: 1.0}
+
+
 class _ActivationKernels:
     """The compiled kernels of one activation, serial and pool.
 
@@ -231,6 +235,11 @@ class _ActivationKernels:
                 lo, hi = t * n // chunks, (t + 1) * n // chunks
                 a_t = a[lo:hi]
                 _bias_act_rows(a_t, b, code, alpha, a_t if out is None else out[lo:hi])
+
+        self.bias_act, self.bias_act_pool = bias_act, bias_act_pool
+        self.backward = self.backward_pool = None
+        if code in _SLOPE_BELOW_ZERO or code == SOFTPLUS:      # leaky ReLU's; NumPy's
+            return
 
         @_jit()
         def backward(y, d_y, alpha, out, d_b, want_d_b, row_scale, scaled, parts):
@@ -254,7 +263,6 @@ class _ActivationKernels:
             if want_d_b:            # on the calling thread: a few microseconds, and a second
                 _add_partial_sums(parts, d_b)       # parallel loop cost half a second of compilation
 
-        self.bias_act, self.bias_act_pool = bias_act, bias_act_pool
         self.backward, self.backward_pool = backward, backward_pool
 
 
@@ -284,13 +292,6 @@ def _bias_activation(a, b, activation, alpha, out, pool):
     else:
         kernels.bias_act(a, b, a.dtype.type(alpha), dst)
     return out
-
-
-#: f'(y) of a piecewise-linear activation is 1 where y > 0 and its slope below zero elsewhere,
-#: leaky ReLU's ``alpha``: ReLU's is 0 and the identity's 1. Their backward passes run leaky ReLU's
-#: kernel with that slope, the same numbers, so a run compiles one kernel for the three (each
-#: kernel is about 0.6 s of a cold start, the parallel variant 1.2 s).
-_SLOPE_BELOW_ZERO = {RELU: 0.0, IDENTITY: 1.0}
 
 
 def _activation_backward(y, d_y, activation, alpha, out, d_b, row_scale, pool):
