@@ -179,6 +179,29 @@ def test_one_pool_for_the_whole_step_gives_the_same_bits_for_any_thread_count():
     np.testing.assert_array_equal(two, again)
 
 
+def test_one_pool_gives_the_same_bits_on_1_2_4_and_16_threads():
+    """The issue's counts, on any machine: a pool of 16 threads runs on 2 cores too (oversubscribed,
+    slower, the same arithmetic). Batches of 256, 219 and 182 rows: strips and chunks that do not
+    divide evenly by any of the counts."""
+    code = """
+        import hashlib, numpy as np, numba, scratchvae as sv
+        sv.set_backend("numba", gemm="numba")
+        for threads in (1, 2, 4, 16):
+            numba.set_num_threads(threads)
+            m = sv.VAE(784, [400], 20, seed=0); opt = sv.Adam(m.params, max_grad_norm=50.0)
+            rng = np.random.default_rng(0)
+            x = rng.random((1024, 784), dtype=np.float32)
+            for s in range(3):
+                opt.step(m.loss_and_grads(x[s * 256:(s + 1) * 256 - 37 * s], rng=rng)[1])
+            print(threads, numba.get_num_threads(), hashlib.sha256(m.flat_params.tobytes()).hexdigest())
+    """
+    out = _run(code, NUMBA_NUM_THREADS="16")
+    assert out.returncode == 0, out.stderr
+    rows = [line.split() for line in out.stdout.splitlines()]
+    assert [r[:2] for r in rows] == [["1", "1"], ["2", "2"], ["4", "4"], ["16", "16"]], out.stdout
+    assert len({r[2] for r in rows}) == 1, out.stdout
+
+
 def test_the_pool_kernels_conform_to_the_reference():
     report = sv.check_backend("numba_pool", verbose=False)
     assert report.ok, str(report)
