@@ -56,6 +56,18 @@ def test_a_busy_neighbour_makes_it_drop_to_the_faster_count_and_return_when_it_l
     assert t.threads == 2 and t.log[-1] == (2, {2: 1.0, 1: 1.8}), t.log
 
 
+def test_only_time_in_steps_counts_toward_the_period():
+    m = FakeMachine({2: 1.0, 1: 1.8})
+    t = tuner_on(m, period=100.0)
+    m.train(t, 6)                           # the first measurement
+    calls = len(m.calls)
+    m.now += 10_000.0                       # an evaluation between epochs
+    m.train(t, 5)                           # 50 s of steps: half a period
+    assert len(t.log) == 1 and len(m.calls) == calls
+    m.train(t, 5 + 6)                       # the other half, then a measurement
+    assert len(t.log) == 2
+
+
 def test_warmup_steps_and_steps_that_raise_are_not_timed():
     m = FakeMachine({2: 1.0, 1: 1.8})
     t = tuner_on(m, warmup=2)

@@ -11,8 +11,9 @@ so the count is chosen by timing steps, not once.
 sets the thread count, after it records the step's time per example. It
 times a few steps at the current count and at its neighbours (half and
 twice, within 1..``max_threads``), keeps the fastest, and measures again
-when steps grow slower by ``slowdown`` or ``period`` seconds after the last
-measurement. The loop only tunes a backend whose results do not depend on
+when steps grow slower by ``slowdown`` or after ``period`` seconds of
+steps (time between steps, an evaluation or another program's turn in a
+benchmark, does not count: only how fast steps run is measured). The loop only tunes a backend whose results do not depend on
 the thread count (``RESULTS_INDEPENDENT_OF_THREADS`` in its module, see
 :func:`scratchvae.kernels.tunable`): switching then changes how fast a step
 runs, never a number it computes.
@@ -32,8 +33,8 @@ class ThreadTuner:
     ``set_threads(n)``: applies a count (e.g. ``numba.set_num_threads``).
     ``max_threads``: the most it may use. ``probe_steps``: steps timed per
     candidate in one measurement; ``warmup``: first steps not timed (they
-    compile); ``period`` (seconds) and ``slowdown`` (a ratio): when to
-    measure again. ``clock`` is for tests. Use::
+    compile); ``period`` (seconds spent in steps) and ``slowdown`` (a
+    ratio): when to measure again. ``clock`` is for tests. Use::
 
         with tuner.step(len(x)):
             ...one training step on x...
@@ -56,7 +57,8 @@ class ThreadTuner:
         self._times: Dict[int, List[float]] = {}
         self._recent: deque = deque(maxlen=probe_steps)
         self._best = None                           # seconds per example of self.threads when measured
-        self._measured_at = None
+        self._stepped = 0.0                         # seconds spent in steps so far
+        self._measured_at = None                    # ... when the last measurement ended
         self._t0 = None
         set_threads(self.threads)
 
@@ -88,7 +90,9 @@ class ThreadTuner:
         self._t0 = self.clock()
 
     def _end(self, examples: int) -> None:
-        seconds = (self.clock() - self._t0) / max(examples, 1)
+        elapsed = self.clock() - self._t0
+        self._stepped += elapsed
+        seconds = elapsed / max(examples, 1)
         if self.warmup:
             self.warmup -= 1
         elif self._plan:
@@ -99,7 +103,7 @@ class ThreadTuner:
             self._recent.append(seconds)
 
     def _due(self) -> bool:
-        if self._best is None or self.clock() - self._measured_at >= self.period:
+        if self._best is None or self._stepped - self._measured_at >= self.period:
             return True
         full = len(self._recent) == self._recent.maxlen
         return full and median(self._recent) > self.slowdown * self._best
@@ -108,7 +112,7 @@ class ThreadTuner:
         medians = {n: median(t) for n, t in self._times.items()}
         self.threads = min(medians, key=lambda n: (medians[n], n))
         self.set_threads(self.threads)
-        self._best, self._measured_at = medians[self.threads], self.clock()
+        self._best, self._measured_at = medians[self.threads], self._stepped
         self._recent.clear()
         self.log.append((self.threads, medians))
 
