@@ -11,12 +11,13 @@ so the count is chosen by timing steps, not once.
 sets the thread count, after it records the step's time per example. It
 times a few steps at the current count and at its neighbours (half and
 twice, within 1..``max_threads``), keeps the fastest, and measures again
-when steps grow slower by ``slowdown`` or after ``period`` seconds of
-steps (time between steps, an evaluation or another program's turn in a
-benchmark, does not count: only how fast steps run is measured). The loop only tunes a backend whose results do not depend on
-the thread count (``RESULTS_INDEPENDENT_OF_THREADS`` in its module, see
-:func:`scratchvae.kernels.tunable`): switching then changes how fast a step
-runs, never a number it computes.
+when steps grow slower by ``slowdown`` or after ``period`` seconds spent
+in steps (time between them, an evaluation or another system's turn in a
+benchmark, says nothing about how fast steps run, so it does not count).
+The loop only tunes a backend whose results do not depend on the thread
+count (``RESULTS_INDEPENDENT_OF_THREADS`` in its module, see
+:func:`scratchvae.kernels.thread_tuner`): switching then changes how fast
+a step runs, never a number it computes.
 """
 from __future__ import annotations
 
