@@ -13,8 +13,10 @@ first, each as a child process under what is left of ``--budget`` seconds:
    default ``numba``, products from BLAS; ``numba_pool``, our own), batches
    128 and 1024: where a step's time goes (``bench-*.log``);
 4. ``overhead``: ``parallel_overhead.py`` at the CPU count, under Numba's
-   ``omp`` and ``workqueue`` threading layers: what entering a parallel
-   region costs there (``parallel_overhead-*.json``);
+   ``omp`` threading layer (its threads spinning between regions, and with
+   ``OMP_WAIT_POLICY=passive``, sleeping), ``tbb`` and ``workqueue``: what
+   entering a parallel region costs there (``parallel_overhead-*.json``; a
+   layer the machine lacks fails alone);
 5. ``startup``: first training step from process start, warm and with an
    empty Numba cache (``startup.json``).
 
@@ -73,10 +75,13 @@ def plan(args) -> list:
             bench.append((f"bench-{backend}-b{batch}",
                           [py, "-m", "scratchvae", "bench", "--backend", backend, "--batch-size", str(batch),
                            "--seconds", "1" if args.quick else "4"], common.thread_env(cpus)))
-    overhead = [(f"parallel_overhead-{layer}",
+    layers = {"omp": {"NUMBA_THREADING_LAYER": "omp"},
+              "omp-passive": {"NUMBA_THREADING_LAYER": "omp", "OMP_WAIT_POLICY": "passive"},
+              "tbb": {"NUMBA_THREADING_LAYER": "tbb"}, "workqueue": {"NUMBA_THREADING_LAYER": "workqueue"}}
+    overhead = [(f"parallel_overhead-{name}",
                  [py, os.path.join(HERE, "parallel_overhead.py"), "--threads", str(cpus),
-                  "--json", os.path.join(args.out, f"parallel_overhead-{layer}.json")] + (["--quick"] if args.quick else []),
-                 {"NUMBA_THREADING_LAYER": layer}) for layer in ("omp", "workqueue")]
+                  "--json", os.path.join(args.out, f"parallel_overhead-{name}.json")] + (["--quick"] if args.quick else []),
+                 env) for name, env in layers.items()]
     startup = [py, os.path.join(HERE, "startup.py"), "--repeats", "1" if args.quick else "3",
                "--threads", str(cpus), "--json", os.path.join(args.out, "startup.json")]
     return [("machine", []), ("scaling", [("scaling", scaling, {})]), ("bench", bench),
