@@ -61,6 +61,21 @@ def test_command_help_mentions_every_option(capsys, command):
     assert seen >= 2
 
 
+def test_every_help_names_every_environment_variable_the_library_reads(capsys):
+    """The variables are found in the source, so a new one that --help does not explain fails here."""
+    import re
+    from pathlib import Path
+    source = "".join(p.read_text() for p in Path(scratchvae.__file__).parent.rglob("*.py"))
+    names = set(re.findall(r"SCRATCHVAE_[A-Z_]*[A-Z]", source))
+    assert {"SCRATCHVAE_BACKEND", "SCRATCHVAE_GEMM", "SCRATCHVAE_DATA"} <= names
+    for command in ([], *([name] for name in cli.COMMANDS)):
+        code, out, err = run(capsys, *command, "--help")
+        assert code == 0 and err == ""
+        flat = " ".join(out.split())
+        for name in names:
+            assert name in flat, (command, name)
+
+
 def test_train_help_covers_every_run_option():
     """Every TrainConfig field the CLI stores is reachable from the command line."""
     sub = subparsers(cli.build_parser())["train"]

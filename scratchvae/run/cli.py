@@ -100,16 +100,30 @@ def _parsed(parse):
     return check
 
 
+#: the environment variables the library reads, as every ``--help`` ends
+ENVIRONMENT = (
+    "environment: SCRATCHVAE_BACKEND picks the kernels (numpy, numba, numba_pool, reference or a module "
+    "path; default numba when Numba imports, else numpy); SCRATCHVAE_GEMM picks the matrix products "
+    "(blas, numba, reference). SCRATCHVAE_GEMM=numba with the numba kernels runs a whole step in one "
+    "thread pool, which training sizes step by step: faster than the default on 2 cores, quiet and under "
+    "load (README, Speed), but not the default, since its first step on a fresh install compiles several "
+    "times longer. Threads: "
+    "Numba's and OpenBLAS's defaults (the machine's CPUs), or NUMBA_NUM_THREADS and OPENBLAS_NUM_THREADS. "
+    "SCRATCHVAE_GEMM_ISA (avx512, avx2, sse) forces the hand-written GEMM's vector width; SCRATCHVAE_DATA "
+    "is a folder searched for data sets; SCRATCHVAE_MPI=1 asks for MPI in a single process; "
+    "SCRATCHVAE_DEBUG=1 prints a full traceback on an error.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every command in :data:`COMMANDS`."""
     parser = argparse.ArgumentParser(
         prog="scratchvae",
         description="A Variational Autoencoder from scratch: NumPy, hand-written backprop, "
-                    "every gradient checked against finite differences.")
+                    "every gradient checked against finite differences.", epilog=ENVIRONMENT)
     parser.add_argument("--version", action="version", version=f"scratchvae {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, command in COMMANDS.items():
-        sub = commands.add_parser(name, help=command.help, description=command.description)
+        sub = commands.add_parser(name, help=command.help, description=command.description, epilog=ENVIRONMENT)
         if command.add_arguments is not None:
             command.add_arguments(sub)
     return parser
