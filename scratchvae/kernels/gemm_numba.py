@@ -662,7 +662,9 @@ def _gemm_block(a, b, c, ws, flags, i_lo, i_hi, j_lo, j_hi, blocks):
                             else:
                                 _narrow_kernel(kc, a, (ic + ir0) * a_rs + pc * a_cs, MR * a_rs, a_rs, a_cs,
                                                bsrc, b_off, b_rs, ctile, 0, nr, False)
-                            _tile_to_c(ctile, 0, tj, c, ic + ir0, j0, 2 * MR, ncols, beta)
+                            # (np.intp(0), not the literal 0: the literal would compile
+                            # a second _tile_to_c, specialised to it)
+                            _tile_to_c(ctile, np.intp(0), tj, c, ic + ir0, j0, 2 * MR, ncols, beta)
                             ir0 += 2 * MR
                     if pack_b:
                         bsrc, b_off, b_rs, tj = bpack, jr * kc, nr, 0
