@@ -825,7 +825,9 @@ def _gemm_parallel(a, b, c, ws, flags, nthreads, split_n, blocks, bias, code, al
     if _overlap(c, a) or _overlap(c, b):
         return 1
     for t in prange(nthreads):
-        i_lo, i_hi, j_lo, j_hi = _strip_bounds(c.shape[0], c.shape[1], _register_tile(c)[1], t, nthreads, split_n)
+        # (prange's index is unsigned: as int64 it takes the serial loop's compiled _strip_bounds)
+        i_lo, i_hi, j_lo, j_hi = _strip_bounds(c.shape[0], c.shape[1], _register_tile(c)[1], np.int64(t), nthreads,
+                                               split_n)
         _call_block(block, a, b, c, ws[t], flags, i_lo, i_hi, j_lo, j_hi, blocks)
         if code != NO_EPILOGUE:
             _epilogue(c, bias, code, alpha, i_lo, i_hi, j_lo, j_hi)
