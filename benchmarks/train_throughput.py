@@ -244,6 +244,7 @@ class Measurement:
             for name in self.args.systems:
                 records[name] = self.start(name, batch, workers)
             self.rounds(records, workers)
+            self.tuners_after_rounds(records, workers)
         finally:
             for w in workers.values():
                 w.close()
@@ -281,6 +282,15 @@ class Measurement:
             log(f"  {name}: first step {rec['first_step_s']:.2f} s, then {rec['warmup']['step_s'] * 1e3:.2f} ms"
                 f"/step; {rec['steps_per_round']} steps per block")
         return rec
+
+    def tuners_after_rounds(self, records, workers):
+        """What each thread tuner chose and how often it measured, by the end of the rounds (``info``
+        holds its state after the warm-up only)."""
+        for name, w in workers.items():
+            if records[name]["status"] == "ok" and "thread_tuner" in records[name].get("info", {}):
+                rep = w.call("describe", timeout=self.args.timeout)
+                if rep["status"] == "ok" and "thread_tuner" in rep["info"]:
+                    records[name]["thread_tuner_after_rounds"] = rep["info"]["thread_tuner"]
 
     def rounds(self, records, workers):
         """--rounds rounds of one block per running system, the order rotating each round."""

@@ -84,6 +84,24 @@ def test_quick_run_writes_the_json_record(tmp_path):
         assert rec["systems"][name]["status"] == "skipped"
 
 
+def test_the_tuned_system_records_its_tuner_after_the_rounds_too(tmp_path):
+    """info.thread_tuner is the state after the warm-up; what the tuner did during the timed
+    rounds (how often it measured, what it chose) is thread_tuner_after_rounds."""
+    pytest.importorskip("numba")
+    out = tmp_path / "tp.json"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--threads", "2", "--systems", "scratchvae-tuned",
+         "--json", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    (result,) = json.loads(out.read_text())["results"]
+    assert result["status"] == "ok", result
+    before, after = result["info"]["thread_tuner"], result["thread_tuner_after_rounds"]
+    assert after["max_threads"] == before["max_threads"] == 2
+    assert after["threads"] in (1, 2) and after["measurements"] >= before["measurements"] >= 0
+
+
 def test_records_go_to_an_untracked_folder_unless_saved():
     common = _load("common")
     parser = common.parser("doc", "x")
