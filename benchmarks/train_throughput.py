@@ -288,7 +288,11 @@ class Measurement:
         holds its state after the warm-up only)."""
         for name, w in workers.items():
             if records[name]["status"] == "ok" and "thread_tuner" in records[name].get("info", {}):
-                rep = w.call("describe", timeout=self.args.timeout)
+                try:
+                    rep = w.call("describe", timeout=self.args.timeout)
+                except S.WorkerError as e:          # the rounds are measured: keep them, note the gap
+                    records[name]["thread_tuner_after_rounds"] = f"describe failed: {e}"
+                    continue
                 if rep["status"] == "ok" and "thread_tuner" in rep["info"]:
                     records[name]["thread_tuner_after_rounds"] = rep["info"]["thread_tuner"]
 
