@@ -107,8 +107,8 @@ ENVIRONMENT = (
     "(blas, numba, reference). SCRATCHVAE_GEMM=numba with the numba kernels runs a whole step in one "
     "thread pool, which training sizes step by step: faster than the default on 2 cores, quiet and under "
     "load (README, Speed), but not the default, since its first step on a fresh install compiles several "
-    "times longer. Threads: "
-    "Numba's and OpenBLAS's defaults (the machine's CPUs), or NUMBA_NUM_THREADS and OPENBLAS_NUM_THREADS. "
+    "times longer. Threads: Numba's and OpenBLAS's defaults (the machine's CPUs), or NUMBA_NUM_THREADS and "
+    "OPENBLAS_NUM_THREADS. "
     "SCRATCHVAE_GEMM_ISA (avx512, avx2, sse) forces the hand-written GEMM's vector width; SCRATCHVAE_DATA "
     "is a folder searched for data sets; SCRATCHVAE_MPI=1 asks for MPI in a single process; "
     "SCRATCHVAE_DEBUG=1 prints a full traceback on an error.")
